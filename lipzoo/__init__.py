@@ -1,0 +1,21 @@
+"""lipzoo: a model zoo of certifiably robust 1-Lipschitz image classifiers."""
+
+from .layers import LAYERS, InputError, get_layer, list_layers
+from .models import ConvNet, ConvNetConfig
+from .registry import UnknownModelError, create_model, get_architecture, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LAYERS",
+    "ConvNet",
+    "ConvNetConfig",
+    "InputError",
+    "UnknownModelError",
+    "create_model",
+    "get_architecture",
+    "get_layer",
+    "list_layers",
+    "list_models",
+    "__version__",
+]

@@ -1,0 +1,134 @@
+"""Common machinery of lipzoo's layers: input checks and the eval-mode weight cache.
+
+Every Lipschitz layer derives its effective weight from ONE pure function of its parameters,
+``compute_weight(size)``. In training mode (or whenever gradients w.r.t. parameters are needed)
+that function is called on every forward. In eval mode its result is cached, keyed by the
+identity and version counter of every parameter and buffer, so any in-place change (an
+optimizer step, ``load_state_dict``, ``.to(device)``) invalidates the cache automatically and
+no stale weight can ever be used. ``train()`` drops the cache as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import torch
+from torch import nn
+
+__all__ = ["LipschitzModule", "check_input", "InputError"]
+
+
+class InputError(ValueError):
+    """A tensor given to a lipzoo layer or model is not what it expects."""
+
+
+def check_input(
+    x: torch.Tensor,
+    *,
+    channels: int | None,
+    ndim: tuple[int, ...] = (4,),
+    name: str = "layer",
+    check_finite: bool = True,
+) -> None:
+    """Raise :class:`InputError` naming what was expected when ``x`` is not a valid input."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim not in ndim:
+        shape = {4: "(N, C, H, W)", 2: "(N, features)", 3: "(C, H, W)"}
+        want = " or ".join(shape.get(d, f"{d}-D") for d in ndim)
+        raise InputError(f"{name} expects a {want} tensor, got shape {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise InputError(
+            f"{name} expects a floating-point tensor (e.g. float32 images in [0, 1]), got dtype "
+            f"{x.dtype}; convert with x.float() / 255 for uint8 images"
+        )
+    if channels is not None and x.shape[1] != channels:
+        what = "channels" if x.ndim == 4 else "features"
+        raise InputError(
+            f"{name} expects {channels} input {what}, got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} got NaN or Inf values in its input; inputs must be finite")
+
+
+class LipschitzModule(nn.Module):
+    """Base class: a pure ``compute_weight`` plus an automatically invalidated eval cache.
+
+    Subclasses implement ``compute_weight(self, size)`` (``size`` is the spatial size of the input
+    for layers whose effective weight depends on it, else ``None``) and call
+    ``self.effective_weight(size)`` inside ``forward``.
+    """
+
+    #: whether forward() validates its input (the models switch this off for inner layers and
+    #: validate once at their entry).
+    check_inputs: bool = True
+    #: whether this layer's effective weight depends on the spatial input size.
+    size_dependent: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "_weight_cache", {})
+
+    # --- the pure function -------------------------------------------------------------------
+    def compute_weight(self, size: tuple[int, int] | None = None) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    # --- caching -----------------------------------------------------------------------------
+    def _state_key(self) -> tuple:
+        key = []
+        for t in list(self.parameters(recurse=False)) + list(self.buffers(recurse=False)):
+            key.append((id(t), t.data_ptr(), t._version, t.device, t.dtype))
+        return tuple(key)
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            p.requires_grad for p in self.parameters(recurse=False)
+        )
+
+    def effective_weight(self, size: tuple[int, int] | None = None) -> Any:
+        """``compute_weight(size)``, cached in eval mode while no parameter has changed."""
+        if self.training or self._needs_grad():
+            self._weight_cache.clear()
+            return self.compute_weight(size)
+        key: Hashable = (size, self._state_key())
+        hit = self._weight_cache.get("entry")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad():
+            value = self.compute_weight(size)
+        self._weight_cache.clear()
+        self._weight_cache["entry"] = (key, value)
+        return value
+
+    def clear_cache(self) -> None:
+        self._weight_cache.clear()
+
+    def train(self, mode: bool = True) -> "LipschitzModule":
+        self._weight_cache.clear()
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_weight_cache"] = {}
+        return state
+
+    def __deepcopy__(self, memo: dict) -> "LipschitzModule":
+        cls = self.__class__
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        import copy
+
+        for k, v in self.__dict__.items():
+            if k == "_weight_cache":
+                object.__setattr__(new, k, {})
+            else:
+                object.__setattr__(new, k, copy.deepcopy(v, memo))
+        return new
+
+    def _check(self, x: torch.Tensor, channels: int | None, ndim: tuple[int, ...] = (4,)) -> None:
+        if self.check_inputs:
+            check_input(x, channels=channels, ndim=ndim, name=type(self).__name__)
+
+
+def spatial_size(x: torch.Tensor) -> tuple[int, int]:
+    return int(x.shape[-2]), int(x.shape[-1])

@@ -1,0 +1,185 @@
+"""Shared numerics of the layer families.
+
+Everything here is a pure function of tensors: no modules, no state, no I/O.
+
+Conventions: kernels are ``(out, in, k, k)``; "conv" means PyTorch's cross-correlation
+``F.conv2d``. Frequency-domain weights are stacks of per-frequency ``(out, in)`` complex
+matrices laid out as ``(H, W_freq, out, in)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "autocorrelation",
+    "gram_row_sums",
+    "gram_bound",
+    "power_iteration_sigma",
+    "bjorck_orthonormalize",
+    "cayley_transform",
+    "conv_kernel_rfft",
+    "conv_kernel_fft",
+    "fft_conv2d",
+    "circular_pad",
+]
+
+
+def _as_kernel(w: torch.Tensor) -> torch.Tensor:
+    """View a dense (out, in) matrix as a 1x1 kernel; kernels pass through."""
+    if w.ndim == 2:
+        return w[:, :, None, None]
+    if w.ndim != 4:
+        raise ValueError(f"expected a (out, in) matrix or (out, in, k, k) kernel, got {tuple(w.shape)}")
+    return w
+
+
+def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
+    """The convolution form of ``K^T K`` (``over="in"``) or ``K K^T`` (``over="out"``).
+
+    For a kernel of shape (out, in, k, k) and ``over="in"`` the result P has shape
+    (in, in, 2k-1, 2k-1) with ``P[i, j, s] = sum_o sum_p K[o, i, p] K[o, j, p + s]``: the kernel
+    of the self-adjoint operator ``K^T K`` on an unbounded grid. ``over="out"`` does the same
+    for ``K K^T`` over output channels.
+    """
+    k = _as_kernel(kernel)
+    if over == "in":
+        k = k.transpose(0, 1)  # (in, out, kh, kw): "batch" of in-channel filters
+    elif over != "out":
+        raise ValueError("over must be 'in' or 'out'")
+    kh, kw = k.shape[-2:]
+    return F.conv2d(k, k, padding=(kh - 1, kw - 1))
+
+
+def gram_row_sums(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
+    """Absolute row sums of the autocorrelation: ``r_i = sum_j sum_s |P_ij(s)|``."""
+    return autocorrelation(kernel, over).abs().sum(dim=(1, 2, 3))
+
+
+def gram_bound(kernel: torch.Tensor) -> torch.Tensor:
+    """A guaranteed upper bound on the l2 operator norm of a convolution (or dense matrix).
+
+    ``sqrt(max_i sum_j sum_s |(K^T K)_ij(s)|)`` bounds the spectral norm of ``K^T K`` by the
+    Schur / Gershgorin test, hence ``||K||``. It holds for zero padding, circular padding (the
+    wrapped autocorrelation only merges taps, and |a + b| <= |a| + |b|) and every input size.
+    For an exactly orthogonal kernel the autocorrelation is the identity and the bound is 1.
+    """
+    return gram_row_sums(kernel, "in").max().sqrt()
+
+
+@torch.no_grad()
+def power_iteration_sigma(
+    w: torch.Tensor, iters: int = 10, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Power-iteration ESTIMATE of the spectral norm of each matrix in a (..., m, n) stack.
+
+    Converges from below: never use it as a bound, only as a prescaling heuristic.
+    """
+    v = torch.randn(*w.shape[:-2], w.shape[-1], 1, dtype=w.dtype, device=w.device, generator=generator)
+    v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+    for _ in range(iters):
+        u = w @ v
+        u = u / u.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+        v = w.transpose(-1, -2) @ u
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+    return (w @ v).norm(dim=(-2, -1))
+
+
+def bjorck_orthonormalize(
+    w: torch.Tensor,
+    iters: int = 20,
+    beta: float = 0.5,
+    power_iteration_scaling: bool = False,
+    power_iters: int = 10,
+) -> torch.Tensor:
+    """First-order Bjorck-Bowie iteration ``W <- (1 + beta) W - beta W W^T W`` on (..., m, n).
+
+    Wide matrices are transposed first (as in the paper's code). With
+    ``power_iteration_scaling`` each matrix is first divided by a power-iteration estimate of
+    its spectral norm (no gradient through the estimate). Finite iterations are only
+    approximately orthogonal; callers that promise a bound must rescale (see ``gram_bound``).
+    """
+    wide = w.shape[-2] < w.shape[-1]
+    if wide:
+        w = w.transpose(-1, -2)
+    if power_iteration_scaling:
+        sigma = power_iteration_sigma(w.detach(), power_iters)
+        w = w / sigma[..., None, None]
+    for _ in range(iters):
+        w = (1 + beta) * w - beta * w @ (w.transpose(-1, -2) @ w)
+    if wide:
+        w = w.transpose(-1, -2)
+    return w
+
+
+def cayley_transform(w: torch.Tensor) -> torch.Tensor:
+    """Cayley transform of a stack of (out, in) real or complex matrices with out >= in.
+
+    Splits ``W = [U; V]`` (U is in x in), sets ``A = U - U^H + V^H V`` and returns
+    ``[(I + A)^{-1} (I - A); -2 V (I + A)^{-1}]``, a matrix with orthonormal columns.
+    If in > out the transpose is transformed and transposed back (orthonormal rows).
+    """
+    out_f, in_f = w.shape[-2:]
+    if in_f > out_f:
+        return cayley_transform(w.transpose(-1, -2)).transpose(-1, -2)
+    u, v = w[..., :in_f, :], w[..., in_f:, :]
+    eye = torch.eye(in_f, dtype=w.dtype, device=w.device)
+    a = u - u.mH + v.mH @ v
+    inv = torch.linalg.inv(eye + a)
+    return torch.cat([inv @ (eye - a), -2 * v @ inv], dim=-2)
+
+
+def _centre_phase(k_h: int, k_w: int, n_h: int, n_w: int, full: bool, dtype, device) -> torch.Tensor:
+    """Phase factors that make a k x k kernel act as a 'same' (centred) convolution."""
+    c_h, c_w = (k_h - 1) // 2, (k_w - 1) // 2
+    fh = torch.fft.fftfreq(n_h, device=device, dtype=dtype) * n_h
+    fw = (torch.fft.fftfreq(n_w, device=device, dtype=dtype) if full else torch.fft.rfftfreq(n_w, device=device, dtype=dtype)) * n_w
+    phase = 2 * math.pi * (c_h * fh[:, None] / n_h + c_w * fw[None, :] / n_w)
+    return torch.polar(torch.ones_like(phase), phase)
+
+
+def conv_kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
+    """Per-frequency matrices (n_h, n_w//2+1, out, in) of the circular 'same' convolution.
+
+    ``fft_conv2d(x, conv_kernel_rfft(w, H, W))`` equals ``F.conv2d`` of ``x`` with circular
+    padding of (k-1)//2 on an H x W input.
+    """
+    return _conv_kernel_freq(weight, n_h, n_w, full=False)
+
+
+def conv_kernel_fft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
+    """Like :func:`conv_kernel_rfft` but over all n_h x n_w frequencies (full FFT)."""
+    return _conv_kernel_freq(weight, n_h, n_w, full=True)
+
+
+def _conv_kernel_freq(weight: torch.Tensor, n_h: int, n_w: int, full: bool) -> torch.Tensor:
+    k_h, k_w = weight.shape[-2:]
+    if k_h > n_h or k_w > n_w:
+        raise ValueError(f"a {k_h}x{k_w} kernel does not fit a {n_h}x{n_w} input for an FFT convolution")
+    fft = torch.fft.fft2 if full else torch.fft.rfft2
+    wf = fft(weight, s=(n_h, n_w))  # (out, in, H, Wf): sum_p W[p] e^{-2 pi i f p / n}
+    phase = _centre_phase(k_h, k_w, n_h, n_w, full, weight.dtype, weight.device)
+    # cross-correlation: y[h] = sum_p W[p] x[h + p - c]  =>  Y(f) = conj(W_fft(f) e^{2 pi i f c/n}) X(f)
+    wf = torch.conj(wf * phase)
+    return wf.permute(2, 3, 0, 1)
+
+
+def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torch.Tensor:
+    """Apply per-frequency matrices (H, Wf, out, in) to a real (N, in, H, W) batch, circularly."""
+    n_h, n_w = x.shape[-2:]
+    if full:
+        xf = torch.fft.fft2(x)
+    else:
+        xf = torch.fft.rfft2(x)
+    xf = xf.permute(2, 3, 1, 0)  # (H, Wf, in, N)
+    yf = (wfreq @ xf).permute(3, 2, 0, 1)
+    if full:
+        return torch.fft.ifft2(yf, s=(n_h, n_w)).real
+    return torch.fft.irfft2(yf, s=(n_h, n_w))
+
+
+def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    return F.pad(x, (pad, pad, pad, pad), mode="circular") if pad else x

@@ -1,0 +1,71 @@
+"""The unconstrained baseline of the paper: plain convolution and dense layers (NOT 1-Lipschitz)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import LipschitzModule, spatial_size
+
+__all__ = ["StandardConv2d", "StandardLinear"]
+
+
+class StandardConv2d(LipschitzModule):
+    """``nn.Conv2d`` with circular 'same' padding and PyTorch's default initialisation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        input_size: tuple[int, int] | int | None = None,
+        paper_compatible: bool = False,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        # the same initialisation as nn.Conv2d
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(in_channels * kernel_size**2)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_channels)
+        p = self.kernel_size // 2
+        if p:
+            x = F.pad(x, (p, p, p, p), mode="circular")
+        return F.conv2d(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
+
+
+class StandardLinear(LipschitzModule):
+    """``nn.Linear`` with PyTorch's default initialisation."""
+
+    def __init__(self, in_features: int, out_features: int, *, paper_compatible: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        ref = nn.Linear(in_features, out_features)
+        self.weight = nn.Parameter(ref.weight.detach().clone())
+        self.bias = nn.Parameter(ref.bias.detach().clone())
+
+    def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_features, ndim=(2,))
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"

@@ -1,0 +1,50 @@
+"""Parameter-free structural pieces of the ConvNet family (each exactly 1-Lipschitz)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ZeroChannelConcatenation", "FirstChannels"]
+
+
+class ZeroChannelConcatenation(nn.Module):
+    """Appends zero channels up to ``channels`` (an isometry onto a subspace)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        missing = self.channels - x.shape[1]
+        if missing < 0:
+            raise ValueError(
+                f"ZeroChannelConcatenation({self.channels}) got {x.shape[1]} channels; "
+                f"expected at most {self.channels}"
+            )
+        if missing == 0:
+            return x
+        pad = (0, 0) * (x.ndim - 2) + (0, missing)
+        return F.pad(x, pad)
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+class FirstChannels(nn.Module):
+    """Keeps the first ``channels`` channels (or features): a projection, 1-Lipschitz."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] < self.channels:
+            raise ValueError(
+                f"FirstChannels({self.channels}) got only {x.shape[1]} channels; expected at least {self.channels}"
+            )
+        return x[:, : self.channels]
+
+    def extra_repr(self) -> str:
+        return str(self.channels)

@@ -1,0 +1,58 @@
+"""Exact operator norms of small layers, for tests (impulse responses and Jacobians)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def flat_fn(module: nn.Module, in_shape: tuple[int, ...]):
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return module(v.reshape(-1, *in_shape)).reshape(v.shape[0], -1)
+
+    return f
+
+
+def impulse_matrix(module: nn.Module, in_shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor:
+    """The matrix of an affine layer: columns f(e_i) - f(0) over the identity basis."""
+    n = int(torch.tensor(in_shape).prod())
+    eye = torch.eye(n, dtype=dtype)
+    with torch.no_grad():
+        f = flat_fn(module, in_shape)
+        cols = f(eye) - f(torch.zeros(1, n, dtype=dtype))
+    return cols.T.double()
+
+
+def jacobian_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Full Jacobian (out_dim, in_dim) of the module at a single input x (shape (1, ...))."""
+    in_shape = tuple(x.shape[1:])
+    f = flat_fn(module, in_shape)
+    jac = torch.autograd.functional.jacobian(lambda v: f(v[None])[0], x.reshape(-1))
+    return jac.double()
+
+
+def singular_values(module: nn.Module, in_shape: tuple[int, ...], residual: bool, points: int = 3, seed: int = 0) -> torch.Tensor:
+    """All singular values of the layer's operator (affine) or of its Jacobians (non-linear)."""
+    if not residual:
+        return torch.linalg.svdvals(impulse_matrix(module, in_shape))
+    g = torch.Generator().manual_seed(seed)
+    svs = [torch.linalg.svdvals(jacobian_matrix(module, torch.randn(1, *in_shape, generator=g))) for _ in range(points)]
+    return torch.cat(svs)
+
+
+def push_norm_up(module: nn.Module, in_shape: tuple[int, ...], steps: int = 20, lr: float = 0.05, seed: int = 0) -> None:
+    """Optimizer steps that try to break the bound: maximise ||f(x) - f(y)|| / ||x - y||."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(8, *in_shape, generator=g)
+        y = x + 0.1 * torch.randn(8, *in_shape, generator=g)
+        num = (module(x) - module(y)).flatten(1).norm(dim=1)
+        den = (x - y).flatten(1).norm(dim=1)
+        loss = -(num / den).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
