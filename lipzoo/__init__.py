@@ -1,5 +1,7 @@
 """lipzoo: a model zoo of certifiably robust 1-Lipschitz image classifiers."""
 
+from . import data
+from .certify import DEFAULT_EPS, CertificationResult, certify
 from .layers import LAYERS, InputError, get_layer, list_layers
 from .models import ConvNet, ConvNetConfig
 from .registry import UnknownModelError, create_model, get_architecture, list_models
@@ -7,6 +9,10 @@ from .registry import UnknownModelError, create_model, get_architecture, list_mo
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_EPS",
+    "CertificationResult",
+    "certify",
+    "data",
     "LAYERS",
     "ConvNet",
     "ConvNetConfig",

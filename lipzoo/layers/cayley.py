@@ -1,15 +1,138 @@
-"""PLACEHOLDER: being written. (cayley)"""
+"""Cayley: orthogonal convolutions by a Cayley transform per Fourier frequency (Trockman & Kolter, ICLR 2021).
+
+A circular 'same' convolution is block-diagonal in the Fourier basis: one complex (out x in)
+matrix ``W_hat(u, v)`` per frequency. The layer rescales the whole stack to Frobenius norm
+``alpha`` (a trainable scalar), maps each matrix through the Cayley transform
+``Q = [(I + A)^{-1}(I - A); -2 V (I + A)^{-1}]`` with ``W_hat = [U; V]`` and
+``A = U - U^H + V^H V``, and applies ``Q`` to the input's 2-D real FFT.
+
+Phase convention (checked against the paper's golden logits): the paper takes
+``rfft2(W, (n, n))``, conjugates it and multiplies by ``exp(-2 pi i c (u + v) / n)`` with
+``c = (k - 1) // 2``. That is exactly ``conj(rfft2(W) * exp(+2 pi i c (u + v) / n))``, i.e. the
+frequency form of PyTorch's circular 'same' cross-correlation ``F.conv2d`` with a centred
+kernel, so the shared ``_linalg.conv_kernel_rfft`` / ``fft_conv2d`` reproduce it; only the
+paper's normalisation (Frobenius norm over the ``H x (W//2 + 1)`` half spectrum) is specific.
+
+Why the default is sound: ``A + A^H = 2 V^H V``, hence ``Q^H Q = I`` exactly and ``I + A`` is
+always invertible (``Re x^H (I + A) x >= |x|^2``), so every per-frequency matrix has orthonormal
+columns (rows if in > out); Hermitian symmetry of the spectrum is preserved by the transform, so
+the layer is a real orthogonal (norm-preserving) operator up to float round-off, with no
+estimate involved. The default is therefore the paper's maths; ``paper_compatible`` selects the
+same function.
+
+Fixes relative to the paper's code: ``alpha`` is registered at construction (value
+``||W_hat||_F`` at ``input_size``, default 32) instead of lazily in the first forward, so it is
+trained and loads with ``strict=True``; any input size works (the weight is recomputed and
+cached per size) instead of raising a shape error after the first size seen.
+"""
 
 from __future__ import annotations
 
-from ._base import LipschitzModule
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import LipschitzModule, spatial_size
+from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+
+__all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight"]
+
+DEFAULT_INPUT_SIZE = 32
+
+
+def _pair(size: tuple[int, int] | int | None) -> tuple[int, int]:
+    if size is None:
+        return DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Per-frequency orthogonal matrices ``(H, W//2+1, out, in)`` of a Cayley convolution.
+
+    ``W_hat`` is the circular 'same' cross-correlation of ``weight`` in the frequency domain,
+    rescaled to Frobenius norm ``alpha`` (over all rfft frequencies) before the Cayley transform.
+    """
+    wf = conv_kernel_rfft(weight, *size)
+    wf = alpha * wf / torch.linalg.vector_norm(wf)
+    return cayley_transform(wf)
 
 
 class CayleyConv2d(LipschitzModule):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("CayleyConv2d is not implemented yet")
+    """Orthogonal circular convolution via the Cayley transform of each frequency's matrix.
+
+    Parameters are ``weight`` (out, in, k, k) and ``bias`` (out) with ``nn.Conv2d``'s default
+    initialisation, and the scalar ``alpha`` = ``||W_hat||_F`` at ``input_size`` (default 32x32).
+    """
+
+    size_dependent = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        input_size: tuple[int, int] | int | None = None,
+        paper_compatible: bool = False,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for a centred 'same' convolution, got {kernel_size}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.input_size = _pair(input_size)
+        self.paper_compatible = paper_compatible
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        # nn.Conv2d's default initialisation (same random stream)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(in_channels * kernel_size**2)
+        nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(conv_kernel_rfft(self.weight, *self.input_size))
+        # registered eagerly (the paper creates it in the first forward, after the optimiser)
+        self.alpha = nn.Parameter(norm.to(self.weight.dtype).reshape(()))
+
+    def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return cayley_frequency_weight(self.weight, self.alpha, size or self.input_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_channels)
+        y = fft_conv2d(x, self.effective_weight(spatial_size(x)))
+        return y + self.bias[:, None, None]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular (FFT), "
+            f"input_size={self.input_size}"
+        )
 
 
 class CayleyLinear(LipschitzModule):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("CayleyLinear is not implemented yet")
+    """Dense layer ``y = Q x + b`` with ``Q = cayley(alpha * W / ||W||_F)`` (orthonormal rows or columns).
+
+    ``weight`` and ``bias`` start U(+-1/sqrt(in)); ``alpha`` (shape (1,)) starts at ``||W||_F``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, paper_compatible: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.paper_compatible = paper_compatible
+        bound = 1 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.alpha = nn.Parameter(self.weight.detach().norm().reshape(1).clone())
+
+    def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
+        return cayley_transform(self.alpha * self.weight / self.weight.norm())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_features, ndim=(2,))
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"

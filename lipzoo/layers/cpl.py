@@ -1,15 +1,241 @@
-"""PLACEHOLDER: being written. (cpl)"""
+"""CPL: Convex Potential Layers (Meunier et al., ICML 2022).
+
+The layer is the residual map ``y = x - r K^T ReLU(K x + b)``, with ``K`` a zero-padded 'same'
+convolution (its adjoint ``K^T`` is ``conv_transpose2d``) or a dense matrix. It is the gradient
+step ``x - r grad(phi)`` of a convex potential ``phi`` whose gradient is ``||K||^2``-Lipschitz, so
+its Jacobian ``I - r K^T D K`` (``D`` diagonal with entries in [0, 1]) is symmetric with
+eigenvalues in ``[1 - r ||K||^2, 1]``: the layer is 1-Lipschitz exactly when ``r <= 2 / ||K||^2``.
+
+Why the default is sound: lipzoo takes ``r = 2 / (B^2 + eps)`` with ``B = gram_bound(K)``, a
+guaranteed upper bound on ``||K||`` (Schur test on the autocorrelation) for zero padding and
+every input size, so ``r <= 2 / ||K||^2`` always and the layer is provably 1-Lipschitz. There
+is no power-iteration state in this mode and the layer works at any input size.
+
+``paper_compatible=True`` reproduces the paper's code instead: ``r = 2 / (sigma^2 + 1e-6)``
+with ``sigma = <K u, v>`` from power iteration on a persistent buffer ``u`` (shape
+``(1, C, H, W)`` for the input size given at construction, ``(1, C)`` for the dense layer).
+Each training forward runs one iteration (no gradient, ``u`` written back) and recomputes
+``sigma`` with gradient; eval runs 100 iterations from the stored ``u`` without updating it.
+Power iteration approaches ``||K||`` from below, so ``r`` can be slightly too large: that mode
+is only APPROXIMATELY 1-Lipschitz (spec 6.2 item 12) and is meant for importing the paper's
+checkpoints, not for certification.
+
+Both forms need ``in == out``: ``K`` maps ``in -> out`` and ``K^T`` back, so ``y`` has ``in``
+channels.
+"""
 
 from __future__ import annotations
 
-from ._base import LipschitzModule
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._base import InputError, LipschitzModule, spatial_size
+from ._linalg import gram_bound
+
+__all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling"]
+
+#: added to sigma^2 (or B^2) in the step size, as in the paper's code
+EPS = 1e-6
+#: added to the norms in the power iteration: training forward / eval (the paper's values)
+TRAIN_NORM_EPS = 1e-6
+EVAL_NORM_EPS = 1e-12
+
+_Op = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CPLWeight(NamedTuple):
+    """What a CPL forward needs besides the kernel and bias."""
+
+    #: the step size r (0-dim tensor)
+    rescaling: torch.Tensor
+    #: paper mode, training: the power-iteration vector to store back into ``u``; else None
+    u: torch.Tensor | None = None
+
+
+def cpl_sound_rescaling(weight: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """``2 / (B^2 + eps)`` with ``B = gram_bound(weight)`` >= ``||weight||``: a provably safe step."""
+    return 2.0 / (gram_bound(weight) ** 2 + eps)
+
+
+@torch.no_grad()
+def _power_iterate(op: _Op, op_t: _Op, u: torch.Tensor, iters: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``iters`` rounds of ``v = Ku/(|Ku|+eps); u = K^T v/(|K^T v|+eps)`` (the paper's scheme)."""
+    if iters < 1:
+        raise ValueError(f"the power iteration needs at least one iteration, got {iters}")
+    v = u
+    for _ in range(iters):
+        v = op(u)
+        v = v / (v.norm() + eps)
+        u = op_t(v)
+        u = u / (u.norm() + eps)
+    return u, v
+
+
+def _paper_rescaling(op: _Op, op_t: _Op, u: torch.Tensor, training: bool, val_niter: int) -> CPLWeight:
+    """The paper's step size ``2 / (<K u, v>^2 + eps)``, differentiable in K through ``K u``."""
+    if training:
+        u_new, v = _power_iterate(op, op_t, u, 1, TRAIN_NORM_EPS)
+    else:
+        u_new, v = _power_iterate(op, op_t, u, val_niter, EVAL_NORM_EPS)
+    sigma = (op(u_new) * v).sum()
+    return CPLWeight(2.0 / (sigma**2 + EPS), u_new if training else None)
+
+
+def _check_square(kind: str, n_in: int, n_out: int) -> None:
+    if n_in != n_out:
+        raise ValueError(
+            f"{kind} is a residual layer y = x - r K^T relu(Kx + b) whose output has as many "
+            f"channels as its input; it needs in == out, got {n_in} -> {n_out}"
+        )
+
+
+def _as_size(input_size: tuple[int, int] | int | None) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    if isinstance(input_size, int):
+        return (input_size, input_size)
+    h, w = input_size
+    return (int(h), int(w))
 
 
 class CPLConv2d(LipschitzModule):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("CPLConv2d is not implemented yet")
+    """Convex potential convolution ``x - r K^T ReLU(Kx + b)`` with zero 'same' padding.
+
+    Parameters ``kernel`` (out, in, k, k; xavier normal) and ``bias`` (U(+-1/sqrt(fan_in))).
+    Default: ``r`` from the guaranteed bound ``gram_bound(kernel)`` (sound, any input size).
+    ``paper_compatible=True``: the paper's power-iteration ``r`` with a buffer ``u`` of shape
+    (1, out, H, W) for ``input_size`` (required); only approximately 1-Lipschitz, and only for
+    inputs of that size. ``val_niter`` (paper mode only): eval power iterations (100).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        input_size: tuple[int, int] | int | None = None,
+        paper_compatible: bool = False,
+        val_niter: int = 100,
+    ) -> None:
+        super().__init__()
+        _check_square(type(self).__name__, in_channels, out_channels)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        if val_niter < 1:
+            raise ValueError(f"val_niter must be >= 1, got {val_niter}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.paper_compatible = bool(paper_compatible)
+        self.val_niter = int(val_niter)
+        self.input_size = _as_size(input_size)
+        self.kernel = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        nn.init.xavier_normal_(self.kernel)
+        bound = 1 / math.sqrt(in_channels * kernel_size**2)
+        nn.init.uniform_(self.bias, -bound, bound)
+        if self.paper_compatible:
+            if self.input_size is None:
+                raise ValueError(
+                    "CPLConv2d(paper_compatible=True) keeps a power-iteration vector of the input's "
+                    "spatial size; pass input_size=(H, W)"
+                )
+            self.size_dependent = True
+            self.register_buffer("u", torch.randn(1, out_channels, *self.input_size))
+
+    # K and K^T as zero-padded 'same' convolutions
+    def _op(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel, padding=self.kernel_size // 2)
+
+    def _op_t(self, y: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(y, self.kernel, padding=self.kernel_size // 2)
+
+    def _check_size(self, size: tuple[int, int] | None) -> None:
+        if size is not None and size != tuple(self.u.shape[-2:]):
+            raise InputError(
+                f"CPLConv2d(paper_compatible=True) estimates its norm on {tuple(self.u.shape[-2:])} maps "
+                f"(its power-iteration buffer u), got a {size} input; use the default (sound) mode for "
+                "other input sizes"
+            )
+
+    def compute_weight(self, size: tuple[int, int] | None = None) -> CPLWeight:
+        if not self.paper_compatible:
+            return CPLWeight(cpl_sound_rescaling(self.kernel))
+        self._check_size(size)
+        return _paper_rescaling(self._op, self._op_t, self.u, self.training, self.val_niter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_channels)
+        size = None
+        if self.paper_compatible:
+            size = spatial_size(x)
+            self._check_size(size)
+        w = self.effective_weight(size)
+        if w.u is not None:  # paper mode, training: keep the power-iteration state
+            with torch.no_grad():
+                self.u.copy_(w.u)
+        p = self.kernel_size // 2
+        h = F.relu(F.conv2d(x, self.kernel, self.bias, padding=p))
+        return x - w.rescaling * F.conv_transpose2d(h, self.kernel, padding=p)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=zeros"
+        if self.paper_compatible:
+            return s + f", paper_compatible=True (power iteration on {self.input_size}), val_niter={self.val_niter}"
+        return s + ", rescaling=gram_bound"
 
 
 class CPLLinear(LipschitzModule):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError("CPLLinear is not implemented yet")
+    """Dense convex potential layer ``x - r W^T ReLU(Wx + b)``.
+
+    Parameters ``weight`` (out, in; xavier normal) and ``bias`` (U(+-1/sqrt(in))). Default: ``r``
+    from ``gram_bound(weight)`` (sound). ``paper_compatible=True``: the paper's power-iteration
+    ``r`` with a buffer ``u`` of shape (1, out); only approximately 1-Lipschitz.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, *, paper_compatible: bool = False, val_niter: int = 100
+    ) -> None:
+        super().__init__()
+        _check_square(type(self).__name__, in_features, out_features)
+        if val_niter < 1:
+            raise ValueError(f"val_niter must be >= 1, got {val_niter}")
+        self.in_features, self.out_features = in_features, out_features
+        self.paper_compatible = bool(paper_compatible)
+        self.val_niter = int(val_niter)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        nn.init.xavier_normal_(self.weight)
+        bound = 1 / math.sqrt(in_features)
+        nn.init.uniform_(self.bias, -bound, bound)
+        if self.paper_compatible:
+            self.register_buffer("u", torch.randn(1, out_features))
+
+    def _op(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def _op_t(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.weight
+
+    def compute_weight(self, size: tuple[int, int] | None = None) -> CPLWeight:
+        if not self.paper_compatible:
+            return CPLWeight(cpl_sound_rescaling(self.weight))
+        return _paper_rescaling(self._op, self._op_t, self.u, self.training, self.val_niter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_features, ndim=(2,))
+        w = self.effective_weight()
+        if w.u is not None:  # paper mode, training: keep the power-iteration state
+            with torch.no_grad():
+                self.u.copy_(w.u)
+        h = F.relu(F.linear(x, self.weight, self.bias))
+        return x - w.rescaling * (h @ self.weight)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_features}, {self.out_features}"
+        if self.paper_compatible:
+            return s + f", paper_compatible=True (power iteration), val_niter={self.val_niter}"
+        return s + ", rescaling=gram_bound"

@@ -1,0 +1,130 @@
+"""The ConvNet family: registry, parameter counts of the paper, whole-model 1-Lipschitzness, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lipzoo
+from lipzoo.layers import LAYERS
+
+from lipschitz import push_norm_up
+
+# Trainable parameters of the paper's models, 3x32x32 input, 10 classes (spec section 2.2).
+PAPER_COUNTS = {
+    "xs": {"standard": 1_572_288, "aol": 1_572_288, "cpl": 1_572_288, "lot": 1_572_288, "soc": 1_572_288,
+           "sll": 1_575_296, "cayley": 1_572_315, "bcop": 1_137_088, "sandwich": 3_144_603},
+    "s": {"standard": 6_283_136, "aol": 6_283_136, "cpl": 6_283_136, "lot": 6_283_136, "soc": 6_283_136,
+          "sll": 6_289_152, "cayley": 6_283_163, "bcop": 4_542_336, "sandwich": 12_566_299},
+}
+# TinyImageNet models (200 classes, 64x64) for a few layers.
+PAPER_COUNTS_TINY = {"standard": 1_575_008, "sll": 1_578_048, "bcop": 1_138_528}
+
+
+def trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_registry_lists_every_architecture():
+    assert len(lipzoo.list_models("convnet_*")) == 36
+    assert len(lipzoo.list_models("tconvnet_*")) == 36
+    assert set(lipzoo.list_models("convnet_xs_*")) == {f"convnet_xs_{lid}" for lid in LAYERS}
+    assert lipzoo.list_models("*_s_sll") == ["convnet_s_sll", "tconvnet_s_sll"]
+
+
+@pytest.mark.parametrize("size", ["xs", "s"])
+@pytest.mark.parametrize("layer_id", list(LAYERS))
+def test_parameter_counts_match_the_paper(size, layer_id):
+    model = lipzoo.create_model(f"convnet_{size}_{layer_id}")
+    assert trainable(model) == PAPER_COUNTS[size][layer_id]
+
+
+@pytest.mark.parametrize("layer_id", list(PAPER_COUNTS_TINY))
+def test_tiny_imagenet_counts(layer_id):
+    model = lipzoo.create_model(f"tconvnet_xs_{layer_id}", num_classes=200)
+    assert trainable(model) == PAPER_COUNTS_TINY[layer_id]
+
+
+def test_counts_do_not_depend_on_channels_or_classes():
+    a = lipzoo.create_model("convnet_xs_aol", in_chans=1, num_classes=10)
+    b = lipzoo.create_model("convnet_xs_aol", in_chans=3, num_classes=100)
+    assert trainable(a) == trainable(b)
+
+
+@pytest.mark.parametrize("name,in_chans,size", [("convnet_xs_aol", 1, 32), ("convnet_xs_aol", 3, 64), ("tconvnet_xs_aol", 3, 64)])
+def test_output_shape(name, in_chans, size):
+    model = lipzoo.create_model(name, in_chans=in_chans, num_classes=7)
+    assert model(torch.rand(2, in_chans, size, size)).shape == (2, 7)
+
+
+def _lipschitz_ratios(model, in_chans=3, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, in_chans, 32, 32, generator=g)
+    ratios = []
+    for scale in (1e-2, 1.0):
+        y = x + scale * torch.randn(x.shape, generator=g)
+        num = (model(x) - model(y)).double().norm(dim=1)
+        ratios.append(num / (x - y).double().flatten(1).norm(dim=1))
+    # gradient-norm check: ||J(x)^T v|| <= ||v|| for random unit v in logit space
+    xg = x.clone().requires_grad_(True)
+    v = torch.randn(n, model.num_classes, generator=g)
+    v = v / v.norm(dim=1, keepdim=True)
+    (model(xg) * v).sum().backward()
+    grad = xg.grad.double().flatten(1).norm(dim=1)
+    return torch.cat(ratios), grad
+
+
+@pytest.mark.parametrize("layer_id", [lid for lid in LAYERS if LAYERS[lid].lipschitz])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_whole_model_is_one_lipschitz(layer_id, mode):
+    torch.manual_seed(0)
+    model = lipzoo.create_model(f"convnet_xs_{layer_id}")
+    push_norm_up(model, (3, 32, 32), steps=3)  # leave the initialisation
+    model.train(mode == "train")
+    ratios, grad = _lipschitz_ratios(model)
+    assert ratios.max() <= 1 + 1e-4, f"{layer_id}: ||f(x)-f(y)||/||x-y|| = {ratios.max():.6f}"
+    assert grad.max() <= 1 + 1e-4, f"{layer_id}: gradient norm {grad.max():.6f}"
+
+
+def test_standard_model_fails_the_whole_model_check():
+    """The unconstrained baseline, after steps that push its norm up, must be caught."""
+    torch.manual_seed(0)
+    model = lipzoo.create_model("convnet_xs_standard")
+    push_norm_up(model, (3, 32, 32), steps=10)
+    model.eval()
+    ratios, grad = _lipschitz_ratios(model)
+    assert max(ratios.max(), grad.max()) > 1 + 1e-4
+
+
+def test_bad_input_gets_clear_errors():
+    model = lipzoo.create_model("convnet_xs_aol", in_chans=1)
+    with pytest.raises(lipzoo.InputError, match="expects 1 input channels, got 3"):
+        model(torch.rand(2, 3, 32, 32))
+    with pytest.raises(lipzoo.InputError, match="multiples of 32"):
+        model(torch.rand(2, 1, 16, 16))
+    with pytest.raises(lipzoo.InputError, match="multiples of 32"):
+        model(torch.rand(2, 1, 40, 40))
+    with pytest.raises(lipzoo.InputError, match="floating-point"):
+        model(torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8))
+    with pytest.raises(lipzoo.InputError, match="unsqueeze"):
+        model(torch.rand(1, 32, 32))
+    x = torch.rand(2, 1, 32, 32)
+    x[0, 0, 3, 3] = float("inf")
+    with pytest.raises(lipzoo.InputError, match="NaN or Inf"):
+        model(x)
+
+
+def test_unknown_names_list_close_matches():
+    with pytest.raises(lipzoo.UnknownModelError, match="convnet_xs_aol"):
+        lipzoo.create_model("convnet_xs_aoll")
+    with pytest.raises(lipzoo.UnknownModelError, match="convnet_s_sll"):
+        lipzoo.create_model("convnet_s_sl")
+    with pytest.raises(KeyError, match="unknown layer"):
+        lipzoo.get_layer("soc2")
+
+
+def test_invalid_configuration_is_rejected():
+    with pytest.raises(ValueError, match="in_chans"):
+        lipzoo.create_model("convnet_xs_aol", in_chans=17)
+    with pytest.raises(ValueError, match="num_classes"):
+        lipzoo.create_model("convnet_xs_aol", num_classes=1000)
