@@ -84,11 +84,14 @@ def create_model(
     *,
     num_classes: int = 10,
     in_chans: int = 3,
+    input_mean: tuple[float, ...] | None = None,
     **layer_kwargs,
 ) -> nn.Module:
     """Build an architecture by name, e.g. ``create_model("convnet_xs_aol", in_chans=1)``.
 
-    ``layer_kwargs`` go to every Lipschitz layer (e.g. ``paper_compatible=True``).
+    ``input_mean``: a per-channel mean the model subtracts first (the paper's centring, as a
+    fixed 1-Lipschitz shift). ``layer_kwargs`` go to every Lipschitz layer (e.g.
+    ``paper_compatible=True``).
     """
     if pretrained or "." in name:
         if name not in PRETRAINED:
@@ -99,4 +102,4 @@ def create_model(
             )
         raise NotImplementedError("pretrained loading arrives with the distribution issue")
     arch = get_architecture(name)
-    return ConvNet(arch.config(num_classes=num_classes, in_chans=in_chans), **layer_kwargs)
+    return ConvNet(arch.config(num_classes=num_classes, in_chans=in_chans, input_mean=input_mean), **layer_kwargs)

@@ -40,7 +40,9 @@ def singular_values(module: nn.Module, in_shape: tuple[int, ...], residual: bool
     return torch.cat(svs)
 
 
-def push_norm_up(module: nn.Module, in_shape: tuple[int, ...], steps: int = 20, lr: float = 0.05, seed: int = 0) -> None:
+def push_norm_up(
+    module: nn.Module, in_shape: tuple[int, ...], steps: int = 20, lr: float = 0.05, seed: int = 0, batch: int = 8
+) -> None:
     """Optimizer steps that try to break the bound: maximise ||f(x) - f(y)|| / ||x - y||."""
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -48,8 +50,8 @@ def push_norm_up(module: nn.Module, in_shape: tuple[int, ...], steps: int = 20, 
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        x = torch.randn(8, *in_shape, generator=g)
-        y = x + 0.1 * torch.randn(8, *in_shape, generator=g)
+        x = torch.randn(batch, *in_shape, generator=g)
+        y = x + 0.1 * torch.randn(batch, *in_shape, generator=g)
         num = (module(x) - module(y)).flatten(1).norm(dim=1)
         den = (x - y).flatten(1).norm(dim=1)
         loss = -(num / den).mean()

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import lipzoo
-from lipzoo.layers._linalg import conv_kernel_rfft
-from lipzoo.layers.cayley import CayleyConv2d, CayleyLinear
+from lipzoo.layers._linalg import cayley_transform, conv_kernel_rfft
+from lipzoo.layers.cayley import CayleyConv2d, CayleyLinear, cayley_frequency_weight
 
 from lipschitz import impulse_matrix
 
@@ -128,12 +128,12 @@ def test_paper_phase_convention_is_circular_cross_correlation(k, n):
     torch.testing.assert_close(conv_kernel_rfft(w, n, n), paper)
 
 
-@pytest.mark.parametrize("cin,cout,size", [(3, 3, (4, 4)), (2, 3, (3, 5)), (3, 2, (4, 3))])
-def test_conv_equals_dense_cayley_of_the_circular_convolution(cin, cout, size):
+@pytest.mark.parametrize("cin,cout,size,k", [(3, 3, (4, 4), 3), (2, 3, (3, 5), 3), (3, 2, (4, 3), 3), (3, 3, (3, 4), 1)])
+def test_conv_equals_dense_cayley_of_the_circular_convolution(cin, cout, size, k):
     """The layer is the Cayley transform of the (rescaled) circular convolution operator itself."""
     torch.manual_seed(1)
     h, w = size
-    layer = CayleyConv2d(cin, cout, 3, input_size=size).double()
+    layer = CayleyConv2d(cin, cout, k, input_size=size).double()
     with torch.no_grad():
         layer.weight.normal_()
         layer.alpha.fill_(2.5)
@@ -143,6 +143,18 @@ def test_conv_equals_dense_cayley_of_the_circular_convolution(cin, cout, size):
     want = dense_cayley(m, cin * h * w) if cout >= cin else dense_cayley(m.T, cout * h * w).T
     got = impulse_matrix(layer, (cin, h, w), dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cin,cout,size", [(5, 5, (2, 2)), (4, 6, (7, 5)), (6, 4, (1, 1)), (3, 3, (32, 32))])
+def test_1x1_shortcut_equals_per_frequency_cayley(cin, cout, size):
+    """1x1 kernels transform one shared matrix: same result as transforming every frequency."""
+    torch.manual_seed(4)
+    w, alpha = torch.randn(cout, cin, 1, 1, dtype=torch.float64), torch.tensor(3.7, dtype=torch.float64)
+    wf = conv_kernel_rfft(w, *size)
+    want = cayley_transform(alpha * wf / wf.norm())
+    got = cayley_frequency_weight(w, alpha, size)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("cin,cout,size", [(4, 4, (7, 5)), (3, 5, (6, 6)), (5, 3, (5, 8))])

@@ -30,10 +30,16 @@ from torch import nn
 from ._base import LipschitzModule
 from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums
 
-__all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
+__all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound", "start_vector"]
 
 POWER_ITERS = 10
 START_SEED = 20240701  # seed of the fixed start vector of the power iteration
+
+
+def start_vector(w: torch.Tensor) -> torch.Tensor:
+    """The fixed pseudo-random start (..., m, 1) of the power iteration on a (..., m, n) stack."""
+    gen = torch.Generator().manual_seed(START_SEED)
+    return torch.randn(*w.shape[:-1], 1, generator=gen).to(device=w.device, dtype=w.dtype)
 
 
 @torch.no_grad()
@@ -43,8 +49,7 @@ def _power_sigma(w: torch.Tensor, iters: int = POWER_ITERS) -> torch.Tensor:
     The paper's scheme (u <- A v, v <- A^T u, sigma = u^T A v) from a FIXED start vector, so it
     is deterministic. An estimate from below, used only as a prescaling heuristic.
     """
-    gen = torch.Generator().manual_seed(START_SEED)
-    u = torch.randn(*w.shape[:-1], 1, generator=gen).to(device=w.device, dtype=w.dtype)
+    u = start_vector(w)
     v = w.new_zeros(*w.shape[:-2], w.shape[-1], 1)
     for _ in range(iters):
         v = w.transpose(-1, -2) @ u

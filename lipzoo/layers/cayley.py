@@ -56,8 +56,19 @@ def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tup
 
     ``W_hat`` is the circular 'same' cross-correlation of ``weight`` in the frequency domain,
     rescaled to Frobenius norm ``alpha`` (over all rfft frequencies) before the Cayley transform.
+    For 1x1 kernels all frequencies share one real matrix, transformed once and broadcast.
     """
-    wf = conv_kernel_rfft(weight, *size)
+    n_h, n_w = size
+    out_c, in_c, k_h, k_w = weight.shape
+    if k_h == k_w == 1:
+        # A 1x1 kernel has the same real matrix W at every frequency and ||W_hat||_F =
+        # sqrt(#freq) ||W||_F: transform it once and broadcast (same function, far cheaper).
+        n_freq = n_h * (n_w // 2 + 1)
+        w = weight[:, :, 0, 0]
+        q = cayley_transform(alpha * w / (math.sqrt(n_freq) * torch.linalg.vector_norm(w)))
+        q = q.to(torch.promote_types(q.dtype, torch.complex64))
+        return q.expand(n_h, n_w // 2 + 1, out_c, in_c)
+    wf = conv_kernel_rfft(weight, n_h, n_w)
     wf = alpha * wf / torch.linalg.vector_norm(wf)
     return cayley_transform(wf)
 

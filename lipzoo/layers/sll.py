@@ -143,8 +143,9 @@ class SLLLinear(LipschitzModule):
     Parameters ``weights`` (out, in), ``bias`` and ``q`` (out,), named and initialised as in the
     paper's (unused) ``SLLLinear`` (q ~ U[0, 1)). ``paper_compatible=True`` reproduces that
     class's formula ``2 / (sum_j |W W^T|_ij |q_j| / (|q_i| + eps) + eps)``, whose weights are
-    not used consistently (only sound up to a relative ``eps / |q_i|``); the default uses
-    ``q~ = |q| + eps`` on both sides, exactly like the convolution.
+    not used consistently: it is NOT sound once some ``|q_i|`` is comparable to ``eps`` (W = I,
+    q_0 = eps gives t_0 = 4, a Lipschitz constant of 3). The default uses ``q~ = |q| + eps`` on
+    both sides, exactly like the convolution, and is provably 1-Lipschitz.
     """
 
     def __init__(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ZeroChannelConcatenation", "FirstChannels"]
+__all__ = ["ZeroChannelConcatenation", "FirstChannels", "Centering"]
 
 
 class ZeroChannelConcatenation(nn.Module):
@@ -48,3 +48,21 @@ class FirstChannels(nn.Module):
 
     def extra_repr(self) -> str:
         return str(self.channels)
+
+
+class Centering(nn.Module):
+    """Subtracts a fixed per-channel mean: a shift, hence an isometry (1-Lipschitz).
+
+    It makes the paper's input centring a fixed part of the model, so every lipzoo model takes
+    images in [0, 1]. The mean is a non-persistent buffer: it comes from the model's config.
+    """
+
+    def __init__(self, mean: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.mean.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{m:.4f}" for m in self.mean.flatten().tolist())

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..layers import LAYERS, InputError, LipschitzModule, MaxMin, check_input, get_layer
-from ..layers.structural import FirstChannels, ZeroChannelConcatenation
+from ..layers.structural import Centering, FirstChannels, ZeroChannelConcatenation
 
 __all__ = ["ConvNet", "ConvNetConfig", "SIZES"]
 
@@ -40,6 +40,7 @@ class ConvNetConfig:
     kernel_size: int = 3
     in_chans: int = 3
     num_classes: int = 10
+    input_mean: tuple[float, ...] | None = None  # per-channel centring built into the model
 
     @classmethod
     def from_name(cls, family: str, size: str, layer: str, **kw) -> "ConvNetConfig":
@@ -64,7 +65,12 @@ class ConvNet(nn.Sequential):
         if not 1 <= config.num_classes <= final:
             raise ValueError(f"num_classes must be between 1 and the head width {final}, got {config.num_classes}")
         conv, size = spec.conv, config.input_size
-        mods: list[tuple[str, nn.Module]] = [
+        mods: list[tuple[str, nn.Module]] = []
+        if config.input_mean is not None:
+            if len(config.input_mean) != config.in_chans:
+                raise ValueError(f"input_mean has {len(config.input_mean)} values but in_chans is {config.in_chans}")
+            mods.append(("Centering", Centering(tuple(config.input_mean))))
+        mods += [
             ("ZeroConcatenation", ZeroChannelConcatenation(w)),
             ("FirstConv", conv(w, w, 1, input_size=(size, size), **layer_kwargs)),
             ("FirstActivation", MaxMin()),

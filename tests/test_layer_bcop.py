@@ -1,0 +1,264 @@
+"""BCOP-specific tests: parameters, exact orthogonality, the paper's kernel assembly, the sound
+rescale versus paper_compatible, BjorckLinear's iteration schedule, and the golden check."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lipzoo
+from lipzoo.layers._linalg import conv_kernel_fft
+from lipzoo.layers.bcop import BCOPConv2d, BjorckLinear, bcop_kernel, bjorck, norm_bound, start_vector
+
+from lipschitz import impulse_matrix
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "1llc" / "xs_bcop.safetensors"
+
+
+def n_trainable(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def circular_svdvals(weight: torch.Tensor, n: int) -> torch.Tensor:
+    """All singular values of the circular 'same' convolution on an n x n input (exact, by FFT)."""
+    return torch.linalg.svdvals(conv_kernel_fft(weight.double(), n, n)).flatten()
+
+
+def perturb(module: nn.Module, scale: float = 0.3, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad:
+                p.add_(scale * p.abs().mean() * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c,k", [(8, 1), (8, 3), (6, 5)])
+def test_trainable_parameters_are_the_papers(c, k):
+    layer = BCOPConv2d(c, c, k)
+    assert layer.param_matrices.shape == (2 * (k - 1) + 1, c, c)
+    assert n_trainable(layer) == (2 * (k - 1) + 1) * c * c + c
+    assert {n for n, p in layer.named_parameters() if p.requires_grad} == {"param_matrices", "bias"}
+    assert set(layer.state_dict()) == {"param_matrices", "bias", "mask"}
+    mask = layer.mask
+    assert mask.shape == (2 * (k - 1), 1, c) and not mask.requires_grad
+    assert torch.equal(mask.sum(-1), torch.full((2 * (k - 1), 1), float(c // 2)))
+    lin = BjorckLinear(10, 7)
+    assert n_trainable(lin) == 77 and set(lin.state_dict()) == {"weight", "bias"}
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    layer = BCOPConv2d(6, 10, 3)  # c_max = 10
+    gram = layer.param_matrices @ layer.param_matrices.transpose(-1, -2)
+    torch.testing.assert_close(gram, torch.eye(10).expand(5, 10, 10) / 10, atol=1e-6, rtol=0)
+    assert layer.bias.abs().max() <= 1 / 10**0.5
+    lin = BjorckLinear(12, 5)
+    torch.testing.assert_close(lin.weight @ lin.weight.T, torch.eye(5), atol=1e-5, rtol=0)
+    assert lin.bias.abs().max() <= 1 / 12**0.5
+
+
+@pytest.mark.parametrize("size", ["xs"])
+def test_model_parameter_count(size):
+    model = lipzoo.create_model(f"convnet_{size}_bcop")
+    assert n_trainable(model) == 1_137_088
+
+
+# --- the maths --------------------------------------------------------------------------------
+
+
+def reference_kernel(ortho: torch.Tensor, mask: torch.Tensor, cin: int, cout: int, k: int) -> torch.Tensor:
+    """The paper's assembly written out with explicit loops (dicts of taps), for comparison."""
+    h = ortho[0, :cin, :cout]
+    flipped = cin > cout
+    if flipped:
+        h = h.T
+    if k == 1:
+        return h[:, :, None, None]
+    projs = [(q * m) @ (q * m).T for q, m in zip(ortho[1:], mask)]
+    eye = torch.eye(ortho.shape[-1], dtype=ortho.dtype)
+
+    def block(p1, p2):
+        return {(0, 0): p1 @ p2, (0, 1): p1 @ (eye - p2), (1, 0): (eye - p1) @ p2, (1, 1): (eye - p1) @ (eye - p2)}
+
+    p = block(projs[0], projs[1])
+    for t in range(1, k - 1):
+        b, s = block(projs[2 * t], projs[2 * t + 1]), t + 1
+        new = {}
+        for i, j in itertools.product(range(s + 1), repeat=2):
+            new[i, j] = sum(p[a, c] @ b[i - a, j - c] for a in range(s) for c in range(s)
+                            if 0 <= i - a < 2 and 0 <= j - c < 2)
+        p = new
+    taps = torch.stack([torch.stack([h @ p[i, j] for j in range(k)]) for i in range(k)])
+    return taps.permute(2, 3, 1, 0) if flipped else taps.permute(3, 2, 1, 0)
+
+
+@pytest.mark.parametrize("cin,cout,k", [(6, 6, 3), (6, 6, 5), (6, 6, 7), (4, 6, 3), (6, 4, 5), (6, 6, 1), (6, 4, 1)])
+def test_kernel_assembly_matches_the_papers_loops(cin, cout, k):
+    torch.manual_seed(1)
+    layer = BCOPConv2d(cin, cout, k).double()
+    perturb(layer)
+    ortho = bjorck(layer.param_matrices, 20)
+    torch.testing.assert_close(
+        bcop_kernel(ortho, layer.mask, cin, cout, k), reference_kernel(ortho, layer.mask, cin, cout, k)
+    )
+
+
+@pytest.mark.parametrize("cin,cout,k", [(6, 6, 3), (6, 6, 5), (4, 6, 3), (6, 4, 3), (5, 5, 1), (3, 5, 1), (5, 3, 1)])
+@pytest.mark.parametrize("paper_compatible", [False, True])
+def test_orthogonal_for_every_size(cin, cout, k, paper_compatible):
+    """Square: orthogonal; in < out: an isometry; in > out: a co-isometry (all in double)."""
+    torch.manual_seed(2)
+    layer = BCOPConv2d(cin, cout, k, paper_compatible=paper_compatible).double().eval()
+    perturb(layer, 1.0)
+    weight = layer.effective_weight()
+    assert weight.shape == (cout, cin, k, k)
+    for n in (k, 5, 8):
+        sv = circular_svdvals(weight, n)
+        torch.testing.assert_close(sv, torch.ones_like(sv), atol=1e-9, rtol=0)
+
+
+def test_fft_singular_values_agree_with_impulse_responses():
+    torch.manual_seed(3)
+    layer = BCOPConv2d(3, 3, 3).double().eval()
+    perturb(layer)
+    sv = torch.linalg.svdvals(impulse_matrix(layer, (3, 5, 5), dtype=torch.float64))
+    torch.testing.assert_close(sv.sort().values, circular_svdvals(layer.effective_weight(), 5).sort().values)
+
+
+def test_forward_is_circular_conv_and_pure():
+    torch.manual_seed(4)
+    layer = BCOPConv2d(4, 4, 3)
+    x = torch.randn(2, 4, 6, 6)
+    y1, y2 = layer(x), layer(x)
+    assert torch.equal(y1, y2), "the power-iteration start is fixed: forward is a pure function"
+    ref = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), layer.compute_weight(), layer.bias)
+    torch.testing.assert_close(y1, ref)
+    torch.testing.assert_close(y1.roll(1, -1), layer(x.roll(1, -1)), rtol=1e-5, atol=1e-5)  # circular
+    y1.sum().backward()
+    assert layer.param_matrices.grad.abs().sum() > 0 and layer.bias.grad is not None
+
+
+def test_options_and_errors():
+    torch.manual_seed(5)
+    a = BCOPConv2d(4, 4, 3).double()
+    perturb(a, 1.0)
+    b = BCOPConv2d(4, 4, 3, bjorck_iters=2).double()
+    b.load_state_dict(a.state_dict())
+    assert not torch.allclose(a.compute_weight(), b.compute_weight())
+    with pytest.raises(ValueError, match="stride"):
+        BCOPConv2d(4, 4, 3, stride=2)
+    with pytest.raises(ValueError, match="odd"):
+        BCOPConv2d(4, 4, 2)
+    assert "bjorck_iters=20" in repr(a) and "train_iters=3" in repr(BjorckLinear(4, 4))
+
+
+# --- sound default versus paper_compatible ------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_default_is_paper_kernel_over_guaranteed_bound(k):
+    torch.manual_seed(6)
+    default = BCOPConv2d(16, 16, k)
+    perturb(default, 1.0)
+    paper = BCOPConv2d(16, 16, k, paper_compatible=True)
+    paper.load_state_dict(default.state_dict())
+    wp, wd = paper.compute_weight(), default.compute_weight()
+    torch.testing.assert_close(wd, wp / norm_bound(wp).clamp_min(1))
+    assert norm_bound(wd) <= 1 + 1e-6
+    # near-orthogonal: the rescale is round-off sized, orthogonality is kept
+    torch.testing.assert_close(wd, wp, atol=1e-5, rtol=0)
+
+
+def adversarial_matrix(u0: torch.Tensor, top: float) -> torch.Tensor:
+    """Singular values (top, 1, ..., 1), the top left singular vector orthogonal to the
+    power-iteration start u0 (n, 1), so the power-iteration estimate misses ``top``."""
+    g = torch.Generator().manual_seed(0)
+    n = u0.shape[0]
+    q, _ = torch.linalg.qr(torch.cat([u0, torch.randn(n, n - 1, generator=g, dtype=torch.float64)], 1))
+    u = q[:, [1, 0, *range(2, n)]]
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = torch.ones(n, dtype=torch.float64)
+    s[0] = top
+    return u @ torch.diag(s) @ v.T
+
+
+def test_rescale_catches_a_failed_power_iteration():
+    """The power-iteration prescaling is a heuristic: when it underestimates sigma by > 2x,
+    Bjorck diverges and the paper's weight has norm >> 1. The default still has norm <= 1."""
+    w = adversarial_matrix(start_vector(torch.empty(8, 8, dtype=torch.float64)), 3.0)
+    default = BjorckLinear(8, 8).double()
+    paper = BjorckLinear(8, 8, paper_compatible=True).double()
+    for layer in (default, paper):
+        with torch.no_grad():
+            layer.weight.copy_(w)
+    assert torch.linalg.matrix_norm(paper.compute_weight(), 2) > 10
+    assert torch.linalg.matrix_norm(default.compute_weight(), 2) <= 1 + 1e-9
+
+    conv, conv_paper = BCOPConv2d(8, 8, 3, bjorck_iters=3).double(), BCOPConv2d(8, 8, 3, bjorck_iters=3, paper_compatible=True).double()
+    w = adversarial_matrix(start_vector(conv.param_matrices)[0], 3.0)  # the start of matrix 0 of the stack
+    for layer in (conv, conv_paper):
+        with torch.no_grad():
+            layer.param_matrices[0] = w
+    assert circular_svdvals(conv_paper.compute_weight(), 4).max() > 10
+    assert circular_svdvals(conv.compute_weight(), 4).max() <= 1 + 1e-9
+
+
+# --- BjorckLinear -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fin,fout", [(12, 12), (12, 5), (5, 12)])
+def test_bjorck_linear_iterations_per_mode(fin, fout):
+    torch.manual_seed(7)
+    layer = BjorckLinear(fin, fout, paper_compatible=True).double()
+    perturb(layer, 1.0)
+    x = torch.randn(3, fin, dtype=torch.float64)
+    layer.train()
+    y_train = layer(x)
+    torch.testing.assert_close(y_train, F.linear(x, bjorck(layer.weight, 3), layer.bias))
+    layer.eval()
+    y_eval = layer(x)
+    torch.testing.assert_close(y_eval, F.linear(x, bjorck(layer.weight, 15), layer.bias))
+    assert not torch.allclose(y_train, y_eval)
+    sv = torch.linalg.svdvals(layer.effective_weight())
+    assert sv.max() <= 1 + 1e-9 and sv.min() >= 0.99  # 15 iterations: near-orthonormal rows/columns
+
+
+def test_bjorck_matches_explicit_iteration():
+    torch.manual_seed(8)
+    w = torch.randn(5, 7, dtype=torch.float64)
+    t = w.T
+    sigma = torch.linalg.matrix_norm(t, 2)
+    ref = t / sigma
+    for _ in range(20):
+        ref = 1.5 * ref - 0.5 * ref @ ref.T @ ref
+    # power iteration (10 steps) is an estimate: close to the true sigma for this matrix
+    torch.testing.assert_close(bjorck(w, 20), ref.T, atol=1e-6, rtol=0)
+
+
+# --- golden check against the paper's own code ------------------------------------------------
+
+
+@pytest.mark.skipif(not GOLDEN.exists(), reason=f"golden file {GOLDEN} is absent")
+def test_golden_convnet_xs_matches_paper():
+    from safetensors.torch import load_file
+
+    data = load_file(str(GOLDEN))
+    state = {k[len("state_dict."):]: v for k, v in data.items() if k.startswith("state_dict.")}
+    # the paper's head is a torch parametrization storing the free matrix under
+    # `parametrizations.weight.original`; lipzoo's BjorckLinear stores that same matrix as `weight`
+    state["ClassificationHead.1.weight"] = state.pop("ClassificationHead.1.parametrizations.weight.original")
+    model = lipzoo.create_model("convnet_xs_bcop", paper_compatible=True)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(data["input"])
+    ref = data["output"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())

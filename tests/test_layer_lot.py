@@ -1,0 +1,217 @@
+"""LOT-specific tests: the paper's literal forward, the Newton-Schulz maths, rfft/1x1 shortcuts, golden logits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lipzoo
+from lipzoo.layers.lot import LOTConv2d, LOTLinear, lot_orthogonalize
+
+from lipschitz import impulse_matrix, push_norm_up
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "1llc" / "xs_lot.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small batched complex matmuls: one thread is faster on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def paper_forward(layer: LOTConv2d, x: torch.Tensor, iters: int) -> torch.Tensor:
+    """The paper's forward written out literally in float64 (full fft2, explicit shift matrix)."""
+    k = layer.kernel_size
+    p = k // 2
+    w = layer.weight.detach().double()
+    xp = F.pad(x.double(), (p,) * 4)
+    n_h, n_w = xp.shape[-2:]
+    s = -((k - 1) // 2)
+    a = torch.arange(n_h, dtype=torch.float64)[:, None] / n_h
+    b = torch.arange(n_w, dtype=torch.float64)[None, :] / n_w
+    shift = torch.exp(2j * math.pi * s * (a + b))
+    wf = (shift * torch.fft.fft2(w, s=(n_h, n_w)).conj()).permute(2, 3, 0, 1)
+    eye = torch.eye(w.shape[0], dtype=wf.dtype)
+    sm = wf @ wf.mH + 1e-4 * eye
+    norm = torch.linalg.matrix_norm(sm)[..., None, None] + 1e-4
+    y, z = sm / norm, eye.expand_as(sm)
+    for _ in range(iters):
+        t = 0.5 * (3 * eye - z @ y)
+        y, z = y @ t, t @ z
+    wo = z @ wf / norm.sqrt()
+    yf = (wo @ torch.fft.fft2(xp).permute(2, 3, 1, 0)).permute(3, 2, 0, 1)
+    out = torch.fft.ifft2(yf).real[..., p : n_h - p, p : n_w - p]
+    return out + layer.bias.detach().double()[:, None, None]
+
+
+def random_layer(c_in=4, c_out=4, k=3, seed=0, **kw) -> LOTConv2d:
+    torch.manual_seed(seed)
+    layer = LOTConv2d(c_in, c_out, k, **kw)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.3)
+        layer.bias.normal_(0, 0.1)
+    return layer
+
+
+@pytest.mark.parametrize("paper_compatible", [False, True], ids=["default", "paper"])
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("size", [(8, 8), (7, 10), (5, 6)])
+def test_matches_the_papers_literal_forward(paper_compatible, k, size):
+    """Default (rfft / 1x1 shortcut) and paper path both equal the paper's fft2 computation."""
+    layer = random_layer(4, 4, k, seed=k, paper_compatible=paper_compatible, iters=3, eval_iters=10)
+    x = torch.randn(3, 4, *size)
+    for mode, iters in (("train", 3), ("eval", 10)):
+        layer.train(mode == "train")
+        with torch.no_grad():
+            y = layer(x)
+        torch.testing.assert_close(y.double(), paper_forward(layer, x, iters), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(3, 5), (5, 3)])
+def test_non_square_layers(c_in, c_out):
+    layer = random_layer(c_in, c_out, 3, iters=10)
+    x = torch.randn(2, c_in, 6, 6)
+    torch.testing.assert_close(layer(x).double(), paper_forward(layer, x, 10), rtol=1e-5, atol=1e-5)
+    assert torch.linalg.svdvals(impulse_matrix(layer, (c_in, 6, 6))).max() <= 1 + 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("shape", [(5, 5), (6, 4), (4, 6)])
+@pytest.mark.parametrize("iters", [0, 1, 10])
+def test_newton_schulz_equals_its_spectral_formula(dtype, shape, iters):
+    """Z_T W / sqrt(n) = U diag(u_T(a) s / sqrt(s^2 + eps)) V^H, u_{t+1} = u_t (3 - u_t^2) / 2."""
+    torch.manual_seed(iters)
+    w = torch.randn(3, *shape, dtype=dtype)
+    u_mat, s, vh = torch.linalg.svd(w, full_matrices=False)
+    out, r = shape[0], min(shape)
+    norm = torch.sqrt(((s**2 + 1e-4) ** 2).sum(-1) + (out - r) * 1e-8) + 1e-4
+    u = torch.sqrt((s**2 + 1e-4) / norm[:, None])
+    for _ in range(iters):
+        u = u * (3 - u**2) / 2
+    expected = u_mat @ torch.diag_embed((u * s / torch.sqrt(s**2 + 1e-4)).to(dtype)) @ vh
+    torch.testing.assert_close(lot_orthogonalize(w, iters), expected, rtol=1e-9, atol=1e-10)
+    assert torch.linalg.matrix_norm(lot_orthogonalize(w, iters), ord=2).max() < 1
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_float32_round_off_keeps_every_frequency_below_one(scale):
+    """The computed (float32) per-frequency matrices have spectral norm <= 1 + 1e-4."""
+    torch.manual_seed(1)
+    layer = LOTConv2d(32, 32, 3, input_size=(8, 8))
+    with torch.no_grad():
+        layer.weight.normal_(0, scale)
+        layer.weight[:, :, 1, 1] += scale * torch.eye(32)  # a mix of large and tiny singular values
+    for paper in (False, True):
+        layer.paper_compatible = paper
+        wf = layer.compute_weight((8, 8)).detach()
+        assert torch.linalg.matrix_norm(wf.to(torch.complex128), ord=2).max() <= 1 + 1e-4
+
+
+def test_operator_norm_of_a_5x5_kernel_after_training_steps():
+    layer = random_layer(3, 3, 5)
+    push_norm_up(layer, (3, 6, 6), steps=10)
+    for mode in (True, False):
+        layer.train(mode)
+        assert torch.linalg.svdvals(impulse_matrix(layer, (3, 6, 6))).max() <= 1 + 1e-4
+
+
+def test_not_orthogonal_with_ten_iterations_but_converges_with_more():
+    """sigma_min stays far below 1 for a random kernel (why LOT is not marked orthogonal)."""
+    lo = random_layer(4, 4, 3, seed=3).eval()
+    sv10 = torch.linalg.svdvals(impulse_matrix(lo, (4, 6, 6)))
+    assert sv10.max() <= 1 + 1e-4 and sv10.min() < 0.9
+    hi = random_layer(4, 4, 3, seed=3, eval_iters=60).eval()
+    wf = hi.compute_weight((6, 6)).to(torch.complex128)
+    sv = torch.linalg.svdvals(wf)  # per-frequency: near-unitary once converged (but for eps)
+    assert sv.min() > sv10.min() and sv.max() <= 1 + 1e-4
+
+
+def test_identity_init_is_almost_the_identity():
+    layer = LOTConv2d(8, 8, 3, input_size=(6, 6))
+    assert torch.equal(layer.bias, torch.zeros(8))
+    assert torch.equal(layer.weight[:, :, 1, 1], torch.eye(8)) and layer.weight.abs().sum() == 8
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(layer(x), x, rtol=0, atol=1e-3)
+    lin = LOTLinear(8, 8)
+    torch.testing.assert_close(lin(x[:, :, 0, 0]), x[:, :, 0, 0], rtol=0, atol=1e-3)
+
+
+def test_iteration_options_apply_per_mode():
+    layer = random_layer(4, 4, 3, iters=2, eval_iters=10)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        y_train = layer.train()(x)
+        y_eval = layer.eval()(x)
+    torch.testing.assert_close(y_train.double(), paper_forward(layer, x, 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y_eval.double(), paper_forward(layer, x, 10), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(y_train, y_eval)
+    assert "iters=2, eval_iters=10" in repr(layer)
+
+
+def test_any_input_size_and_the_cache_follows_it():
+    layer = random_layer(4, 4, 3).eval()
+    for size in [(8, 8), (6, 10), (8, 8), (3, 3)]:
+        x = torch.randn(2, 4, *size)
+        torch.testing.assert_close(layer(x).double(), paper_forward(layer, x, 10), rtol=1e-5, atol=1e-5)
+    assert layer.size_dependent and not LOTConv2d(4, 4, 1).size_dependent
+
+
+def test_gradients_flow_through_the_iteration():
+    layer = random_layer(4, 4, 3)
+    layer(torch.randn(2, 4, 5, 5)).square().sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert layer.bias.grad is not None
+
+
+def test_linear_is_the_1x1_conv():
+    conv = random_layer(6, 6, 1)
+    lin = LOTLinear(6, 6)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight[:, :, 0, 0])
+        lin.bias.copy_(conv.bias)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(lin(x), conv(x[:, :, None, None])[:, :, 0, 0], rtol=1e-6, atol=1e-6)
+    for i, o in [(5, 3), (3, 5)]:
+        m = LOTLinear(i, o)
+        assert torch.linalg.svdvals(m.compute_weight().detach().double()).max() <= 1 + 1e-6
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="odd"):
+        LOTConv2d(4, 4, 2)
+    with pytest.raises(ValueError, match=">= 0"):
+        LOTConv2d(4, 4, 3, iters=-1)
+    with pytest.raises(ValueError, match="input size"):
+        LOTConv2d(4, 4, 3).compute_weight(None)
+
+
+@pytest.mark.parametrize("size,count", [("xs", 1_572_288), ("s", 6_283_136)])
+def test_trainable_parameter_counts(size, count):
+    model = lipzoo.create_model(f"convnet_{size}_lot")
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
+    assert {n.rsplit(".", 1)[-1] for n, _ in model.named_parameters()} == {"weight", "bias"}
+    assert not list(model.buffers())
+
+
+def test_golden_logits_of_the_paper():
+    """The paper's own XS-LOT state dict and eval logits (keys only lose the 'state_dict.' prefix)."""
+    if not GOLDEN.exists():
+        pytest.skip(f"golden vectors not found at {GOLDEN}")
+    from safetensors.torch import load_file
+
+    data = load_file(str(GOLDEN))
+    state = {k.removeprefix("state_dict."): v for k, v in data.items() if k.startswith("state_dict.")}
+    for paper_compatible in (True, False):  # the default computes the same function
+        model = lipzoo.create_model("convnet_xs_lot", paper_compatible=paper_compatible)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        with torch.no_grad():
+            out = model(data["input"])
+        torch.testing.assert_close(out, data["output"], rtol=1e-4, atol=1e-4 * data["output"].abs().max().item())
