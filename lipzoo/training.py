@@ -396,9 +396,9 @@ def train(
             if recipe.schedule_step == "batch":
                 sched.step()
             seen += len(idx)
-            loss_sum += float(loss) * len(yb)
+            loss_sum += float(loss.detach()) * len(yb)
             correct += int((z.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{seen / max(time.time() - t0, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{seen / max(time.time() - t0, 1e-9):.0f}")
         if recipe.schedule_step == "epoch":
             sched.step()
         epoch_time = time.time() - t0

@@ -1,0 +1,187 @@
+"""The trainer: loss, recipes, resumable and deterministic runs, divergence guard, DDP, a real-data smoke run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from lipzoo.certify import certify, pgd_attack
+from lipzoo.cli import main as cli
+from lipzoo.training import DivergenceError, Recipe, RecipeError, augment, offset_cross_entropy, train
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tiny_recipe(**kw) -> Recipe:
+    base = dict(name="t", architecture="convnet_xs_aol", dataset="fashion_mnist", epochs=3, lr=0.05,
+                weight_decay=1e-5, batch_size=32, crop_padding=2, hflip=False, seed=1)
+    base.update(kw)
+    return Recipe(**base)
+
+
+def synthetic(n=64, n_val=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n + n_val,), generator=g)
+    x = torch.rand(n + n_val, 1, 32, 32, generator=g) * 0.2
+    x[torch.arange(len(y)), 0, 2 * y + 5, 10:20] = 1.0  # a learnable stripe per class
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    code = {np.uint8: 0x08}[arr.dtype.type]
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def test_offset_cross_entropy_matches_its_definition():
+    z = torch.randn(5, 10)
+    y = torch.randint(0, 10, (5,))
+    assert torch.allclose(offset_cross_entropy(z, y, 0.0, 1.0), F.cross_entropy(z, y))
+    m, t = 0.4, 0.25
+    ref = t * F.cross_entropy((z - m * F.one_hot(y, 10)) / t, y)
+    assert torch.allclose(offset_cross_entropy(z, y, m, t), ref)
+    # tiny temperature: a hinge on the margin (zero loss once the margin exceeds the offset)
+    z2 = torch.zeros(1, 3)
+    z2[0, 0] = 1.0
+    assert offset_cross_entropy(z2, torch.tensor([0]), 0.5, 1e-3) < 1e-6
+    assert abs(float(offset_cross_entropy(z2, torch.tensor([0]), 1.5, 1e-3)) - 0.5) < 1e-3
+    assert math.isclose(Recipe(name="x", architecture="convnet_xs_aol", dataset="mnist", epochs=1, lr=1,
+                               weight_decay=0).loss_offset, 0.39931, rel_tol=1e-4)
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: a\narchitecture: convnet_xs_aol\ndataset: mnist\nepochs: 1\nlr: 0.1\n")
+    with pytest.raises(RecipeError, match="weight_decay"):
+        Recipe.load(p)
+    p.write_text("name: a\narchitecture: convnet_xs_aol\ndataset: mnist\nepochs: 1\nlr: 0.1\nweight_decay: 0\nlrr: 1\n")
+    with pytest.raises(RecipeError, match="lrr"):
+        Recipe.load(p)
+    p.write_text("name: a\narchitecture: convnet_xs_aol\ndataset: mnist\nepochs: 0\nlr: 0.1\nweight_decay: 0\n")
+    with pytest.raises(RecipeError, match="epochs"):
+        Recipe.load(p)
+    with pytest.raises(RecipeError, match="does not exist"):
+        Recipe.load(tmp_path / "missing.yaml")
+    r = tiny_recipe()
+    r.dump(p)
+    assert Recipe.load(p) == r
+
+
+def test_augment_is_a_seeded_crop_and_flip():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    fill = torch.tensor([-1.0])
+    a = augment(x, 1, True, fill, torch.Generator().manual_seed(0))
+    b = augment(x, 1, True, fill, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    vals = set(a.flatten().tolist())
+    assert vals <= set(x.flatten().tolist()) | {-1.0}
+    assert torch.equal(augment(x, 0, False, fill, torch.Generator()), x)
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    data = synthetic()
+    r = tiny_recipe(val_limit=16)
+    full = train(r, tmp_path / "full", data=data, progress=False)
+    assert full["complete"]
+    part = train(r, tmp_path / "cut", data=data, progress=False, stop_after_epochs=1)
+    assert not part["complete"] and not (tmp_path / "cut" / "model.safetensors").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(r, tmp_path / "cut", data=data, progress=False)
+    train(r, tmp_path / "cut", data=data, progress=False, resume=True)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [0, 1, 2]
+    assert {"train_loss", "val_accuracy", "val_certified", "epoch_time_s", "images_per_s"} <= set(lines[-1])
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert run["complete"] and run["hardware"]["torch"] == torch.__version__ and "commit" in run
+    assert (tmp_path / "cut" / "recipe.yaml").is_file()
+
+
+def test_divergence_guard_keeps_the_last_good_checkpoint(tmp_path):
+    data = synthetic()
+    r = tiny_recipe(architecture="convnet_xs_standard", lr=1e12, schedule="constant", epochs=4)
+    with pytest.raises(DivergenceError, match="last good checkpoint"):
+        train(r, tmp_path / "run", data=data, progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    if ckpt.exists():  # every checkpoint written is finite
+        for k, v in load_file(ckpt).items():
+            if k.startswith("model.") and v.is_floating_point():
+                assert torch.isfinite(v).all(), k
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
+    rng = np.random.default_rng(0)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split, n in (("train", 64), ("t10k", 16)):
+        write_idx(data_dir / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(data_dir / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
+    r = tiny_recipe(epochs=2)
+    recipe = tmp_path / "r.yaml"
+    r.dump(recipe)
+    env = dict(os.environ, LIPZOO_DATA=str(data_dir), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(29500 + os.getpid() % 1000), "-m", "lipzoo.cli", "train", str(recipe),
+           "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    os.environ["LIPZOO_DATA"] = str(data_dir)
+    try:
+        train(r, tmp_path / "single", progress=False)
+    finally:
+        del os.environ["LIPZOO_DATA"]
+    a = load_file(tmp_path / "ddp" / "model.safetensors")
+    b = load_file(tmp_path / "single" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "ddp" / "run.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_smoke_training_on_real_fashion_mnist(tmp_path):
+    """~2,000 real images, a short CPU budget: far above chance, certified, attack never beats a certificate."""
+    r = tiny_recipe(epochs=4, batch_size=64, lr=0.05, schedule_step="batch", train_limit=2000, val_limit=500)
+    r.dump(tmp_path / "recipe.yaml")
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["certify", str(tmp_path / "run"), "--limit", "500", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["clean_accuracy"] > 0.5, out  # chance is 0.1
+    assert out["certified_accuracy"][f"{36 / 255:.6g}"] > 0.2, out
+    # the attack must never flip a certified point
+    from lipzoo.data import load_tensors
+    from lipzoo.training import build_model
+
+    model = build_model(r)
+    model.load_state_dict(load_file(tmp_path / "run" / "model.safetensors"))
+    x, y = load_tensors("fashion_mnist", "test", limit=200)
+    eps = 72 / 255
+    result = certify(model, x, y, (eps,))
+    certified = result.radii > eps
+    for p in model.parameters():
+        p.requires_grad_(False)
+    adv = pgd_attack(model, x, y, eps, steps=30)
+    assert ((adv - x).flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    with torch.no_grad():
+        fooled = model(adv).argmax(1) != y
+    assert certified.any() and fooled.any()
+    assert not (fooled & certified).any(), "the attack flipped a certified point: the certificate is unsound"
