@@ -163,7 +163,7 @@ def git_commit() -> str | None:
 
 def hardware(device: str) -> dict:
     info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device}
+            "cpu_threads": torch.get_num_threads(), "torch": str(torch.__version__), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -431,7 +431,7 @@ def train(
         "name": recipe.name, "architecture": recipe.architecture, "dataset": recipe.dataset,
         "epochs_done": finished, "epochs": recipe.epochs, "complete": finished >= recipe.epochs,
         "wall_time_s": time.time() - wall0, "hardware": hardware(device), "world_size": world,
-        "torch": torch.__version__, "commit": git_commit(), "final": last,
+        "torch": str(torch.__version__), "commit": git_commit(), "final": last,
     }
     if is_main and finished >= recipe.epochs:
         from . import __version__

@@ -185,3 +185,17 @@ def test_smoke_training_on_real_fashion_mnist(tmp_path):
         fooled = model(adv).argmax(1) != y
     assert certified.any() and fooled.any()
     assert not (fooled & certified).any(), "the attack flipped a certified point: the certificate is unsound"
+
+
+def test_budget_estimator_writes_epochs_into_the_recipe(tmp_path):
+    r = tiny_recipe(batch_size=8, epochs=1)
+    p = tmp_path / "r.yaml"
+    r.dump(p)
+    res = CliRunner().invoke(cli, ["budget", str(p), "--seconds", "60", "--batches", "2", "--write", "--json"])
+    assert res.exit_code == 0, res.output
+    est = json.loads(res.output)[0]
+    assert est["epoch_seconds"] > 0 and est["epochs"] == max(1, int(60 // est["epoch_seconds"]))
+    back = Recipe.load(p)
+    assert back.epochs == est["epochs"] and back.budget["seconds"] == 60 and "hardware" in back.budget
+    res = CliRunner().invoke(cli, ["budget", str(p)])
+    assert res.exit_code != 0 and "--hours or --seconds" in res.output
