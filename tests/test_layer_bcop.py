@@ -13,7 +13,8 @@ from torch import nn
 
 import lipzoo
 from lipzoo.layers._linalg import conv_kernel_fft
-from lipzoo.layers.bcop import BCOPConv2d, BjorckLinear, bcop_kernel, bjorck, norm_bound, start_vector
+from lipzoo.layers._linalg import power_start_vector as start_vector
+from lipzoo.layers.bcop import BCOPConv2d, BjorckLinear, bcop_kernel, bjorck, norm_bound
 
 from lipschitz import impulse_matrix
 

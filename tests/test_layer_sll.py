@@ -74,9 +74,9 @@ def test_initialisation_follows_the_paper():
 
 
 def test_bad_arguments_are_rejected():
-    with pytest.raises(ValueError, match="output width equals its input width"):
+    with pytest.raises(ValueError, match="as many channels as its input"):
         SLLConv2d(4, 8, 3)
-    with pytest.raises(ValueError, match="output width equals its input width"):
+    with pytest.raises(ValueError, match="as many channels as its input"):
         SLLLinear(4, 8)
     with pytest.raises(ValueError, match="odd"):
         SLLConv2d(4, 4, 2)

@@ -15,7 +15,7 @@ from typing import Any, Hashable
 import torch
 from torch import nn
 
-__all__ = ["LipschitzModule", "check_input", "InputError"]
+__all__ = ["LipschitzModule", "check_input", "InputError", "as_size", "check_square", "spatial_size"]
 
 
 class InputError(ValueError):
@@ -132,3 +132,22 @@ class LipschitzModule(nn.Module):
 
 def spatial_size(x: torch.Tensor) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
+
+
+def as_size(size: tuple[int, int] | int | None, default: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """Normalise an ``input_size`` argument (int, (H, W) or None) to a pair of ints."""
+    if size is None:
+        return default
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def check_square(layer: str, n_in: int, n_out: int) -> None:
+    """Residual layers ``y = x - ...`` need as many output as input channels."""
+    if n_in != n_out:
+        raise ValueError(
+            f"{layer} is a residual layer (y = x - ...) whose output has as many channels as its input; "
+            f"it needs in == out, got {n_in} -> {n_out}"
+        )

@@ -70,48 +70,41 @@ def gram_bound(kernel: torch.Tensor) -> torch.Tensor:
     return gram_row_sums(kernel, "in").max().sqrt()
 
 
+POWER_START_SEED = 20240701  # seed of the fixed start vector of the power iteration
+
+
+def power_start_vector(w: torch.Tensor) -> torch.Tensor:
+    """The fixed pseudo-random start (..., m, 1) of the power iteration on a (..., m, n) stack."""
+    gen = torch.Generator().manual_seed(POWER_START_SEED)
+    return torch.randn(*w.shape[:-1], 1, generator=gen).to(device=w.device, dtype=w.dtype)
+
+
 @torch.no_grad()
-def power_iteration_sigma(
-    w: torch.Tensor, iters: int = 10, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Power-iteration ESTIMATE of the spectral norm of each matrix in a (..., m, n) stack.
+def power_iteration_sigma(w: torch.Tensor, iters: int = 10) -> torch.Tensor:
+    """Power-iteration ESTIMATE of the spectral norm of each matrix of a (..., m, n) stack.
 
-    Converges from below: never use it as a bound, only as a prescaling heuristic.
+    The paper's scheme (u <- A v, v <- A^T u, sigma = u^T A v) from a FIXED start vector, so it is
+    deterministic. It converges from below: never a bound, only a prescaling heuristic.
     """
-    v = torch.randn(*w.shape[:-2], w.shape[-1], 1, dtype=w.dtype, device=w.device, generator=generator)
-    v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+    u = power_start_vector(w)
+    v = w.new_zeros(*w.shape[:-2], w.shape[-1], 1)
     for _ in range(iters):
-        u = w @ v
-        u = u / u.norm(dim=-2, keepdim=True).clamp_min(1e-12)
         v = w.transpose(-1, -2) @ u
-        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-12)
-    return (w @ v).norm(dim=(-2, -1))
+        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-30)
+        u = w @ v
+        u = u / u.norm(dim=-2, keepdim=True).clamp_min(1e-30)
+    return (u.transpose(-1, -2) @ w @ v)[..., 0, 0]
 
 
-def bjorck_orthonormalize(
-    w: torch.Tensor,
-    iters: int = 20,
-    beta: float = 0.5,
-    power_iteration_scaling: bool = False,
-    power_iters: int = 10,
-) -> torch.Tensor:
+def bjorck_orthonormalize(w: torch.Tensor, iters: int = 20, beta: float = 0.5) -> torch.Tensor:
     """First-order Bjorck-Bowie iteration ``W <- (1 + beta) W - beta W W^T W`` on (..., m, n).
 
-    Wide matrices are transposed first (as in the paper's code). With
-    ``power_iteration_scaling`` each matrix is first divided by a power-iteration estimate of
-    its spectral norm (no gradient through the estimate). Finite iterations are only
-    approximately orthogonal; callers that promise a bound must rescale (see ``gram_bound``).
+    Converges to the orthogonal polar factor when every singular value starts below sqrt(3);
+    finitely many iterations are only approximately orthogonal, so callers that promise a bound
+    must rescale (see ``gram_bound``). Callers prescale and handle wide matrices.
     """
-    wide = w.shape[-2] < w.shape[-1]
-    if wide:
-        w = w.transpose(-1, -2)
-    if power_iteration_scaling:
-        sigma = power_iteration_sigma(w.detach(), power_iters)
-        w = w / sigma[..., None, None]
     for _ in range(iters):
         w = (1 + beta) * w - beta * w @ (w.transpose(-1, -2) @ w)
-    if wide:
-        w = w.transpose(-1, -2)
     return w
 
 

@@ -28,37 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import LipschitzModule
-from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums
+from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums, power_iteration_sigma
 
-__all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound", "start_vector"]
+__all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
 
 POWER_ITERS = 10
-START_SEED = 20240701  # seed of the fixed start vector of the power iteration
-
-
-def start_vector(w: torch.Tensor) -> torch.Tensor:
-    """The fixed pseudo-random start (..., m, 1) of the power iteration on a (..., m, n) stack."""
-    gen = torch.Generator().manual_seed(START_SEED)
-    return torch.randn(*w.shape[:-1], 1, generator=gen).to(device=w.device, dtype=w.dtype)
-
-
-@torch.no_grad()
-def _power_sigma(w: torch.Tensor, iters: int = POWER_ITERS) -> torch.Tensor:
-    """Power-iteration ESTIMATE of the spectral norm of each matrix of a (..., m, n) stack.
-
-    The paper's scheme (u <- A v, v <- A^T u, sigma = u^T A v) from a FIXED start vector, so it
-    is deterministic. An estimate from below, used only as a prescaling heuristic.
-    """
-    u = start_vector(w)
-    v = w.new_zeros(*w.shape[:-2], w.shape[-1], 1)
-    for _ in range(iters):
-        v = w.transpose(-1, -2) @ u
-        v = v / v.norm(dim=-2, keepdim=True).clamp_min(1e-30)
-        u = w @ v
-        u = u / u.norm(dim=-2, keepdim=True).clamp_min(1e-30)
-    return (u.transpose(-1, -2) @ w @ v)[..., 0, 0]
-
-
 def bjorck(
     w: torch.Tensor, iters: int, beta: float = 0.5, power_iteration_scaling: bool = True
 ) -> torch.Tensor:
@@ -73,7 +47,7 @@ def bjorck(
     if wide:
         w = w.transpose(-1, -2)
     if power_iteration_scaling:
-        w = w / _power_sigma(w.detach())[..., None, None]
+        w = w / power_iteration_sigma(w.detach(), POWER_ITERS)[..., None, None]
     else:
         w = w / math.sqrt(w.shape[0] * w.shape[1])
     w = bjorck_orthonormalize(w, iters=iters, beta=beta)

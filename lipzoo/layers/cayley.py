@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule, spatial_size
+from ._base import as_size, LipschitzModule, spatial_size
 from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
 
 __all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight"]
@@ -42,13 +42,6 @@ __all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight"]
 DEFAULT_INPUT_SIZE = 32
 
 
-def _pair(size: tuple[int, int] | int | None) -> tuple[int, int]:
-    if size is None:
-        return DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
 
 
 def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -95,7 +88,7 @@ class CayleyConv2d(LipschitzModule):
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for a centred 'same' convolution, got {kernel_size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.input_size = _pair(input_size)
+        self.input_size = as_size(input_size, (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE))
         self.paper_compatible = paper_compatible
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import InputError, LipschitzModule, spatial_size
+from ._base import check_square, as_size, InputError, LipschitzModule, spatial_size
 from ._linalg import gram_bound
 
 __all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling"]
@@ -85,21 +85,8 @@ def _paper_rescaling(op: _Op, op_t: _Op, u: torch.Tensor, training: bool, val_ni
     return CPLWeight(2.0 / (sigma**2 + EPS), u_new if training else None)
 
 
-def _check_square(kind: str, n_in: int, n_out: int) -> None:
-    if n_in != n_out:
-        raise ValueError(
-            f"{kind} is a residual layer y = x - r K^T relu(Kx + b) whose output has as many "
-            f"channels as its input; it needs in == out, got {n_in} -> {n_out}"
-        )
 
 
-def _as_size(input_size: tuple[int, int] | int | None) -> tuple[int, int] | None:
-    if input_size is None:
-        return None
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    h, w = input_size
-    return (int(h), int(w))
 
 
 class CPLConv2d(LipschitzModule):
@@ -123,7 +110,7 @@ class CPLConv2d(LipschitzModule):
         val_niter: int = 100,
     ) -> None:
         super().__init__()
-        _check_square(type(self).__name__, in_channels, out_channels)
+        check_square(type(self).__name__, in_channels, out_channels)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
         if val_niter < 1:
@@ -131,7 +118,7 @@ class CPLConv2d(LipschitzModule):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.paper_compatible = bool(paper_compatible)
         self.val_niter = int(val_niter)
-        self.input_size = _as_size(input_size)
+        self.input_size = as_size(input_size)
         self.kernel = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         nn.init.xavier_normal_(self.kernel)
@@ -200,7 +187,7 @@ class CPLLinear(LipschitzModule):
         self, in_features: int, out_features: int, *, paper_compatible: bool = False, val_niter: int = 100
     ) -> None:
         super().__init__()
-        _check_square(type(self).__name__, in_features, out_features)
+        check_square(type(self).__name__, in_features, out_features)
         if val_niter < 1:
             raise ValueError(f"val_niter must be >= 1, got {val_niter}")
         self.in_features, self.out_features = in_features, out_features

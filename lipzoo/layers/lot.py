@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule, spatial_size
+from ._base import as_size, LipschitzModule, spatial_size
 from ._linalg import conv_kernel_fft, conv_kernel_rfft, fft_conv2d
 
 __all__ = ["LOTConv2d", "LOTLinear", "lot_orthogonalize"]
@@ -71,13 +71,6 @@ def lot_orthogonalize(w: torch.Tensor, iters: int = 10, eps: float = EPS) -> tor
     return (z @ w) / norm.sqrt()
 
 
-def _pair(size: tuple[int, int] | int | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
 
 
 class LOTConv2d(LipschitzModule):
@@ -110,7 +103,7 @@ class LOTConv2d(LipschitzModule):
         if iters < 0 or eval_iters < 0:
             raise ValueError(f"iters and eval_iters must be >= 0, got {iters} and {eval_iters}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.input_size = _pair(input_size)
+        self.input_size = as_size(input_size)
         self.paper_compatible = paper_compatible
         self.iters, self.eval_iters = int(iters), int(eval_iters)
         # a 1x1 kernel is the same real matrix at every frequency: no FFT, no size dependence

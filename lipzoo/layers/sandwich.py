@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import InputError, LipschitzModule, spatial_size
+from ._base import as_size, InputError, LipschitzModule, spatial_size
 from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
 
 __all__ = ["SandwichConv2d", "SandwichLinear", "SandwichWeight", "sandwich_factors"]
@@ -97,13 +97,6 @@ def _check_scale(scale: float, paper_compatible: bool) -> float:
     return scale
 
 
-def _as_size(input_size: tuple[int, int] | int | None) -> tuple[int, int]:
-    if input_size is None:
-        return (32, 32)
-    if isinstance(input_size, int):
-        return (input_size, input_size)
-    h, w = input_size
-    return (int(h), int(w))
 
 
 class SandwichConv2d(LipschitzModule):
@@ -132,7 +125,7 @@ class SandwichConv2d(LipschitzModule):
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be positive, got {kernel_size}")
-        size = _as_size(input_size)
+        size = as_size(input_size, (32, 32))
         if kernel_size > min(size):
             raise ValueError(f"a {kernel_size}x{kernel_size} kernel does not fit the input size {size}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule
+from ._base import check_square, LipschitzModule
 from ._linalg import autocorrelation
 
 __all__ = ["SLLConv2d", "SLLLinear", "sll_rescaling"]
@@ -71,12 +71,6 @@ def sll_rescaling(gram: torch.Tensor, q: torch.Tensor, q_param: str = "abs", eps
     raise ValueError(f"q_param must be one of {Q_PARAMS}, got {q_param!r}")
 
 
-def _check_square(kind: str, n_in: int, n_out: int) -> None:
-    if n_in != n_out:
-        raise ValueError(
-            f"SLL is a residual layer (y = x - K^T t ReLU(Kx + b)), so its output width equals its "
-            f"input width: {kind} must be equal, got {n_in} and {n_out}"
-        )
 
 
 def _check_q_param(q_param: str) -> None:
@@ -106,7 +100,7 @@ class SLLConv2d(LipschitzModule):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
-        _check_square("in_channels and out_channels", in_channels, out_channels)
+        check_square("in_channels and out_channels", in_channels, out_channels)
         _check_q_param(q_param)
         if paper_compatible and q_param != "abs":
             raise ValueError("paper_compatible=True requires q_param='abs' (the paper's parametrisation)")
@@ -158,7 +152,7 @@ class SLLLinear(LipschitzModule):
         eps: float = EPS,
     ) -> None:
         super().__init__()
-        _check_square("in_features and out_features", in_features, out_features)
+        check_square("in_features and out_features", in_features, out_features)
         _check_q_param(q_param)
         if paper_compatible and q_param != "abs":
             raise ValueError("paper_compatible=True requires q_param='abs' (the paper's parametrisation)")
