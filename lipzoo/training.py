@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .certify import DEFAULT_EPS, certified_radius
-from .data import dataset_info, load_tensors
+from .data import dataset_info, load_tensors, rand_augment
 
 __all__ = [
     "Recipe",
@@ -78,6 +78,7 @@ class Recipe:
     loss_temperature: float = PAPER_TEMPERATURE
     crop_padding: int = 4
     hflip: bool = True
+    rand_augment: list[int] | None = None  # [num_ops, magnitude]: RandAugment per image (the paper's TinyImageNet)
     seed: int = 0
     val_size: int = 0  # > 0: hold out that many training images (fixed seed) as validation; 0: validate on test
     train_limit: int | None = None  # use only the first N training images (smoke runs)
@@ -196,9 +197,15 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, fill: torch.Tensor, gene
     return x.contiguous()
 
 
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) to float32 in [0, 1]; float images pass through."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
 def load_splits(recipe: Recipe, data_root: str | None = None):
     """(train_x, train_y, val_x, val_y) as the recipe asks (held-out validation or the test split)."""
-    tx, ty = load_tensors(recipe.dataset, "train", root=data_root)
+    # uint8 in memory (TinyImageNet is 1.2 GB so, 4.9 GB as float); batches become float on the fly
+    tx, ty = load_tensors(recipe.dataset, "train", root=data_root, dtype=torch.uint8)
     if recipe.val_size > 0:
         g = torch.Generator().manual_seed(12345)  # fixed: the split never depends on the run's seed
         perm = torch.randperm(len(tx), generator=g)
@@ -291,7 +298,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float
     n, correct, loss_sum = len(x), 0, 0.0
     cert = {e: 0 for e in eps}
     for s in range(0, n, batch_size):
-        xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
+        xb, yb = as_float(x[s : s + batch_size]).to(device), y[s : s + batch_size].to(device)
         z = model(xb)
         loss_sum += float(offset_cross_entropy(z, yb, recipe.loss_offset, recipe.loss_temperature)) * len(xb)
         correct += int((z.argmax(1) == yb).sum())
@@ -349,7 +356,7 @@ def train(
 
     tx, ty, vx, vy = data if data is not None else load_splits(recipe, data_root)
     info = dataset_info(recipe.dataset)
-    fill = torch.tensor(info.mean[: tx.shape[1]], dtype=tx.dtype)
+    fill = torch.tensor(info.mean[: tx.shape[1]], dtype=torch.float32)
     model = build_model(recipe).to(device)
     steps_per_epoch = math.ceil(len(tx) / recipe.batch_size)
     opt, sched = _optimizer_and_schedule(model, recipe, steps_per_epoch)
@@ -378,7 +385,10 @@ def train(
                    disable=not (progress and is_main), leave=False)
         for b in bar:
             idx = perm[b * recipe.batch_size : (b + 1) * recipe.batch_size]
-            xb = augment(tx[idx], recipe.crop_padding, recipe.hflip, fill, g)
+            xb = tx[idx]
+            if recipe.rand_augment:
+                xb = rand_augment(xb, *recipe.rand_augment, generator=g)
+            xb = augment(as_float(xb), recipe.crop_padding, recipe.hflip, fill, g)
             yb = ty[idx]
             if world > 1:
                 xb, yb = xb[rank::world], yb[rank::world]

@@ -44,13 +44,24 @@ def paper_recipe(dataset: str, family: str, size: str, layer: str, hours: int) -
     i = SIZES.index(size)
     src = BORROW.get(layer, layer)
     lrwd, ep2 = PAPER_LR_WD[src][i], PAPER_EPOCHS_2H[src][i]
+    borrowed_size = None
+    if (lrwd is None or ep2 is None) and dataset == "fashion_mnist":  # the zoo has every entry: use the next size down
+        borrowed_size = SIZES[i - 1]
+        lrwd, ep2 = PAPER_LR_WD[src][i - 1], PAPER_EPOCHS_2H[src][i - 1]
     if lrwd is None or ep2 is None:
         return None
     epochs = ep2 * hours // 2
     arch = f"{family}_{size}_{layer}"
-    aug = default_augmentation(dataset)
+    aug = default_augmentation(dataset, include_rand_augment=True)
+    aug["rand_augment"] = list(aug["rand_augment"]) if aug.get("rand_augment") else None
     notes = (f"lr/wd: the paper's best CIFAR-10 values for {src.upper()} {size.upper()} (spec 3.6); "
              f"epochs: the paper's {hours}-hour budget on its GPU ({ep2} epochs per 2 h, spec 3.4).")
+    if dataset not in ("cifar10", "fashion_mnist"):
+        notes += f" The paper ran no {dataset} training: lr/wd/epochs are its CIFAR-10 values, as its default settings."
+    if dataset == "fashion_mnist":
+        notes += " Fashion-MNIST: re-derive the epochs for the device at hand with `lipzoo budget RECIPE --hours H --write`."
+    if borrowed_size:
+        notes += f" The paper never ran {src.upper()} {size.upper()} (out of memory); these are its {borrowed_size.upper()} values."
     if src != layer:
         notes += f" The paper never trained {layer}; these settings are borrowed from {src}."
     return Recipe(name=f"{arch}.{dataset}", architecture=arch, dataset=dataset, epochs=epochs, lr=lrwd[0],

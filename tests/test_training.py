@@ -199,3 +199,21 @@ def test_budget_estimator_writes_epochs_into_the_recipe(tmp_path):
     assert back.epochs == est["epochs"] and back.budget["seconds"] == 60 and "hardware" in back.budget
     res = CliRunner().invoke(cli, ["budget", str(p)])
     assert res.exit_code != 0 and "--hours or --seconds" in res.output
+
+
+def test_every_shipped_recipe_is_valid_and_complete():
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    recipes = {p.relative_to(root).as_posix(): Recipe.load(p) for p in sorted(root.glob("*/*.yaml"))}
+    from lipzoo.layers import LAYERS
+
+    for size in ("xs", "s", "m", "l"):
+        for layer in LAYERS:  # every Fashion-MNIST zoo entry: 9 layers x 4 sizes
+            r = recipes[f"fashion_mnist/convnet_{size}_{layer}.yaml"]
+            assert r.name == f"convnet_{size}_{layer}.fashion_mnist" and r.dataset == "fashion_mnist"
+    paper = [k for k in recipes if k.startswith("cifar10/")]
+    assert len(paper) == 27  # 7 layers x 4 sizes, no LOT-L (never run by the paper)
+    r = recipes["cifar10/convnet_xs_aol.yaml"]
+    assert (r.lr, r.weight_decay, r.epochs) == (0.05729, 3.68e-5, 10044)  # the paper's 24 h XS-AOL run
+    assert recipes["tiny_imagenet/tconvnet_s_sll.yaml"].rand_augment == [2, 9]
+    for r in recipes.values():
+        assert r.name.split(".")[0] == r.architecture
