@@ -4,7 +4,12 @@ from . import data
 from .certify import DEFAULT_EPS, CertificationResult, certify
 from .layers import LAYERS, InputError, get_layer, list_layers
 from .models import ConvNet, ConvNetConfig
-from .registry import UnknownModelError, create_model, get_architecture, list_models
+from .registry import UnknownModelError, create_model, get_architecture, list_models, model_info
+from . import hub
+from .hub import ChecksumError, save_pretrained
+from .convert import convert_1llc_state_dict, load_1llc_model
+from .audit import audit
+from .export import to_plain
 
 __version__ = "0.1.0"
 
@@ -23,5 +28,13 @@ __all__ = [
     "get_layer",
     "list_layers",
     "list_models",
+    "model_info",
+    "hub",
+    "ChecksumError",
+    "save_pretrained",
+    "convert_1llc_state_dict",
+    "load_1llc_model",
+    "audit",
+    "to_plain",
     "__version__",
 ]

@@ -1,0 +1,503 @@
+"""Pretrained weights: resolve -> download -> verify sha256 -> safetensors strict load; save and push.
+
+Where the weights of ``NAME`` (a registry entry ``{architecture}.{dataset}``) are looked for, in
+order:
+
+1. an explicit path (``weights=``: a ``model.safetensors`` or a model folder);
+2. the local mirror folders ``<dir>/NAME/model.safetensors``: ``cards/`` of this checkout (or
+   torch.hub clone), then each folder of ``$LIPZOO_WEIGHTS`` (``os.pathsep``-separated);
+3. the Hugging Face cache (``cache_dir``, default ``$HF_HUB_CACHE``) at the pinned revision;
+4. ``huggingface_hub.hf_hub_download`` from ``$LIPZOO_HF_ENDPOINT`` / ``$HF_ENDPOINT`` (default
+   huggingface.co) at the pinned revision; never when offline (``local_files_only=True``,
+   ``HF_HUB_OFFLINE=1`` or ``LIPZOO_OFFLINE=1``).
+
+The file's bytes are read once, their sha256 compared with the registry's BEFORE anything is
+deserialised (a mismatch raises :class:`ChecksumError`; a bad copy in the HF cache is deleted so
+it is never used again), then parsed with safetensors (no pickle anywhere) and loaded with
+``strict=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .registry import (
+    ARCHITECTURES,
+    CARDS_DIR,
+    CONFIG_FILENAME,
+    PRETRAINED,
+    DataConfig,
+    PretrainedEntry,
+    create_model,
+    get_pretrained,
+)
+
+__all__ = [
+    "HubError", "ChecksumError", "WeightsNotFoundError", "DownloadError", "Resolved",
+    "hf_endpoint", "is_offline", "weights_mirrors", "cache_path", "sha256_file",
+    "resolve_weights", "find_local", "load_pretrained", "download", "verify", "save_pretrained", "push",
+    "hub_entrypoint",
+]
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class HubError(RuntimeError):
+    """Pretrained weights could not be found, fetched or trusted."""
+
+
+class ChecksumError(HubError):
+    """A weights file whose sha256 (or size) differs from the registry's: it was not loaded."""
+
+
+class WeightsNotFoundError(HubError, FileNotFoundError):
+    """The weights are not available locally and downloading is off (offline)."""
+
+
+class DownloadError(HubError):
+    """The Hub (or mirror) could not deliver the file: unknown repo, revision or file, or a failed transfer."""
+
+
+# --- configuration ------------------------------------------------------------------------------
+def hf_endpoint() -> str:
+    """The Hub to download from: ``$LIPZOO_HF_ENDPOINT``, else ``$HF_ENDPOINT``, else huggingface.co."""
+    return (os.environ.get("LIPZOO_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def is_offline(local_files_only: bool = False) -> bool:
+    """True when nothing may be downloaded (argument, ``HF_HUB_OFFLINE``, ``LIPZOO_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    env = any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "LIPZOO_OFFLINE"))
+    return bool(local_files_only or env or constants.HF_HUB_OFFLINE)
+
+
+def weights_mirrors() -> list[Path]:
+    """Local mirror folders holding ``NAME/model.safetensors``: the checkout's cards/, then $LIPZOO_WEIGHTS."""
+    extra = [Path(p).expanduser() for p in os.environ.get("LIPZOO_WEIGHTS", "").split(os.pathsep) if p.strip()]
+    return [CARDS_DIR, *extra]
+
+
+def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    from huggingface_hub import constants
+
+    return Path(cache_dir or os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).expanduser()
+
+
+def _revision(entry: PretrainedEntry, revision: str | None) -> str:
+    return revision or entry.revision or "main"
+
+
+def cache_path(entry: PretrainedEntry, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the HF cache keeps the entry's file (for a branch revision, the ``refs/`` file names the commit)."""
+    folder = _cache_dir(cache_dir) / f"models--{entry.repo_id.replace('/', '--')}"
+    return folder / "snapshots" / _revision(entry, revision) / entry.filename
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- resolution ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resolved:
+    """A located weights file: ``source`` is ``path``, ``mirror``, ``cache`` or ``download``."""
+
+    entry: PretrainedEntry
+    path: Path
+    source: str
+
+
+def _entry_and_path(name: str, weights: str | os.PathLike | None) -> tuple[PretrainedEntry, Path | None]:
+    """The registry entry of ``name`` and the explicit file, if any (a folder path as name works too)."""
+    if weights is None and name not in PRETRAINED and (os.sep in name or Path(name).is_dir()):
+        weights = name
+    if weights is None:
+        return get_pretrained(name), None
+    p = Path(weights).expanduser()
+    if not p.exists():
+        raise WeightsNotFoundError(f"weights path {p} does not exist")
+    folder = p if p.is_dir() else p.parent
+    if name in PRETRAINED:
+        entry = PRETRAINED[name]
+    elif (folder / CONFIG_FILENAME).is_file():
+        entry = PretrainedEntry.from_folder(folder)
+    else:
+        raise HubError(
+            f"no sha256 is known for {p}: {name!r} is not a registered pretrained name and {folder} has no "
+            f"{CONFIG_FILENAME}; save models with lipzoo.save_pretrained(model, folder, ...) and load the folder"
+        )
+    return entry, (p / entry.filename if p.is_dir() else p)
+
+
+def find_local(
+    entry: PretrainedEntry,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    mirrors: Sequence[Path] | None = None,
+) -> Resolved | None:
+    """The entry's file in a local mirror folder or the HF cache, without any network access."""
+    for d in weights_mirrors() if mirrors is None else mirrors:
+        p = Path(d) / entry.name / entry.filename
+        if p.is_file():
+            return Resolved(entry, p, "mirror")
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=str(_cache_dir(cache_dir)),
+                                 revision=_revision(entry, revision))
+    if isinstance(hit, str) and os.path.isfile(hit):
+        return Resolved(entry, Path(hit), "cache")
+    return None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network failures of huggingface_hub's HTTP client (httpx2 in recent versions), plus OSError."""
+    errors: list[type[BaseException]] = [OSError]
+    for mod in ("httpx2", "httpx", "requests"):
+        try:
+            m = __import__(mod)
+        except ImportError:
+            continue
+        errors.append(getattr(m, "TransportError", None) or getattr(m, "RequestException"))
+    return tuple(errors)
+
+
+def _hub_download(entry: PretrainedEntry, revision: str | None, cache_dir: str | os.PathLike | None,
+                  force: bool = False, local_files_only: bool = False, mirrors: Sequence[Path] | None = None) -> Path:
+    """Fetch the file into the HF cache; each failure becomes a :class:`DownloadError` saying what was wrong.
+
+    The one place that goes to the network: offline, it raises :class:`WeightsNotFoundError` instead.
+    """
+    if is_offline(local_files_only):
+        looked = [str(Path(d) / entry.name / entry.filename) for d in (weights_mirrors() if mirrors is None else mirrors)]
+        raise WeightsNotFoundError(
+            f"the weights of {entry.name} are not available offline: not in the Hugging Face cache "
+            f"({cache_path(entry, revision, cache_dir)})" + (f" nor in the mirror folders ({', '.join(looked)})" if looked else "")
+            + f". Run `lipzoo download {entry.name}` while online (or unset HF_HUB_OFFLINE / local_files_only), "
+            f"or put the file in $LIPZOO_WEIGHTS/{entry.name}/{entry.filename}"
+        )
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from . import __version__
+
+    endpoint, rev, repo = hf_endpoint(), _revision(entry, revision), entry.repo_id
+    api = HfApi(endpoint=endpoint)
+    where = f"{repo} at {endpoint}"
+    unreachable = _transport_errors()
+    try:
+        info = api.model_info(repo, revision=rev)
+    except HfHubHTTPError as e:  # repo or revision unknown: tell which
+        try:
+            try:
+                refs = api.list_repo_refs(repo)
+            except unreachable:  # a server may drop its keep-alive connection after the error: ask again once
+                refs = api.list_repo_refs(repo)
+        except (HfHubHTTPError, *unreachable):
+            raise DownloadError(
+                f"repository {where} not found (for {entry.name}); check the repo id "
+                f"(LIPZOO_HUB_ORG={os.environ.get('LIPZOO_HUB_ORG', '')!r}) and the endpoint (LIPZOO_HF_ENDPOINT)"
+            ) from e
+        known = [b.name for b in refs.branches] + [t.name for t in refs.tags]
+        raise DownloadError(
+            f"revision {rev!r} not found in {where}; its branches and tags: {', '.join(known) or '(none)'}"
+        ) from e
+    except unreachable as e:
+        raise DownloadError(
+            f"cannot reach {endpoint} to download {entry.name} ({type(e).__name__}: {e}); the file is not cached "
+            f"at {cache_path(entry, revision, cache_dir)}. Run `lipzoo download {entry.name}` when online, "
+            "or set LIPZOO_HF_ENDPOINT to a reachable mirror"
+        ) from e
+    files = [s.rfilename for s in info.siblings or []]
+    if entry.filename not in files:
+        raise DownloadError(
+            f"{where} has no file {entry.filename!r} at revision {rev!r}; it has: {', '.join(files) or '(no files)'}"
+        )
+    try:
+        path = hf_hub_download(repo, entry.filename, revision=rev, cache_dir=str(_cache_dir(cache_dir)),
+                               endpoint=endpoint, library_name="lipzoo", library_version=__version__,
+                               force_download=force)
+    except (HfHubHTTPError, *unreachable) as e:
+        raise DownloadError(
+            f"download of {entry.filename} from {where} (revision {rev!r}) failed: {e}. Nothing was loaded and "
+            f"no partial file is used; run `lipzoo download {entry.name}` again to resume"
+        ) from e
+    return Path(path)
+
+
+def resolve_weights(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    mirrors: Sequence[Path] | None = None,
+) -> Resolved:
+    """Locate (and if needed download) the weights of ``name``; nothing is verified yet."""
+    entry, explicit = _entry_and_path(name, weights)
+    if explicit is not None:
+        if not explicit.is_file():
+            raise WeightsNotFoundError(f"{explicit} does not exist (weights of {entry.name})")
+        return Resolved(entry, explicit, "path")
+    local = find_local(entry, revision=revision, cache_dir=cache_dir, mirrors=mirrors)
+    if local is not None:
+        return local
+    return Resolved(entry, _hub_download(entry, revision, cache_dir, local_files_only=local_files_only,
+                                         mirrors=mirrors), "download")
+
+
+def _evict(path: Path) -> None:
+    """Delete a cached file and the blob its snapshot link points to, so it is never used again."""
+    blob = path.resolve()
+    for p in {path, blob}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _read_verified(r: Resolved) -> bytes:
+    """The file's bytes, read once; size and sha256 checked before anyone parses them."""
+    data = r.path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if len(data) == r.entry.size and actual == r.entry.sha256:
+        return data
+    evicted = r.source in ("cache", "download")
+    if evicted:
+        _evict(r.path)
+    raise ChecksumError(
+        f"{r.path} ({r.source}) is not the file registered for {r.entry.name}: sha256 {actual} "
+        f"({len(data)} bytes), expected {r.entry.sha256} ({r.entry.size} bytes). Nothing was loaded. "
+        + (f"The bad copy was deleted from the cache; run `lipzoo download {r.entry.name}` to fetch it again."
+           if evicted else "Replace or remove that file.")
+    )
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    n = int.from_bytes(data[:8], "little")
+    try:
+        return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HubError(f"not a safetensors file (bad header): {e}") from None
+
+
+def load_pretrained(
+    name: str,
+    *,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    weights: str | os.PathLike | None = None,
+    mirrors: Sequence[Path] | None = None,
+    **layer_kwargs,
+) -> nn.Module:
+    """The pretrained model ``name`` (see the module doc for where it is found), verified, in eval mode."""
+    from safetensors.torch import load as load_safetensors
+
+    r = resolve_weights(name, weights=weights, revision=revision, cache_dir=cache_dir,
+                        local_files_only=local_files_only, mirrors=mirrors)
+    data = _read_verified(r)
+    meta = _safetensors_metadata(data)
+    e = r.entry
+    if meta.get("architecture", e.architecture) != e.architecture:
+        raise HubError(f"{r.path} holds a {meta['architecture']!r} model but {e.name} is a {e.architecture}")
+    state = load_safetensors(data)
+    model = create_model(e.architecture, num_classes=e.data.num_classes, in_chans=e.data.in_chans,
+                         input_mean=e.data.mean, **(e.layer_kwargs | layer_kwargs))
+    model.load_state_dict(state, strict=True)
+    model.pretrained_entry = e
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def download(name: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+             force: bool = False) -> Resolved:
+    """Fetch the weights of ``name`` into the HF cache (for offline use) and verify their sha256."""
+    entry = get_pretrained(name)
+    hit = None if force else find_local(entry, revision=revision, cache_dir=cache_dir, mirrors=())
+    r = hit or Resolved(entry, _hub_download(entry, revision, cache_dir, force=force), "download")
+    _read_verified(r)
+    return r
+
+
+def verify(name: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+           mirrors: Sequence[Path] | None = None) -> dict[str, Any]:
+    """sha256 of the local copy of ``name``: ``status`` is ``ok``, ``mismatch`` or ``missing`` (nothing deleted)."""
+    entry = get_pretrained(name)
+    r = find_local(entry, revision=revision, cache_dir=cache_dir, mirrors=mirrors)
+    row: dict[str, Any] = {"name": name, "expected_sha256": entry.sha256, "path": None, "source": None,
+                           "sha256": None, "status": "missing"}
+    if r is not None:
+        actual = sha256_file(r.path)
+        row |= {"path": str(r.path), "source": r.source, "sha256": actual,
+                "status": "ok" if actual == entry.sha256 and r.path.stat().st_size == entry.size else "mismatch"}
+    return row
+
+
+# --- writing ------------------------------------------------------------------------------------
+def _architecture_of(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    for a in ARCHITECTURES.values():
+        if cfg is not None and a.config(num_classes=cfg.num_classes, in_chans=cfg.in_chans,
+                                        input_mean=cfg.input_mean) == cfg:
+            return a.name
+    raise ValueError(f"save_pretrained needs a lipzoo ConvNet built by lipzoo.create_model, got {type(model).__name__}"
+                     + (f" with config {cfg}" if cfg is not None else ""))
+
+
+def save_pretrained(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    dataset: str,
+    name: str | None = None,
+    metrics: dict | Any | None = None,
+    timing: dict | None = None,
+    provenance: dict | None = None,
+    recipe: str | None = None,
+    layer_kwargs: dict | None = None,
+    license: str = "mit",
+    hf_repo_id: str | None = None,
+) -> PretrainedEntry:
+    """Write ``model.safetensors`` (``__metadata__``: architecture, name, dataset, lipzoo version) and
+    ``config.json`` (the registry entry) into ``directory``, each to a temporary name then renamed.
+
+    The model must be built for ``dataset`` (its ``in_chans``, ``num_classes`` and ``input_mean``
+    are the dataset's), so the saved model takes [0, 1] images. ``metrics``: a dict or a
+    :class:`lipzoo.CertificationResult`. ``layer_kwargs``: the options the layers were built with.
+    Returns the entry (``PretrainedEntry.from_folder(directory)`` reads it back).
+    """
+    from . import __version__
+    from .training import atomic_save_safetensors, git_commit
+
+    arch = _architecture_of(model)
+    data = DataConfig.from_dataset(dataset)
+    cfg = model.config
+    mean = tuple(cfg.input_mean) if cfg.input_mean is not None else None
+    if (cfg.in_chans, cfg.num_classes) != (data.in_chans, data.num_classes) or mean is None or any(
+        abs(a - b) > 1e-6 for a, b in zip(mean, data.mean)
+    ):
+        raise ValueError(
+            f"the model (in_chans={cfg.in_chans}, num_classes={cfg.num_classes}, input_mean={mean}) is not built for "
+            f"{dataset} (in_chans={data.in_chans}, num_classes={data.num_classes}, mean={data.mean}); build it with "
+            f"lipzoo.create_model({arch!r}, num_classes={data.num_classes}, in_chans={data.in_chans}, input_mean={data.mean})"
+        )
+    name = name or f"{arch}.{dataset}"
+    layer_kwargs = dict(layer_kwargs or {})
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    probe = create_model(arch, num_classes=data.num_classes, in_chans=data.in_chans, input_mean=data.mean, **layer_kwargs)
+    probe.load_state_dict(state, strict=True)  # what we write must load back exactly
+    if hasattr(metrics, "as_dict"):
+        metrics = metrics.as_dict()
+    prov = {"commit": git_commit(), "torch_version": torch.__version__, "lipzoo_version": __version__,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")} | dict(provenance or {})
+    directory = Path(directory)
+    wpath = directory / "model.safetensors"
+    atomic_save_safetensors(state, wpath, {"format": "pt", "architecture": arch, "name": name, "dataset": dataset,
+                                           "lipzoo_version": __version__})
+    wpath.chmod(0o644)
+    entry = PretrainedEntry.from_dict({
+        "name": name, "architecture": arch, "dataset": dataset, "lipzoo_version": __version__,
+        "recipe": recipe if recipe is not None else f"recipes/{dataset}/{arch}.yaml",
+        "data": data.as_dict(), "layer_kwargs": layer_kwargs,
+        "hub": {"repo_id": hf_repo_id, "revision": None, "filename": wpath.name},
+        "file": {"sha256": sha256_file(wpath), "size": wpath.stat().st_size},
+        "metrics": dict(metrics or {}), "timing": dict(timing or {}), "provenance": prov, "license": license,
+    }, source=f"save_pretrained({name!r})", folder=directory)
+    write_config(entry, directory)
+    return entry
+
+
+def write_config(entry: PretrainedEntry, directory: str | os.PathLike) -> Path:
+    """Write ``entry`` as ``directory/config.json`` (atomically)."""
+    from .training import atomic_write_text
+
+    path = Path(directory) / CONFIG_FILENAME
+    atomic_write_text(path, json.dumps(entry.as_dict(), indent=2) + "\n")
+    path.chmod(0o644)  # published files: readable by all (the temporary file was private)
+    return path
+
+
+def push(
+    name: str,
+    repo_id: str | None = None,
+    *,
+    folder: str | os.PathLike | None = None,
+    branch: str = "main",
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload the model folder (README.md, config.json, weights) to ``repo_id`` and pin the new commit.
+
+    Refuses when the weights do not match config.json. The repo id is recorded in config.json and
+    the card re-rendered before the upload; after it the commit id is recorded as the entry's
+    revision (which the card does not show, so it stays fresh). Returns the commit id.
+    """
+    from huggingface_hub import HfApi
+
+    from .cards import write_card
+
+    folder = Path(folder) if folder is not None else (PRETRAINED[name].folder if name in PRETRAINED else None) \
+        or CARDS_DIR / name
+    entry = PretrainedEntry.from_folder(folder)
+    if entry.name != name:
+        raise HubError(f"{folder} holds {entry.name!r}, not {name!r}")
+    weights = folder / entry.filename
+    if not weights.is_file() or sha256_file(weights) != entry.sha256:
+        raise ChecksumError(f"{weights} is missing or does not match the sha256 in {folder / CONFIG_FILENAME}; "
+                            "re-save it with lipzoo.save_pretrained")
+    repo_id = repo_id or entry.repo_id
+    if "/" not in repo_id:
+        raise HubError(f"repo id must be ORG/NAME, got {repo_id!r}")
+    entry = replace(entry, hf_repo_id=repo_id)
+    write_config(entry, folder)
+    write_card(entry, folder.parent)
+    api = HfApi(endpoint=hf_endpoint(), token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch, repo_type="model",
+                             commit_message=commit_message or f"lipzoo: upload {name}",
+                             allow_patterns=["README.md", CONFIG_FILENAME, entry.filename])
+    commit = info.oid
+    entry = replace(entry, revision=commit)
+    write_config(entry, folder)
+    if name in PRETRAINED:
+        PRETRAINED[name] = entry
+    return commit
+
+
+# --- torch.hub ----------------------------------------------------------------------------------
+def hub_entrypoint(arch: str) -> Callable[..., nn.Module]:
+    """The torch.hub entrypoint of an architecture: ``arch(pretrained=False, dataset=..., **kwargs)``."""
+    from .cards import entrypoint_doc
+
+    a = ARCHITECTURES[arch]
+    default = "fashion_mnist" if a.family == "convnet" else "tiny_imagenet"
+
+    def entrypoint(pretrained: bool = False, dataset: str = default, **kwargs) -> nn.Module:
+        if pretrained:
+            return create_model(f"{arch}.{dataset}", pretrained=True, **kwargs)
+        data = DataConfig.from_dataset(dataset)
+        return create_model(arch, **({"num_classes": data.num_classes, "in_chans": data.in_chans,
+                                      "input_mean": data.mean} | kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = arch
+    entrypoint.__doc__ = entrypoint_doc(arch, default)
+    return entrypoint

@@ -1,0 +1,364 @@
+"""Pretrained weights: save_pretrained, registry entries, resolution, sha256, HF cache, olah mirror, CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from huggingface_hub import try_to_load_from_cache
+
+import lipzoo
+from lipzoo.cli import main as cli
+from lipzoo.hub import ChecksumError, DownloadError, HubError, WeightsNotFoundError, load_pretrained
+from lipzoo.registry import PRETRAINED, PretrainedEntry, RegistryError, load_pretrained_dir, model_info
+
+from hubtools import (CuttingProxy, NAME, Olah, commit_folder, copy_folder, free_port, make_checkpoint,
+                      prefill_cache, with_name)
+
+ROOT = Path(__file__).resolve().parents[1]
+TAMPERED = NAME.replace("_test", "_tampered")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> PretrainedEntry:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path) -> Path:
+    """A clean environment: own HF cache, no mirrors, online, default org and endpoint."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    for k in ("LIPZOO_WEIGHTS", "HF_HUB_OFFLINE", "LIPZOO_OFFLINE", "HF_ENDPOINT", "LIPZOO_HUB_ORG"):
+        monkeypatch.delenv(k, raising=False)
+    # safety net: a test that goes online by mistake reaches a closed local port, never the internet
+    monkeypatch.setenv("LIPZOO_HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    return tmp_path / "hf"
+
+
+@pytest.fixture
+def registered(tiny, monkeypatch) -> PretrainedEntry:
+    monkeypatch.setitem(PRETRAINED, tiny.name, tiny)
+    return tiny
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fail the test if anything gets as far as parsing a safetensors file."""
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise AssertionError("safetensors was asked to load a file that failed verification")
+
+    monkeypatch.setattr(safetensors.torch, "load", boom)
+
+
+def _reference_output(entry: PretrainedEntry, model) -> None:
+    ref = load_pretrained(entry.name, weights=entry.folder)
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.equal(ref(x), model(x))
+
+
+# --- save_pretrained and the registry entry ---------------------------------------------------------
+def test_save_pretrained_writes_hf_shaped_folder(tiny):
+    from safetensors import safe_open
+
+    files = sorted(p.name for p in tiny.folder.iterdir())
+    assert files == ["config.json", "model.safetensors"]  # no temporary file left behind
+    with safe_open(tiny.folder / "model.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["architecture"] == "convnet_xs_aol" and meta["lipzoo_version"] == lipzoo.__version__
+    cfg = json.loads((tiny.folder / "config.json").read_text())
+    assert cfg == tiny.as_dict()
+    assert PretrainedEntry.from_folder(tiny.folder) == tiny
+    assert cfg["data"]["in_chans"] == 1 and cfg["data"]["mean"] == [0.286] and len(cfg["data"]["class_names"]) == 10
+    assert cfg["file"]["size"] == (tiny.folder / "model.safetensors").stat().st_size
+    assert cfg["recipe"] == "recipes/fashion_mnist/convnet_xs_aol.yaml"
+    assert set(cfg["provenance"]) >= {"commit", "torch_version", "date", "lipzoo_version"}
+
+
+def test_save_pretrained_loads_back_identically(tmp_path):
+    entry = make_checkpoint(tmp_path, seed=3)
+    torch.manual_seed(3)
+    info = lipzoo.data.DATASETS["fashion_mnist"]
+    original = lipzoo.create_model("convnet_xs_aol", num_classes=10, in_chans=1, input_mean=info.mean).eval()
+    _reference_output(entry, original)
+    loaded = lipzoo.create_model(str(entry.folder), pretrained=True)  # a folder path works as a name
+    assert not loaded.training and loaded.pretrained_entry.name == entry.name
+
+
+def test_save_pretrained_rejects_model_not_built_for_the_dataset(tmp_path):
+    plain = lipzoo.create_model("convnet_xs_aol", num_classes=10, in_chans=1)  # no input_mean
+    with pytest.raises(ValueError, match="input_mean=.*0.286"):
+        lipzoo.save_pretrained(plain, tmp_path / "x", dataset="fashion_mnist")
+    assert not (tmp_path / "x").exists()
+
+
+def test_registry_reads_config_folders_and_rejects_bad_ones(tiny, tmp_path):
+    copy_folder(tiny.folder, tmp_path / tiny.name)
+    assert list(load_pretrained_dir(tmp_path)) == [tiny.name]
+    bad = tmp_path / "wrong_folder_name"
+    copy_folder(tiny.folder, bad)
+    with pytest.raises(RegistryError, match="differs from its folder name"):
+        load_pretrained_dir(tmp_path)
+    cfg = json.loads((bad / "config.json").read_text())
+    del cfg["file"]["sha256"]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RegistryError, match=r"config.json: missing field file\.'sha256'"):
+        load_pretrained_dir(tmp_path)
+
+
+def test_list_models_and_model_info(registered, monkeypatch):
+    assert registered.name in lipzoo.list_models("*aol*", pretrained=True)
+    info = model_info(registered.name)
+    assert info["repo_id"] == f"lipzoo/{registered.name}" and info["file"]["sha256"] == registered.sha256
+    assert info["metrics"]["certified_accuracy"] and info["data"]["num_classes"] == 10
+    monkeypatch.setenv("LIPZOO_HUB_ORG", "someorg")
+    assert model_info(registered.name)["repo_id"] == f"someorg/{registered.name}"
+    arch = model_info("convnet_xs_aol")
+    assert arch["pretrained"] is False and registered.name in arch["pretrained_entries"]
+    with pytest.raises(lipzoo.UnknownModelError):
+        model_info("convnet_xs_aol.nonexistent")
+
+
+def test_unknown_pretrained_name(env):
+    with pytest.raises(lipzoo.UnknownModelError, match="convnet_xs_aol.nope"):
+        lipzoo.create_model("convnet_xs_aol.nope", pretrained=True)
+
+
+# --- local mirrors ----------------------------------------------------------------------------------
+def test_loads_from_mirror_folder_offline(registered, env, monkeypatch, tmp_path):
+    mirror = tmp_path / "mirror"
+    copy_folder(registered.folder, mirror / registered.name)
+    monkeypatch.setenv("LIPZOO_WEIGHTS", str(mirror))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = lipzoo.create_model(registered.name, pretrained=True, device="cpu")
+    _reference_output(registered, model)
+
+
+def test_tampered_mirror_file_is_rejected_before_loading(registered, env, monkeypatch, tmp_path, no_load):
+    mirror = tmp_path / "mirror"
+    f = copy_folder(registered.folder, mirror / registered.name) / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern changed in the last tensor
+    f.write_bytes(bytes(data))
+    monkeypatch.setenv("LIPZOO_WEIGHTS", str(mirror))
+    for _ in range(2):  # every use is re-verified
+        with pytest.raises(ChecksumError, match="Nothing was loaded"):
+            lipzoo.create_model(registered.name, pretrained=True)
+
+
+def test_state_dict_is_loaded_strictly(tiny, monkeypatch, env, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lipzoo.hub import sha256_file
+
+    folder = copy_folder(tiny.folder, tmp_path / tiny.name)
+    sd = load_file(folder / "model.safetensors")
+    sd["extra.weight"] = torch.zeros(1)
+    save_file(sd, folder / "model.safetensors", metadata={"architecture": tiny.architecture})
+    f = folder / "model.safetensors"
+    monkeypatch.setitem(PRETRAINED, tiny.name, with_name(tiny, tiny.name, sha256=sha256_file(f), size=f.stat().st_size))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        lipzoo.create_model(tiny.name, pretrained=True, weights=f)
+    save_file(load_file(f), f, metadata={"architecture": "convnet_xs_sll"})
+    monkeypatch.setitem(PRETRAINED, tiny.name, with_name(tiny, tiny.name, sha256=sha256_file(f), size=f.stat().st_size))
+    with pytest.raises(HubError, match="holds a 'convnet_xs_sll' model"):
+        lipzoo.create_model(tiny.name, pretrained=True, weights=f)
+
+
+# --- pre-filled Hugging Face cache ------------------------------------------------------------------
+def test_loads_from_prefilled_cache_offline(registered, env, monkeypatch):
+    prefill_cache(env, registered, (registered.folder / "model.safetensors").read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _reference_output(registered, lipzoo.create_model(registered.name, pretrained=True))
+
+
+def test_tampered_cache_blob_is_rejected_and_never_used_again(registered, env, monkeypatch, no_load):
+    data = bytearray((registered.folder / "model.safetensors").read_bytes())
+    data[100] ^= 0x01
+    snap = prefill_cache(env, registered, bytes(data))
+    blob = snap.resolve()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ChecksumError, match="deleted from the cache"):
+        lipzoo.create_model(registered.name, pretrained=True)
+    assert not blob.exists() and not snap.is_symlink()
+    with pytest.raises(WeightsNotFoundError):  # not used again: offline, it is simply gone
+        lipzoo.create_model(registered.name, pretrained=True)
+
+
+def test_offline_without_file_names_cache_path_and_command(registered, env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError) as e:
+        lipzoo.create_model(registered.name, pretrained=True)
+    msg = str(e.value)
+    assert str(env / f"models--lipzoo--{registered.name}") in msg and f"lipzoo download {registered.name}" in msg
+    with pytest.raises(WeightsNotFoundError):
+        lipzoo.create_model(registered.name, pretrained=True, local_files_only=True, cache_dir=env / "other")
+
+
+def test_cli_verify(registered, env):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["verify", registered.name, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)[0]["status"] == "missing"
+    data = (registered.folder / "model.safetensors").read_bytes()
+    snap = prefill_cache(env, registered, data)
+    r = runner.invoke(cli, ["verify", registered.name])
+    assert r.exit_code == 0 and r.output.startswith("OK"), r.output
+    snap.resolve().write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    r = runner.invoke(cli, ["verify", "*_test", "--json"])
+    assert r.exit_code == 1 and json.loads(r.stdout)[0]["status"] == "mismatch"
+    r = runner.invoke(cli, ["verify", "convnet_xs_aol.nope"])
+    assert r.exit_code != 0 and "unknown model" in r.output
+
+
+def test_cli_download_offline_error(registered, env):
+    r = CliRunner().invoke(cli, ["download", registered.name], env={"HF_HUB_OFFLINE": "1"})
+    assert r.exit_code == 1 and "lipzoo download" in r.output and "not available offline" in r.output
+
+
+def test_cli_push_uploads_folder_and_pins_revision(tiny, tmp_path, monkeypatch, env):
+    from huggingface_hub import HfApi
+
+    from lipzoo.cards import write_card
+
+    folder = copy_folder(tiny.folder, tmp_path / "cards" / tiny.name)
+    monkeypatch.setitem(PRETRAINED, tiny.name, PretrainedEntry.from_folder(folder))
+    calls = {}
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw)))
+
+    def upload_folder(self, *, repo_id, folder_path, **kw):
+        calls["upload"] = (repo_id, sorted(p.name for p in Path(folder_path).iterdir()), kw["allow_patterns"],
+                           json.loads((Path(folder_path) / "config.json").read_text()))
+        return types.SimpleNamespace(oid="c" * 40)
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    r = CliRunner().invoke(cli, ["push", tiny.name, "--repo-id", "myorg/" + tiny.name, "--folder", str(folder)])
+    assert r.exit_code == 0, r.output
+    repo_id, files, allowed, uploaded_cfg = calls["upload"]
+    assert repo_id == "myorg/" + tiny.name and {"README.md", "config.json", "model.safetensors"} <= set(files)
+    assert set(allowed) == {"README.md", "config.json", "model.safetensors"}
+    assert uploaded_cfg["hub"]["repo_id"] == "myorg/" + tiny.name
+    entry = PretrainedEntry.from_folder(folder)
+    assert entry.revision == "c" * 40 and entry.repo_id == "myorg/" + tiny.name
+    assert write_card(entry, folder.parent, check=True).status == "fresh"  # the revision does not stale the card
+    (folder / "model.safetensors").write_bytes(b"not the weights")
+    r = CliRunner().invoke(cli, ["push", tiny.name, "--folder", str(folder)])
+    assert r.exit_code != 0 and "does not match the sha256" in r.output
+
+
+def test_no_pickle_loading_anywhere():
+    sources = [*sorted((ROOT / "lipzoo").rglob("*.py")), ROOT / "hubconf.py"]
+    for path in sources:
+        text = path.read_text()
+        assert not re.search(r"\bpickle\.loads?\(|\bimport pickle\b|\bdill\b", text), path
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in call.group(1), f"{path}: {call.group(0)}"
+
+
+# --- the olah mirror server -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def hub(tiny, tmp_path_factory):
+    """olah serving: the tiny model (commit 1 pinned, commit 2 on main) and a repo with a tampered blob."""
+    work = tmp_path_factory.mktemp("olah")
+    srv = Olah(work)
+    repo = srv.repo_dir(f"lipzoo/{tiny.name}")
+    pinned = commit_folder(repo, tiny.folder, "weights")
+    staged = copy_folder(tiny.folder, work / "staged")
+    (staged / "README.md").write_text("---\nlibrary_name: lipzoo\n---\n# a newer card\n")
+    head = commit_folder(repo, staged, "card")
+    data = bytearray((tiny.folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    tampered = commit_folder(srv.repo_dir(f"lipzoo/{TAMPERED}"), tiny.folder, "tampered", weights=bytes(data))
+    try:
+        srv.start()
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"the olah mirror server could not start: {e}")
+    yield types.SimpleNamespace(srv=srv, endpoint=srv.endpoint, pinned=pinned, head=head, tampered=tampered)
+    srv.stop()
+
+
+@pytest.fixture
+def served(hub, tiny, env, monkeypatch) -> PretrainedEntry:
+    entry = with_name(tiny, tiny.name, revision=hub.pinned)
+    monkeypatch.setitem(PRETRAINED, entry.name, entry)
+    monkeypatch.setenv("LIPZOO_HF_ENDPOINT", hub.endpoint)
+    return entry
+
+
+def test_olah_download_at_pinned_revision(served, hub, env):
+    model = lipzoo.create_model(served.name, pretrained=True)
+    _reference_output(served, model)
+    cached = try_to_load_from_cache(served.repo_id, "model.safetensors", cache_dir=env, revision=hub.pinned)
+    assert cached and Path(cached).parent.name == hub.pinned
+    assert try_to_load_from_cache(served.repo_id, "model.safetensors", cache_dir=env, revision=hub.head) is None
+
+
+def test_olah_branch_then_offline_by_branch(served, hub, env, monkeypatch):
+    r = CliRunner().invoke(cli, ["download", served.name, "--revision", "main", "--json"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)[0]
+    assert row["status"] == "ok" and f"/snapshots/{hub.head}/" in row["path"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _reference_output(served, lipzoo.create_model(served.name, pretrained=True, revision="main"))
+    with pytest.raises(WeightsNotFoundError, match="lipzoo download"):  # the pinned commit was not fetched
+        lipzoo.create_model(served.name, pretrained=True)
+
+
+def test_olah_unknown_repo_revision_file(served, hub, monkeypatch):
+    monkeypatch.setitem(PRETRAINED, "convnet_xs_aol.mnist", with_name(served, "convnet_xs_aol.mnist"))
+    with pytest.raises(DownloadError, match=r"repository lipzoo/convnet_xs_aol.mnist at http://127.0.0.1:\d+ not found"):
+        lipzoo.create_model("convnet_xs_aol.mnist", pretrained=True)
+    with pytest.raises(DownloadError, match="revision 'nope' not found .*branches and tags: main"):
+        lipzoo.create_model(served.name, pretrained=True, revision="nope")
+    with pytest.raises(DownloadError, match=f"revision '{'1' * 40}' not found"):
+        lipzoo.create_model(served.name, pretrained=True, revision="1" * 40)
+    monkeypatch.setitem(PRETRAINED, served.name, with_name(served, served.name, filename="other.safetensors"))
+    with pytest.raises(DownloadError, match="has no file 'other.safetensors'.*model.safetensors"):
+        lipzoo.create_model(served.name, pretrained=True)
+
+
+def test_olah_server_stopped_uses_cache(served, hub, env, monkeypatch):
+    lipzoo.hub.download(served.name)
+    monkeypatch.setenv("LIPZOO_HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    _reference_output(served, lipzoo.create_model(served.name, pretrained=True))
+    with pytest.raises(DownloadError, match="cannot reach"):
+        lipzoo.create_model(served.name, pretrained=True, cache_dir=env / "empty")
+
+
+def test_olah_hf_hub_offline(served, hub, env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="not available offline"):
+        lipzoo.create_model(served.name, pretrained=True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    lipzoo.hub.download(served.name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _reference_output(served, lipzoo.create_model(served.name, pretrained=True))
+
+
+def test_olah_tampered_blob_rejected(hub, tiny, env, monkeypatch, no_load):
+    entry = with_name(tiny, TAMPERED, revision=hub.tampered)
+    monkeypatch.setitem(PRETRAINED, TAMPERED, entry)
+    monkeypatch.setenv("LIPZOO_HF_ENDPOINT", hub.endpoint)
+    with pytest.raises(ChecksumError, match="deleted from the cache"):
+        lipzoo.create_model(TAMPERED, pretrained=True)
+    assert try_to_load_from_cache(entry.repo_id, "model.safetensors", cache_dir=env, revision=hub.tampered) is None
+    blobs = env / f"models--lipzoo--{TAMPERED}" / "blobs"
+    assert not [p for p in blobs.glob("*") if not p.name.endswith(".incomplete")]
+
+
+def test_olah_interrupted_download_leaves_nothing_usable(served, hub, env, monkeypatch):
+    with CuttingProxy(hub.endpoint) as proxy:
+        monkeypatch.setenv("LIPZOO_HF_ENDPOINT", proxy.endpoint)
+        with pytest.raises(DownloadError, match="no partial file is used"):
+            lipzoo.create_model(served.name, pretrained=True)
+        assert proxy.cut == 1
+    assert try_to_load_from_cache(served.repo_id, "model.safetensors", cache_dir=env, revision=hub.pinned) is None
+    with pytest.raises(WeightsNotFoundError):
+        lipzoo.create_model(served.name, pretrained=True, local_files_only=True)
+    monkeypatch.setenv("LIPZOO_HF_ENDPOINT", hub.endpoint)  # the server is back: the download completes
+    _reference_output(served, lipzoo.create_model(served.name, pretrained=True))
