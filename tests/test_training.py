@@ -127,13 +127,53 @@ def test_divergence_guard_keeps_the_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
+def write_fake_fashion(data_dir: Path, n_train: int = 64, n_test: int = 16) -> Path:
+    """Random images in the real (gzipped IDX) on-disk format of Fashion-MNIST."""
     rng = np.random.default_rng(0)
-    data_dir = tmp_path / "data"
     data_dir.mkdir()
-    for split, n in (("train", 64), ("t10k", 16)):
+    for split, n in (("train", n_train), ("t10k", n_test)):
         write_idx(data_dir / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(data_dir / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
+    return data_dir
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL a real `lipzoo train` process mid-run, resume it, compare with an uninterrupted run."""
+    import signal
+    import time
+
+    data_dir = write_fake_fashion(tmp_path / "data")
+    r = tiny_recipe(epochs=12)
+    recipe = tmp_path / "r.yaml"
+    r.dump(recipe)
+    env = dict(os.environ, LIPZOO_DATA=str(data_dir), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "lipzoo.cli", "train", str(recipe), "--out", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it could be killed"
+    res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    os.environ["LIPZOO_DATA"] = str(data_dir)
+    try:
+        train(r, tmp_path / "straight", progress=False)
+    finally:
+        del os.environ["LIPZOO_DATA"]
+    a = load_file(tmp_path / "killed" / "model.safetensors")
+    b = load_file(tmp_path / "straight" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(12))
+
+
+def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
+    data_dir = write_fake_fashion(tmp_path / "data")
     r = tiny_recipe(epochs=2)
     recipe = tmp_path / "r.yaml"
     r.dump(recipe)
