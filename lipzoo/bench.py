@@ -1,72 +1,352 @@
-"""Throughput of every layer x size, side by side with the ``standard`` baseline in the same run.
+"""Speed, memory and size of every layer x size, side by side with the ``standard`` baseline.
 
-Training throughput: forward + backward + SGD step (the paper's timing: ``out.sum().backward()``).
-Inference throughput: eval mode, ``torch.no_grad()``, with the eval weight caches warm.
-Warm-up steps are excluded; each figure is the median over ``repeats`` timed steps; on CUDA the
-device is synchronised around every timed step.
+What is measured for each architecture ``{family}_{size}_{layer}`` (random inputs of the
+family's native size, 3 channels, 10 classes):
+
+- **training throughput**: one step is forward + ``out.sum().backward()`` + SGD(momentum 0.9)
+  step, as in the paper's timing code; images/s = batch size / median step time. From the same
+  median step time, **seconds per epoch** of every data set of :data:`lipzoo.data.DATASETS`
+  whose input size is the family's: ``ceil(train_size / batch_size) * step time``. (1-channel
+  and 100-class data sets differ from the measured model only in the first 1x1 convolution and
+  the head, which this derivation ignores.)
+- **inference throughput**: eval mode under ``torch.no_grad()`` with the eval weight caches warm
+  (the warm-up pass builds them; the one-off cost is excluded), of the parametrised model and,
+  when :func:`lipzoo.export.to_plain` is available, of its plain-torch copy.
+- **peak memory**, training (weights, gradients, momentum buffers, activations of a step) and
+  inference (weights, eval caches, activations of a forward pass), each in a fresh model:
+
+  * CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the model was moved
+    to the device (``method = cuda_max_allocated``), as the paper measured it;
+  * CPU: growth of the peak resident set size (Linux ``VmHWM``, reset through
+    ``/proc/self/clear_refs``) over the resident size before the model was built, measured in a
+    fresh Python subprocess per model so that no other model's freed memory is reused, with
+    glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed tensors go back to the system, after
+    one unmeasured pass of the same model (else the ~150 MiB of torch library pages that the
+    first kernels touch would be counted) (``method = cpu_peak_rss``). It counts everything the
+    process touched (allocator slack, oneDNN scratch), so read it as an upper bound and compare
+    through the ratio to standard. ``--no-memory`` skips it (one subprocess per model).
+- **trainable parameters**.
+
+Warm-up steps are excluded; every time is the median of ``repeats`` timed steps; on CUDA the
+device is synchronised around every timed step. ``standard`` is always measured in the same run
+and every figure is also given as ``<figure>_vs_standard`` (value / the standard model's value
+of the same family and size; > 1 means faster for throughputs, larger for memory, parameters
+and epoch times; epoch time ratios are the same for every data set, hence one column).
+
+Models that do not fit are reported, not fatal: a CUDA (or CPU) out-of-memory gives
+``status = oom``; on any device a model whose measurement would take longer than
+``max_seconds`` (predicted from its first step, or its memory subprocess running over) gives
+``status = too_slow``. Results go to ``results/benchmark-<device>-<UTC timestamp>.csv`` with
+the hardware and software fingerprint in its ``hw_*`` columns (written atomically).
 """
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import gc
+import io
+import json
+import math
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from .data import DATASETS
 from .layers import LAYERS
-from .registry import create_model
+from .models import SIZES
+from .registry import create_model, get_architecture
 
-__all__ = ["BenchResult", "bench_model", "bench_layers", "hardware_fingerprint"]
+__all__ = [
+    "BenchResult",
+    "BenchError",
+    "bench_model",
+    "bench_layers",
+    "format_table",
+    "hardware_fingerprint",
+    "save_results",
+    "read_results",
+    "latest_results",
+    "CSV_COLUMNS",
+    "RATIO_FIGURES",
+]
+
+BASELINE = "standard"
+#: figures that get a ``<figure>_vs_standard`` column
+RATIO_FIGURES = (
+    "params", "train_images_per_s", "infer_images_per_s", "plain_images_per_s",
+    "train_peak_mib", "infer_peak_mib",
+)
+EPOCH_PREFIX = "epoch_s_"
+CSV_COLUMNS = (
+    ["model", "family", "layer", "size", "device", "batch_size", "status", "params",
+     "train_batch_s", "train_images_per_s", "infer_images_per_s", "plain_images_per_s",
+     "train_peak_mib", "infer_peak_mib", "memory_method"]
+    + [EPOCH_PREFIX + d for d in DATASETS]
+    + [f"{f}_vs_standard" for f in RATIO_FIGURES] + ["epoch_s_vs_standard", "warmup", "repeats", "note", "error"]
+)
+MIB = 2**20
+
+
+class BenchError(ValueError):
+    """Bad benchmark arguments (unknown layer pattern or size, unusable device, ...)."""
+
+
+class _TooSlow(Exception):
+    pass
 
 
 @dataclass
 class BenchResult:
+    """One architecture's figures; ``None`` where a figure was not measured (see ``note``/``error``)."""
+
     model: str
+    family: str
     layer: str
     size: str
-    params: int
+    device: str
     batch_size: int
-    train_images_per_s: float
-    infer_images_per_s: float
-    train_ratio: float | None = None  # relative to standard of the same size (>1: faster)
-    infer_ratio: float | None = None
-    device: str = "cpu"
+    status: str = "ok"  # ok | oom | too_slow | error
+    params: int | None = None
+    train_batch_s: float | None = None
+    train_images_per_s: float | None = None
+    infer_images_per_s: float | None = None
+    plain_images_per_s: float | None = None
+    train_peak_mib: float | None = None
+    infer_peak_mib: float | None = None
+    memory_method: str | None = None
+    epoch_s: dict[str, float | None] = field(default_factory=dict)
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    warmup: int = 1
+    repeats: int = 3
+    note: str = ""
     error: str | None = None
 
+    # backwards-compatible names (the ``bench`` table of earlier versions)
+    @property
+    def train_ratio(self) -> float | None:
+        return self.ratios.get("train_images_per_s_vs_standard")
+
+    @property
+    def infer_ratio(self) -> float | None:
+        return self.ratios.get("infer_images_per_s_vs_standard")
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        """A flat dict with exactly the :data:`CSV_COLUMNS` keys."""
+        d = asdict(self)
+        epoch, ratios = d.pop("epoch_s"), d.pop("ratios")
+        d.update({EPOCH_PREFIX + ds: epoch.get(ds) for ds in DATASETS})
+        d.update({c: ratios.get(c) for c in CSV_COLUMNS if c.endswith("_vs_standard")})
+        return {c: d[c] for c in CSV_COLUMNS}
 
 
+# --- fingerprint ------------------------------------------------------------------------------
 def hardware_fingerprint(device: str = "cpu") -> dict:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": device,
-    }
+    """Hardware and software the figures were measured on (stored in every results row)."""
+    from . import __version__
+    from .training import git_commit, hardware
+
+    info = hardware(device)
+    info.update({
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), "lipzoo": __version__,
+        "commit": git_commit(), "numpy": _version("numpy"), "cuda": torch.version.cuda,
+    })
+    try:
+        with open("/proc/meminfo") as f:
+            info["memory_total_mib"] = int(f.readline().split()[1]) // 1024
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except (OSError, ValueError, IndexError):
+        pass
     if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info["gpu_memory_mib"] = props.total_memory // MIB
+        info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 
-def _timed(fn, device: str, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+# --- measuring ----------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _timed(fn: Callable[[], object], device: str, warmup: int, repeats: int, deadline: float | None = None) -> float:
+    """Median seconds of ``repeats`` calls after ``warmup`` untimed ones.
+
+    With a ``deadline`` (a ``time.perf_counter()`` value) raises :class:`_TooSlow` as soon as the
+    remaining calls, predicted from the slowest call so far, cannot finish before it.
+    """
+    times, slowest = [], 0.0
+    total = warmup + repeats
+    for i in range(total):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        slowest = max(slowest, dt)
+        if i >= warmup:
+            times.append(dt)
+        if deadline is not None and i + 1 < total and time.perf_counter() + slowest * (total - i - 1) > deadline:
+            raise _TooSlow(f"one step took {dt:.3g} s; {total - i - 1} more would overrun the time limit")
     return statistics.median(times)
+
+
+class _PeakMemory:
+    """Peak memory of the ``with`` block above what was in use when it began (bytes in ``.peak``)."""
+
+    def __init__(self, method: str | None, device: str) -> None:
+        self.method, self.device, self.peak = method, device, None
+
+    def __enter__(self) -> "_PeakMemory":
+        gc.collect()
+        if self.method == "cuda_max_allocated":
+            dev = torch.device(self.device)
+            torch.cuda.synchronize(dev)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+            self.base = torch.cuda.memory_allocated(dev)
+        elif self.method == "cpu_peak_rss":
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+            self.base = _proc_status_kib("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:
+            return
+        if self.method == "cuda_max_allocated":
+            torch.cuda.synchronize(torch.device(self.device))
+            self.peak = torch.cuda.max_memory_allocated(torch.device(self.device)) - self.base
+        elif self.method == "cpu_peak_rss":
+            self.peak = _proc_status_kib("VmHWM") * 1024 - self.base
+
+    @property
+    def mib(self) -> float | None:
+        return None if self.peak is None else self.peak / MIB
+
+
+def _proc_status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+def _cpu_memory_supported() -> bool:
+    return os.access("/proc/self/clear_refs", os.W_OK) and os.path.exists("/proc/self/status")
+
+
+def _plain_converter() -> tuple[Callable | None, str]:
+    """``lipzoo.export.to_plain`` if that module exists, else ``(None, why)``."""
+    try:
+        from .export import to_plain
+    except ImportError as e:
+        return None, f"plain inference not measured: lipzoo.export.to_plain is unavailable ({e})"
+    return to_plain, ""
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _measure(
+    name: str, *, batch_size: int, device: str, in_chans: int, warmup: int, repeats: int,
+    memory: str | None, plain: bool, deadline: float | None,
+) -> dict:
+    """The figures of one architecture, measured in this process (raises on OOM or time-out)."""
+    size = get_architecture(name).input_size
+    x = torch.rand(batch_size, in_chans, size, size, device=device)
+    out: dict = {}
+
+    # inference, fresh model: the memory counts its weights, eval caches and activations
+    with _PeakMemory(memory, device) as mem:
+        model = create_model(name, in_chans=in_chans).to(device).eval()
+
+        def infer(m=model) -> None:
+            with torch.no_grad():
+                m(x)
+
+        out["infer_s"] = _timed(infer, device, warmup, repeats, deadline)
+    out["infer_peak_mib"] = mem.mib
+    if plain:
+        to_plain, why = _plain_converter()
+        if to_plain is None:
+            out["note"] = why
+        else:
+            try:
+                plain_model = to_plain(model).to(device)
+            except Exception as e:  # a layer the exporter cannot convert is reported, not fatal
+                out["note"] = f"to_plain failed: {type(e).__name__}: {e}"[:300]
+            else:
+                out["plain_s"] = _timed(lambda: infer(plain_model), device, warmup, repeats, deadline)
+                del plain_model
+    del model, infer
+    gc.collect()
+
+    # training, fresh model: weights, gradients, momentum buffers and activations of a step
+    with _PeakMemory(memory, device) as mem:
+        model = create_model(name, in_chans=in_chans).to(device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+
+        def train_step() -> None:
+            opt.zero_grad(set_to_none=True)
+            model(x).sum().backward()
+            opt.step()
+
+        out["train_s"] = _timed(train_step, device, warmup, repeats, deadline)
+    out["train_peak_mib"] = mem.mib
+    out["params"] = sum(p.numel() for p in params)
+    return out
+
+
+def _memory_subprocess(name: str, *, batch_size: int, in_chans: int, timeout: float) -> dict:
+    """CPU peak memory of one architecture, measured in a fresh interpreter (see the module doc)."""
+    args = json.dumps({"name": name, "batch_size": batch_size, "in_chans": in_chans, "threads": torch.get_num_threads()})
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    proc = subprocess.run([sys.executable, "-m", "lipzoo.bench", "--memory-worker", args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        if proc.returncode in (-9, 137) or "memory" in tail.lower():
+            raise MemoryError(f"memory subprocess of {name} died ({tail})")
+        raise RuntimeError(f"memory subprocess of {name} failed: {tail}")
+    return json.loads(lines[-1])
+
+
+def _memory_worker(args: str) -> None:
+    a = json.loads(args)
+    torch.set_num_threads(a["threads"])
+    kw = dict(batch_size=a["batch_size"], device="cpu", in_chans=a["in_chans"], plain=False, deadline=None)
+    # a first, unmeasured pass of the same model: the resident set also counts the pages of the
+    # torch libraries that each kernel touches the first time (about 150 MiB), which are not the model's
+    _measure(a["name"], warmup=0, repeats=1, memory=None, **kw)
+    out = _measure(a["name"], warmup=1, repeats=2, memory="cpu_peak_rss", **kw)
+    print(json.dumps({"train_peak_mib": out["train_peak_mib"], "infer_peak_mib": out["infer_peak_mib"]}))
 
 
 def bench_model(
@@ -77,33 +357,108 @@ def bench_model(
     warmup: int = 1,
     repeats: int = 3,
     in_chans: int = 3,
+    memory: bool = True,
+    plain: bool = True,
+    max_seconds: float | None = 300.0,
 ) -> BenchResult:
-    """Training and inference images/s of one architecture on random inputs."""
-    model = create_model(name, in_chans=in_chans).to(device)
-    arch = name.split("_")
-    size = int(getattr(model, "input_size", 32))
-    x = torch.rand(batch_size, in_chans, size, size, device=device)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    """All figures of one architecture (no ratios: :func:`bench_layers` adds those).
 
-    def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        model(x).sum().backward()
-        opt.step()
+    ``memory=False`` skips the peak-memory figures (on CPU they cost a subprocess per model);
+    ``plain=False`` skips the inference of ``to_plain``. ``max_seconds`` bounds the time spent on
+    this model (``None``: no bound); a model over it gets ``status = "too_slow"``.
+    """
+    arch = get_architecture(name)
+    res = BenchResult(model=arch.name, family=arch.family, layer=arch.layer, size=arch.size, device=device,
+                      batch_size=batch_size, warmup=warmup, repeats=repeats)
+    cuda = device.startswith("cuda")
+    method = None
+    notes: list[str] = []
+    t_start = time.perf_counter()
+    try:
+        if memory and cuda:
+            method = "cuda_max_allocated"
+        elif memory and _cpu_memory_supported():
+            method = "cpu_peak_rss"
+            timeout = max_seconds if max_seconds is not None else None
+            mem = _memory_subprocess(arch.name, batch_size=batch_size, in_chans=in_chans, timeout=timeout)
+            res.train_peak_mib, res.infer_peak_mib = mem["train_peak_mib"], mem["infer_peak_mib"]
+        elif memory:
+            notes.append("CPU peak memory needs Linux /proc/self/clear_refs; not measured")
+        res.memory_method = method
+        deadline = None if max_seconds is None else t_start + max_seconds
+        out = _measure(arch.name, batch_size=batch_size, device=device, in_chans=in_chans, warmup=warmup,
+                       repeats=repeats, memory=method if cuda else None, plain=plain, deadline=deadline)
+    except subprocess.TimeoutExpired:
+        res.status, res.error = "too_slow", f"memory measurement ran over --max-seconds {max_seconds:g}"
+    except _TooSlow as e:
+        res.status, res.error = "too_slow", f"{e} (--max-seconds {max_seconds:g})"
+    except Exception as e:  # noqa: BLE001 - a model that cannot be measured is a row, not a crash
+        first = (str(e).splitlines() or [""])[0][:200]
+        if _is_oom(e):
+            res.status, res.error = "oom", f"out of memory at batch size {batch_size}: {first}"
+        else:
+            res.status, res.error = "error", f"{type(e).__name__}: {first}"
+    else:
+        res.params = out["params"]
+        res.train_batch_s = out["train_s"]
+        res.train_images_per_s = batch_size / out["train_s"]
+        res.infer_images_per_s = batch_size / out["infer_s"]
+        if "plain_s" in out:
+            res.plain_images_per_s = batch_size / out["plain_s"]
+        if cuda and memory:
+            res.train_peak_mib, res.infer_peak_mib = out["train_peak_mib"], out["infer_peak_mib"]
+        notes += [out["note"]] if out.get("note") else []
+        for ds, info in DATASETS.items():
+            if info.input_size == arch.input_size:
+                res.epoch_s[ds] = math.ceil(info.train_size / batch_size) * out["train_s"]
+    finally:
+        if cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+    if res.params is None:  # still report the size of a model that did not fit
+        res.params = sum(p.numel() for p in create_model(arch.name, in_chans=in_chans).parameters() if p.requires_grad)
+    res.note = "; ".join(notes)
+    return res
 
-    model.train()
-    t_train = _timed(train_step, device, warmup, repeats)
-    model.eval()
 
-    def infer_step() -> None:
-        with torch.no_grad():
-            model(x)
+# --- the grid -----------------------------------------------------------------------------------
+def _select_layers(layer_pattern: str) -> list[str]:
+    patterns = [p.strip() for p in layer_pattern.split(",") if p.strip()] or ["*"]
+    chosen = [lid for lid in LAYERS if any(fnmatch.fnmatchcase(lid, p) for p in patterns)]
+    if not chosen:
+        raise BenchError(f"no layer matches {layer_pattern!r}; known layers: {', '.join(LAYERS)} "
+                         "(shell wildcards and comma-separated lists allowed)")
+    return [BASELINE] + [lid for lid in chosen if lid != BASELINE]
 
-    t_inf = _timed(infer_step, device, warmup, repeats)
-    return BenchResult(
-        model=name, layer=model.layer, size=arch[1], params=params, batch_size=batch_size,
-        train_images_per_s=batch_size / t_train, infer_images_per_s=batch_size / t_inf, device=device,
-    )
+
+def _check_args(sizes, device: str, batch_size: int, warmup: int, repeats: int) -> None:
+    bad = [s for s in sizes if s not in SIZES]
+    if bad or not sizes:
+        raise BenchError(f"unknown size(s) {bad or sizes!r}; expected some of {', '.join(SIZES)}")
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise BenchError(f"batch_size and repeats must be >= 1 and warmup >= 0 "
+                         f"(got batch_size={batch_size}, repeats={repeats}, warmup={warmup})")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise BenchError(f"bad device {device!r} ({e}); expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise BenchError(f"device {device!r} is not supported; expected cpu, cuda or cuda:N")
+
+
+def add_ratios(results: list[BenchResult]) -> None:
+    """Fill ``ratios`` of every result from the standard model of the same family, size and batch."""
+    base = {(r.family, r.size, r.batch_size, r.device): r for r in results if r.layer == BASELINE and r.status == "ok"}
+    for r in results:
+        b = base.get((r.family, r.size, r.batch_size, r.device))
+        r.ratios = {}
+        for f in RATIO_FIGURES:
+            v, bv = getattr(r, f), getattr(b, f) if b else None
+            r.ratios[f"{f}_vs_standard"] = v / bv if v is not None and bv else None
+        bt = b.train_batch_s if b else None
+        r.ratios["epoch_s_vs_standard"] = r.train_batch_s / bt if r.train_batch_s is not None and bt else None
 
 
 def bench_layers(
@@ -115,42 +470,131 @@ def bench_layers(
     device: str = "cpu",
     warmup: int = 1,
     repeats: int = 3,
+    memory: bool = True,
+    plain: bool = True,
+    max_seconds: float | None = 300.0,
     progress: bool = True,
 ) -> list[BenchResult]:
-    """Benchmark every matching layer at every size, always with ``standard`` in the same run."""
-    layers = [lid for lid in LAYERS if fnmatch.fnmatchcase(lid, layer_pattern)]
-    if "standard" not in layers:
-        layers.append("standard")
-    jobs = [(s, lid) for s in sizes for lid in layers]
+    """Benchmark every matching layer at every size, always with ``standard`` in the same run.
+
+    ``layer_pattern``: shell wildcards, comma-separated (``"aol,s*"``). Per size, ``standard`` is
+    measured first; the other layers follow in the table's order. Ratios to it are filled in.
+    """
+    sizes = tuple(sizes)
+    _check_args(sizes, device, batch_size, warmup, repeats)
+    layers = _select_layers(layer_pattern)
+    jobs = [f"{family}_{s}_{lid}" for s in sizes for lid in layers]
+    for name in jobs:
+        get_architecture(name)  # an unknown family fails here, before anything is measured
     results: list[BenchResult] = []
     bar = tqdm(jobs, desc="bench", unit="model", disable=not progress)
-    for size, lid in bar:
-        name = f"{family}_{size}_{lid}"
+    for name in bar:
         bar.set_postfix_str(name)
-        try:
-            results.append(bench_model(name, batch_size=batch_size, device=device, warmup=warmup, repeats=repeats))
-        except torch.cuda.OutOfMemoryError as e:  # large sizes that do not fit
-            results.append(BenchResult(name, lid, size, 0, batch_size, float("nan"), float("nan"), device=device, error=f"out of memory: {e}"[:200]))
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-    base = {r.size: r for r in results if r.layer == "standard" and r.error is None}
-    for r in results:
-        b = base.get(r.size)
-        if b is not None and r.error is None:
-            r.train_ratio = r.train_images_per_s / b.train_images_per_s
-            r.infer_ratio = r.infer_images_per_s / b.infer_images_per_s
+        results.append(bench_model(name, batch_size=batch_size, device=device, warmup=warmup, repeats=repeats,
+                                   memory=memory, plain=plain, max_seconds=max_seconds))
+    add_ratios(results)
     return results
 
 
+# --- result files -----------------------------------------------------------------------------
+def save_results(results: list[BenchResult], out_dir: str | os.PathLike = "results", *,
+                 fingerprint: dict | None = None, stamp: str | None = None) -> Path:
+    """Write ``<out_dir>/benchmark-<device>-<UTC timestamp>.csv`` atomically; returns its path.
+
+    Every row holds :data:`CSV_COLUMNS` followed by the fingerprint as ``hw_<key>`` columns.
+    """
+    from .training import atomic_write_text
+
+    if not results:
+        raise BenchError("no results to save")
+    device = results[0].device.split(":")[0]
+    fp = fingerprint if fingerprint is not None else hardware_fingerprint(results[0].device)
+    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(out_dir) / f"benchmark-{device}-{stamp}.csv"
+    n = 1
+    while path.exists():
+        path = Path(out_dir) / f"benchmark-{device}-{stamp}-{n}.csv"
+        n += 1
+    hw = {f"hw_{k}": v for k, v in fp.items()}
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + list(hw), lineterminator="\n")
+    w.writeheader()
+    for r in results:
+        w.writerow({k: _csv_value(v) for k, v in (r.as_dict() | hw).items()})
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+def read_results(path: str | os.PathLike) -> list[dict]:
+    """The rows of a benchmark CSV with numbers as floats/ints and empty cells as ``None``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {path} does not exist; write one with `lipzoo bench --out DIR`")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("model", "layer", "size", "status") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise BenchError(f"{path} is not a lipzoo benchmark file (missing columns {missing})")
+        rows = list(reader)
+    text_cols = {"model", "family", "layer", "size", "device", "status", "memory_method", "note", "error"}
+    out = []
+    for row in rows:
+        typed: dict = {}
+        for k, v in row.items():
+            if v == "" or v is None:
+                typed[k] = None
+            elif k in text_cols or k.startswith("hw_"):
+                typed[k] = v
+            else:
+                try:
+                    typed[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+                except ValueError:
+                    typed[k] = v
+        out.append(typed)
+    return out
+
+
+def latest_results(out_dir: str | os.PathLike = "results", device: str | None = None) -> Path:
+    """The newest ``benchmark-*.csv`` in ``out_dir`` (of ``device`` if given)."""
+    pattern = f"benchmark-{device.split(':')[0]}-*.csv" if device else "benchmark-*.csv"
+    files = sorted(Path(out_dir).glob(pattern), key=lambda p: (p.stat().st_mtime, p.name))
+    if not files:
+        raise FileNotFoundError(f"no {pattern} in {out_dir}; run `lipzoo bench --out {out_dir}` first")
+    return files[-1]
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def format_table(results: list[BenchResult]) -> str:
-    head = f"{'model':<24} {'params':>11} {'train img/s':>12} {'x std':>7} {'infer img/s':>12} {'x std':>7}"
+    """A fixed-width text table (the human form of ``lipzoo bench``)."""
+    head = (f"{'model':<24} {'params':>10} {'train img/s':>11} {'x std':>6} {'infer img/s':>11} {'x std':>6} "
+            f"{'plain img/s':>11} {'train MiB':>9} {'x std':>6} {'infer MiB':>9}  status")
     rows = [head, "-" * len(head)]
     for r in results:
-        if r.error:
-            rows.append(f"{r.model:<24} {r.params:>11,} {'-':>12} {'-':>7} {'-':>12} {'-':>7}  {r.error}")
-            continue
+        q = r.ratios
         rows.append(
-            f"{r.model:<24} {r.params:>11,} {r.train_images_per_s:>12.1f} {r.train_ratio or 0:>7.2f} "
-            f"{r.infer_images_per_s:>12.1f} {r.infer_ratio or 0:>7.2f}"
+            f"{r.model:<24} {_fmt(r.params, ',d'):>10} {_fmt(r.train_images_per_s, '.1f'):>11} "
+            f"{_fmt(q.get('train_images_per_s_vs_standard'), '.2f'):>6} {_fmt(r.infer_images_per_s, '.1f'):>11} "
+            f"{_fmt(q.get('infer_images_per_s_vs_standard'), '.2f'):>6} {_fmt(r.plain_images_per_s, '.1f'):>11} "
+            f"{_fmt(r.train_peak_mib, '.1f'):>9} {_fmt(q.get('train_peak_mib_vs_standard'), '.2f'):>6} "
+            f"{_fmt(r.infer_peak_mib, '.1f'):>9}  {r.status}{': ' + r.error if r.error else ''}"
         )
-    return "\n".join(rows)
+    notes = sorted({r.note for r in results if r.note})
+    return "\n".join(rows + [f"note: {n}" for n in notes])
+
+
+if __name__ == "__main__":  # the CPU memory worker (see _memory_subprocess)
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
+        _memory_worker(sys.argv[2])
+    else:
+        sys.exit("usage: python -m lipzoo.bench --memory-worker JSON (internal); use `lipzoo bench`")
