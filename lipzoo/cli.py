@@ -144,7 +144,8 @@ def _load_model_for_eval(name: str, dataset: str | None, seed: int, as_json: boo
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--eps", "eps_list", multiple=True, type=float, help="Radius (repeatable); default 36/255, 72/255, 108/255, 1.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lipschitz", type=float, default=1.0, show_default=True, help="Proven Lipschitz bound L of the model.")
+@click.option("--lipschitz", type=float, default=None,
+              help="Proven Lipschitz bound L of the model (default: the audit's guaranteed upper bound, at least 1).")
 @click.option("--attack", is_flag=True, help="Also run an l2 PGD attack at each eps (empirical robust accuracy).")
 @click.option("--attack-steps", type=int, default=20, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
@@ -165,6 +166,10 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
     except DatasetNotFoundError as e:
         raise click.ClickException(str(e)) from None
     eps = tuple(eps_list) or DEFAULT_EPS
+    if lipschitz is None:  # never assume 1: certify with the bound the audit proves for these weights
+        from .audit import audit
+
+        lipschitz = max(1.0, float(audit(model, lower=False).upper))
     result = certify(model, images, labels, eps, lipschitz=lipschitz, batch_size=batch_size, progress=not as_json)
     out = {"model": name, "weights": source, "dataset": dataset, "split": split, **result.as_dict()}
     if attack:

@@ -445,6 +445,10 @@ def train(
     }
     if is_main and finished >= recipe.epochs:
         from . import __version__
+        from .audit import audit
+
+        # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
+        record["lipschitz_upper"] = float(audit(model, lower=False).upper)
 
         sd = _unwrap(model).state_dict()
         atomic_save_safetensors(sd, out / "model.safetensors", {

@@ -1,9 +1,8 @@
-"""CPL-specific tests: parameters, the sound default vs the paper's power iteration, the golden file."""
+"""CPL-specific tests: parameters, the sound default vs the paper's power iteration (golden logits: test_convert.py)."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,6 @@ import lipzoo
 from lipzoo.layers import InputError
 from lipzoo.layers._linalg import gram_bound
 from lipzoo.layers.cpl import EPS, CPLConv2d, CPLLinear
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "1llc" / "xs_cpl.safetensors"
 
 
 def trainable(m: torch.nn.Module) -> int:
@@ -190,18 +187,3 @@ def test_paper_state_dict_round_trip():
 def test_model_parameter_counts():
     assert trainable(lipzoo.create_model("convnet_xs_cpl")) == 1_572_288
     assert trainable(lipzoo.create_model("convnet_xs_cpl", paper_compatible=True)) == 1_572_288
-
-
-@pytest.mark.skipif(not GOLDEN.exists(), reason=f"golden file {GOLDEN} is absent (shared/golden not checked out)")
-def test_golden_paper_logits():
-    from safetensors.torch import load_file
-
-    data = load_file(str(GOLDEN))
-    # the only rename: drop the "state_dict." prefix; the keys (X.kernel, X.bias, X.u) match as they are
-    state = {k.removeprefix("state_dict."): v for k, v in data.items() if k.startswith("state_dict.")}
-    model = lipzoo.create_model("convnet_xs_cpl", paper_compatible=True)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    with torch.no_grad():
-        out = model(data["input"])
-    torch.testing.assert_close(out, data["output"], rtol=1e-4, atol=1e-4 * data["output"].abs().max().item())

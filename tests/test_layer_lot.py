@@ -1,9 +1,8 @@
-"""LOT-specific tests: the paper's literal forward, the Newton-Schulz maths, rfft/1x1 shortcuts, golden logits."""
+"""LOT-specific tests: the paper's literal forward, the Newton-Schulz maths, rfft/1x1 shortcuts (golden logits: test_convert.py)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,6 @@ import lipzoo
 from lipzoo.layers.lot import LOTConv2d, LOTLinear, lot_orthogonalize
 
 from lipschitz import impulse_matrix, push_norm_up
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "1llc" / "xs_lot.safetensors"
 
 
 @pytest.fixture(autouse=True)
@@ -198,20 +195,3 @@ def test_trainable_parameter_counts(size, count):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
     assert {n.rsplit(".", 1)[-1] for n, _ in model.named_parameters()} == {"weight", "bias"}
     assert not list(model.buffers())
-
-
-def test_golden_logits_of_the_paper():
-    """The paper's own XS-LOT state dict and eval logits (keys only lose the 'state_dict.' prefix)."""
-    if not GOLDEN.exists():
-        pytest.skip(f"golden vectors not found at {GOLDEN}")
-    from safetensors.torch import load_file
-
-    data = load_file(str(GOLDEN))
-    state = {k.removeprefix("state_dict."): v for k, v in data.items() if k.startswith("state_dict.")}
-    for paper_compatible in (True, False):  # the default computes the same function
-        model = lipzoo.create_model("convnet_xs_lot", paper_compatible=paper_compatible)
-        model.load_state_dict(state, strict=True)
-        model.eval()
-        with torch.no_grad():
-            out = model(data["input"])
-        torch.testing.assert_close(out, data["output"], rtol=1e-4, atol=1e-4 * data["output"].abs().max().item())

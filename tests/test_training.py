@@ -111,6 +111,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert {"train_loss", "val_accuracy", "val_certified", "epoch_time_s", "images_per_s"} <= set(lines[-1])
     run = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert run["complete"] and run["hardware"]["torch"] == torch.__version__ and "commit" in run
+    assert 0 < run["lipschitz_upper"] <= 1 + 1e-4  # the audited bound of the trained AOL model
     assert (tmp_path / "cut" / "recipe.yaml").is_file()
 
 

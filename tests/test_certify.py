@@ -1,0 +1,58 @@
+"""Certificates: float64 margins, the round-off slack, L >= 1, and the audited bound in the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import lipzoo
+from lipzoo.certify import ROUNDOFF_SLACK, certified_radius, certify, margins
+from lipzoo.cli import main as cli
+
+
+def test_margins_are_float64_and_subtract_the_slack():
+    z = torch.tensor([[2.0, 1.0, 0.5], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 0])
+    m = margins(z, y)
+    assert m.dtype == torch.float64
+    assert math.isclose(float(m[0]), 1.0 - ROUNDOFF_SLACK * 2.0 - 1e-6, rel_tol=1e-12)
+    assert float(m[1]) < 0  # misclassified
+    r = certified_radius(z, y, lipschitz=2.0)
+    assert math.isclose(float(r[0]), float(m[0]) / (math.sqrt(2) * 2.0)) and float(r[1]) == 0.0
+
+
+def test_certify_counts_and_never_assumes_less_than_one():
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x.flatten(1)[:, :3]
+
+    x = torch.tensor([[[[1.0, 0.0, 0.0]]], [[[0.0, 0.3, 0.0]]], [[[0.0, 0.0, 1.0]]]])
+    y = torch.tensor([0, 1, 0])
+    res = certify(Fixed(), x, y, eps=(0.1, 0.5), lipschitz=0.5)
+    assert res.lipschitz == 1.0  # a bound below 1 is never used
+    assert res.clean_accuracy == pytest.approx(2 / 3)
+    # sample 0: margin 1 -> radius ~0.707; sample 1: margin 0.3 -> radius ~0.212
+    assert res.certified_accuracy == {0.1: pytest.approx(2 / 3), 0.5: pytest.approx(1 / 3)}
+    assert certify(Fixed(), x, y, eps=(0.5,), lipschitz=2.0).certified_accuracy[0.5] == 0.0
+    with pytest.raises(ValueError, match="lipschitz"):
+        certify(Fixed(), x, y, lipschitz=float("nan"))
+    with pytest.raises(ValueError, match="labels"):
+        certify(Fixed(), x, y[:2])
+
+
+def test_cli_certifies_with_the_audited_bound():
+    res = CliRunner().invoke(cli, ["certify", "convnet_xs_standard", "--limit", "16", "--json"])
+    if "not found" in res.output:
+        pytest.skip("real Fashion-MNIST not installed")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["lipschitz_bound"] > 1.0  # the unconstrained model is certified with its proven (large) bound
+    assert lipzoo.audit(lipzoo.create_model("convnet_xs_aol", in_chans=1), lower=False).upper <= 1 + 1e-4
