@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import sys
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -18,14 +14,6 @@ from .layers import LAYERS
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import atomic_path
 from .layers import LipschitzModule
 from .layers._linalg import fft_conv2d
 from .layers.aol import AOLConv2d, AOLLinear
@@ -396,10 +396,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str = "onnx", *
     shape = tuple(input_shape) if input_shape is not None else _default_input_shape(model)
     plain = to_plain(model, input_shape=shape, circular="kernel" if fmt == "onnx" else "auto")
     x = torch.rand(2, *shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed per model: tracing is exact
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based ONNX exporter (no onnxscript)
@@ -408,9 +405,4 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str = "onnx", *
                                   dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
             else:
                 torch.jit.trace(plain, (x,), check_trace=False).save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

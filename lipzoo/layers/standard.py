@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule, spatial_size
+from ._base import LipschitzModule
 
 __all__ = ["StandardConv2d", "StandardLinear"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import LAYERS, InputError, LipschitzModule, MaxMin, check_input, get_layer
+from ..layers import InputError, LipschitzModule, MaxMin, check_input, get_layer
 from ..layers.structural import Centering, FirstChannels, ZeroChannelConcatenation
 
 __all__ = ["ConvNet", "ConvNetConfig", "SIZES"]
