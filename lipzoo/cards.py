@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .audit import UPPER_TOL
 from .layers import LAYERS
 from .registry import (
     ARCHITECTURES,
@@ -23,7 +24,8 @@ from .registry import (
     load_pretrained_dir,
 )
 
-__all__ = ["eps_label", "render_card", "render_index", "write_card", "write_cards", "CardStatus", "entrypoint_doc"]
+__all__ = ["eps_label", "render_card", "render_index", "write_card", "write_cards", "CardStatus", "entrypoint_doc",
+           "audited_lipschitz"]
 
 GITHUB_REPO = "lipzoo/lipzoo"  # torch.hub.load's "owner/repo"
 CARD_FILENAME = "README.md"
@@ -54,10 +56,29 @@ def _pct(x) -> str:
     return f"{100 * float(x):.2f}%" if isinstance(x, (int, float)) else "n/a"
 
 
-def _certified(entry: PretrainedEntry) -> list[tuple[float, float]]:
-    """(eps, certified accuracy) pairs of the entry's metrics, by increasing eps."""
-    cert = entry.metrics.get("certified_accuracy") or {}
+def _by_eps(metrics: dict) -> list[tuple[float, float]]:
+    """(eps, certified accuracy) pairs of a metrics dict (``certified_accuracy``: eps key -> fraction), by increasing eps."""
+    cert = metrics.get("certified_accuracy") or {}
     return sorted((float(e), float(a)) for e, a in cert.items())
+
+
+def _certified(entry: PretrainedEntry) -> list[tuple[float, float]]:
+    """(eps, certified accuracy) pairs measured by lipzoo, by increasing eps."""
+    return _by_eps(entry.metrics)
+
+
+def audited_lipschitz(entry: PretrainedEntry) -> float | None:
+    """The proven upper bound on the entry's l2 Lipschitz constant recorded in its metrics
+    (``metrics.audit.lipschitz_upper``, else a run record's ``metrics.lipschitz_upper``); ``None``
+    when the weights were not audited."""
+    audit = entry.metrics.get("audit")
+    value = audit.get("lipschitz_upper") if isinstance(audit, dict) else entry.metrics.get("lipschitz_upper")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _accuracy_table(clean, pairs: list[tuple[float, float]]) -> list[str]:
+    out = ["| l2 radius eps | certified accuracy |", "| --- | --- |", f"| 0 (clean accuracy) | {_pct(clean)} |"]
+    return out + [f"| {eps_label(e)} | {_pct(a)} |" for e, a in pairs]
 
 
 def metrics_summary(entry: PretrainedEntry) -> str:
@@ -124,6 +145,37 @@ def _timing_rows(entry: PretrainedEntry) -> list[tuple[str, str]]:
     return rows
 
 
+_SOURCE_TRUST = {
+    "first use": "trusted on first use: recorded at the first import and checked by every later one",
+    "verified": "matched the hash recorded earlier",
+}
+
+
+def _provenance(prov: dict) -> list[str]:
+    """The card's Provenance section: where the weights came from (``source_*``) and what produced the folder."""
+    out: list[str] = []
+    if prov.get("source") or prov.get("source_url"):
+        out += ["## Provenance", ""]
+        if prov.get("source"):
+            out.append(f"- source: {prov['source']}")
+        if prov.get("source_url"):
+            file = f" (`{prov['source_file']}`)" if prov.get("source_file") else ""
+            out.append(f"- downloaded from: <{prov['source_url']}>{file}")
+        if prov.get("source_sha256"):
+            trust = str(prov.get("source_trust") or "")
+            note = f" ({_SOURCE_TRUST.get(trust, trust)})" if trust else ""
+            out.append(f"- sha256 of the downloaded file: `{prov['source_sha256']}`{note}")
+        for key, label in (("trained_by", "trained by"), ("source_repository", "authors' repository"),
+                           ("run", "run id"), ("license_note", "license")):
+            if prov.get(key):
+                out.append(f"- {label}: {prov[key]}")
+        out.append("")
+    items = [(k, prov[k]) for k in ("commit", "lipzoo_version", "torch_version", "date") if prov.get(k)]
+    if items:
+        out += ["Produced by " + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in items) + ".", ""]
+    return out
+
+
 def render_card(entry: PretrainedEntry) -> str:
     """The full README.md (front matter + body) of one model folder."""
     arch = ARCHITECTURES[entry.architecture]
@@ -131,14 +183,22 @@ def render_card(entry: PretrainedEntry) -> str:
     d = entry.data
     m = entry.metrics
     repo_id = _repo_id(entry)
-    recipe = entry.recipe or f"recipes/{entry.dataset}/{entry.architecture}.yaml"
+    prov = entry.provenance
     _, ds_name = HF_DATASETS.get(entry.dataset, (entry.dataset, entry.dataset))
     kind = "orthogonal" if spec.orthogonal else ("1-Lipschitz" if spec.lipschitz else "unconstrained (no certificate)")
+    bound = audited_lipschitz(entry)
+    above_one = bound is not None and bound > 1 + UPPER_TOL
+    if above_one:
+        lip = f"l2-Lipschitz with the proven bound L = {bound:.6g} (more than 1)"
+    else:
+        lip = "1-Lipschitz in l2" if spec.lipschitz else "not Lipschitz-bounded by design"
+    trained_here = not (prov.get("trained_by") or prov.get("source_url"))
+    by = "" if trained_here else f" by {prov.get('trained_by') or 'others'} (see Provenance)"
     out = [_front_matter(entry), GENERATED, "", f"# {entry.name}", ""]
     out += [
         f"A certifiably robust image classifier from the [lipzoo](https://github.com/{GITHUB_REPO}) model zoo: "
         f"the `{arch.family}` ConvNet of size `{arch.size}` built from **{spec.name}** layers ({kind}), trained on "
-        f"{ds_name}. Its logits are {'1-Lipschitz in l2' if spec.lipschitz else 'not Lipschitz-bounded'}, so a prediction "
+        f"{ds_name}{by}. Its logits are {lip}, so a prediction "
         "whose margin exceeds sqrt(2) * L * eps provably cannot be changed by any perturbation of l2 norm eps.",
         "",
         f"- input: [0, 1] images, {d.in_chans} x {d.input_size} x {d.input_size} (the model subtracts the mean "
@@ -149,10 +209,11 @@ def render_card(entry: PretrainedEntry) -> str:
         "## Certified robustness",
         "",
     ]
-    if m:
-        out += ["| l2 radius eps | certified accuracy |", "| --- | --- |",
-                f"| 0 (clean accuracy) | {_pct(m.get('clean_accuracy'))} |"]
-        out += [f"| {eps_label(e)} | {_pct(a)} |" for e, a in _certified(entry)]
+    reported = m.get("reported") if isinstance(m.get("reported"), dict) else None
+    measured = "clean_accuracy" in m or "certified_accuracy" in m
+    out += ["### Measured by lipzoo", ""]
+    if measured:
+        out += _accuracy_table(m.get("clean_accuracy"), _certified(entry))
         extra = []
         if "lipschitz_bound" in m:
             extra.append(f"Lipschitz bound L = {float(m['lipschitz_bound']):.6g}")
@@ -160,7 +221,28 @@ def render_card(entry: PretrainedEntry) -> str:
             extra.append(f"{m['n']:,} {m.get('split', 'test')} images")
         out += ["", f"Measured on {ds_name}" + (f" ({'; '.join(extra)})" if extra else "") + "."]
     else:
-        out += ["No metrics recorded yet."]
+        out += [f"Not measured by lipzoo yet: `lipzoo certify {entry.name} --dataset {entry.dataset}`."]
+    out += ["", "### Lipschitz bound", ""]
+    if bound is not None:
+        a = m.get("audit") if isinstance(m.get("audit"), dict) else {}
+        how = a.get("method", "lipzoo.audit upper bound")
+        ver = f", lipzoo {a['lipzoo_version']}" if a.get("lipzoo_version") else ""
+        out += [f"Audited upper bound on the l2 Lipschitz constant: L <= {bound:.6g} ({how}{ver})."]
+        if above_one:
+            out += ["", f"The proven bound is L = {bound:.6g}; its certificates use this L, not 1."]
+    else:
+        out += [f"Not audited yet: `lipzoo audit {entry.name}` proves an upper bound L, and "
+                f"`lipzoo certify {entry.name}` certifies with it."]
+    if reported:
+        r = reported
+        out += ["", "### Reported by the authors", "",
+                f"These numbers are {r.get('label', 'reported by the authors')} ({r.get('n', 'n/a')} "
+                f"{r.get('split', 'test')} images); lipzoo copied them and did not measure them.", ""]
+        out += _accuracy_table(r.get("clean_accuracy"), _by_eps(r))
+        rows = [("epochs", r.get("epochs")), ("run id", f"`{r['run']}`" if r.get("run") else None),
+                ("source", r.get("source")), ("paper", r.get("paper")), ("hardware", r.get("hardware"))]
+        out += ["", "| quantity | value |", "| --- | --- |"]
+        out += [f"| {k} | {v} |" for k, v in rows if v is not None]
     out += ["", "## Training time and memory", "", "| quantity | value |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in _timing_rows(entry)]
     out += [
@@ -179,12 +261,21 @@ def render_card(entry: PretrainedEntry) -> str:
         "```", "", "On the command line:", "", "```bash",
         f"lipzoo download {entry.name}   # into the Hugging Face cache, for offline use",
         f"lipzoo certify {entry.name} --dataset {entry.dataset}", "```",
-        "", "## Reproduce", "", "```bash", f"lipzoo train {recipe}", "```", "",
+        "", "## Reproduce", "",
     ]
-    prov = entry.provenance
-    prov_items = [(k, prov[k]) for k in ("commit", "lipzoo_version", "torch_version", "date") if prov.get(k)]
-    if prov_items:
-        out += ["Produced by " + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in prov_items) + ".", ""]
+    if entry.recipe:
+        out += ["```bash", f"lipzoo train {entry.recipe}", "```", ""]
+    elif not trained_here:
+        where = f" ([their repository]({prov['source_repository']}))" if prov.get("source_repository") else ""
+        run = f", run `{prov['run']}`" if prov.get("run") else ""
+        out += [f"These weights were trained by {prov.get('trained_by') or 'others'}{where}{run}, not by lipzoo; "
+                "lipzoo converted the released file (see Provenance)."]
+        if prov.get("import_command"):
+            out += ["", "```bash", str(prov["import_command"]), "```"]
+        out += [""]
+    else:
+        out += ["No recipe is recorded for these weights.", ""]
+    out += _provenance(prov)
     out += ["## Citation", "", "The zoo and its training setup:", "", "```bibtex", PAPER_BIBTEX, "```", ""]
     if spec.lipschitz and spec.citation != "-":
         out += [f"The {spec.name} layer: {spec.citation}, *{spec.paper}*.", ""]

@@ -436,8 +436,9 @@ def plot_cmd(bench_file, results_dir, runs_dir, out_dir, size, dataset, as_json)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Folder of the model folders (default: cards/ of the checkout).")
 @click.option("--sound", is_flag=True, help="Convert for lipzoo's sound default layers instead of paper_compatible=True (drops CPL/SOC power-iteration state).")
 @click.option("--force", is_flag=True, help="Accept a release file whose sha256 differs from the one recorded earlier.")
+@click.option("--no-audit", is_flag=True, help="Skip the Lipschitz audit (faster; config.json then records no proven bound).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def import_1llc_cmd(names, all_, url_base, out_dir, sound, force, as_json) -> None:
+def import_1llc_cmd(names, all_, url_base, out_dir, sound, force, no_audit, as_json) -> None:
     """Import the paper's released CIFAR-10 checkpoints (NAME: e.g. convnet_xs_sll.cifar10_1llc, or a pattern).
 
     Downloads each .pth, reads it with torch.load(weights_only=True), converts it and writes
@@ -451,7 +452,7 @@ def import_1llc_cmd(names, all_, url_base, out_dir, sound, force, as_json) -> No
         raise click.UsageError("give NAME... or --all, not both")
     try:
         done = import_1llc(names, all_releases=all_, out=out_dir or CARDS_DIR, base_url=url_base,
-                           paper_compatible=not sound, force=force, progress=not as_json,
+                           paper_compatible=not sound, force=force, audit=not no_audit, progress=not as_json,
                            echo=(lambda msg: click.echo(msg, err=True)) if as_json else click.echo)
     except (ImportError1LLC, ConversionError) as e:
         raise click.ClickException(str(e)) from None

@@ -45,8 +45,7 @@ from torch import nn
 
 from .certify import DEFAULT_EPS
 from .data import dataset_info
-from .layers._linalg import conv_kernel_rfft
-from .layers.cayley import CayleyConv2d
+from .layers.cayley import CayleyConv2d, initial_alpha
 from .layers.soc import SOCConv2d
 from .models import SIZES
 from .registry import CARDS_DIR, CONFIG_FILENAME, create_model, get_architecture
@@ -54,7 +53,7 @@ from .registry import CARDS_DIR, CONFIG_FILENAME, create_model, get_architecture
 __all__ = [
     "ConversionError", "ImportError1LLC", "PaperRelease", "PAPER_RELEASES", "PAPER_LAYERS", "PAPER_PAPER",
     "DEFAULT_URL_BASE", "URL_ENV", "url_base", "convert_1llc_state_dict", "load_1llc_model",
-    "download_release", "load_release_file", "import_1llc", "ImportResult",
+    "download_release", "load_release_file", "import_1llc", "ImportResult", "audit_record", "PAPER_REPOSITORY",
 ]
 
 # --- the paper's release --------------------------------------------------------------------------
@@ -197,12 +196,6 @@ def _build(arch: str, info, paper_compatible: bool, *, device: str | None = None
     return model
 
 
-def _cayley_initial_alpha(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``||W_hat||_F`` at ``size``: the value the paper gives ``alpha`` in its first forward (and
-    lipzoo's :class:`CayleyConv2d` at construction)."""
-    return torch.linalg.vector_norm(conv_kernel_rfft(weight.detach().float(), *size)).reshape(())
-
-
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
     keys = sorted(keys)
     more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
@@ -250,7 +243,7 @@ def convert_1llc_state_dict(
                 module = template.get_submodule(key[: -len(".alpha")])
                 wkey = key[: -len("alpha")] + "weight"
                 if isinstance(module, CayleyConv2d) and wkey in renamed:
-                    renamed[key] = _cayley_initial_alpha(renamed[wkey], module.input_size)
+                    renamed[key] = initial_alpha(renamed[wkey], module.input_size)
 
     missing = [k for k in target if k not in renamed]
     unexpected = [k for k in renamed if k not in target]
@@ -371,10 +364,28 @@ class ImportResult:
     source_sha256: str
     trusted_on_first_use: bool
     weights_sha256: str
+    lipschitz_upper: float | None = None  # the audit's proven bound (None: imported with audit=False)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "url": self.url, "source_sha256": self.source_sha256,
-                "trusted_on_first_use": self.trusted_on_first_use, "weights_sha256": self.weights_sha256}
+                "trusted_on_first_use": self.trusted_on_first_use, "weights_sha256": self.weights_sha256,
+                "lipschitz_upper": self.lipschitz_upper}
+
+
+#: where the paper's code and weights live (the card's "Reproduce" section points there)
+PAPER_REPOSITORY = "https://github.com/berndprach/1LipschitzLayersCompared"
+AUDIT_METHOD = "lipzoo.audit upper bound (guaranteed, float64, per layer at the model's input size)"
+
+
+def audit_record(model: nn.Module) -> dict:
+    """``metrics.audit`` of a model folder: the proven upper bound on the model's l2 Lipschitz
+    constant (:func:`lipzoo.audit.audit` with ``lower=False``), which its certificates must use."""
+    from . import __version__
+    from .audit import audit
+
+    result = audit(model, lower=False)
+    return {"lipschitz_upper": float(result.upper), "upper_ok": bool(result.upper_ok), "method": AUDIT_METHOD,
+            "input_shape": list(result.input_shape), "lipzoo_version": __version__}
 
 
 def select_releases(names: Sequence[str] = (), all_releases: bool = False) -> list[PaperRelease]:
@@ -411,6 +422,7 @@ def import_1llc(
     base_url: str | None = None,
     paper_compatible: bool = True,
     force: bool = False,
+    audit: bool = True,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[ImportResult]:
@@ -421,6 +433,10 @@ def import_1llc(
     trusted on first use and its hash announced and recorded (``provenance.source_sha256``). A
     different hash raises :class:`ImportError1LLC` unless ``force``. Everything is written to a
     temporary folder and moved into place only when complete.
+
+    With ``audit`` (default) each converted model's guaranteed Lipschitz upper bound is computed
+    (:func:`audit_record`) and stored as ``metrics.audit`` in config.json, and the card states it;
+    ``audit=False`` skips it (faster; the card then says the bound was not audited).
     """
     from .cards import write_card
     from .hub import save_pretrained
@@ -450,13 +466,17 @@ def import_1llc(
                 model = load_1llc_model(state, rel.layer, rel.size, rel.dataset, paper_compatible)
             except ConversionError as e:
                 raise ImportError1LLC(f"{url} (sha256 {sha}) does not convert to {rel.name}: {e}") from None
+            metrics = {"reported": rel.reported}
+            if audit:
+                metrics["audit"] = audit_record(model)
             provenance = {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.convert)",
                           "source_url": url, "source_file": rel.filename, "source_sha256": sha,
-                          "source_trust": trust, "run": rel.run_id,
+                          "source_trust": trust, "run": rel.run_id, "trained_by": "the paper's authors",
+                          "source_repository": PAPER_REPOSITORY, "import_command": f"lipzoo import-1llc {rel.name}",
                           "license_note": "lipzoo has not recorded a license for the released weights; see the authors' repository"}
             staged = tmp / rel.name
             entry = save_pretrained(model, staged, dataset=rel.dataset, name=rel.name, recipe="",
-                                    metrics={"reported": rel.reported}, provenance=provenance,
+                                    metrics=metrics, provenance=provenance,
                                     layer_kwargs={"paper_compatible": paper_compatible}, license="unknown")
             write_card(entry, tmp)  # tmp/<name>/README.md
             _move_into_place(staged, folder)
@@ -467,7 +487,11 @@ def import_1llc(
             echo(f"{rel.name}: {rel.filename} sha256 {sha} matches the recorded hash")
         else:
             echo(f"{rel.name}: accepted the CHANGED {rel.filename} (force): sha256 {sha}, was {expected}")
-        results.append(ImportResult(rel.name, folder, url, sha, tofu, entry.sha256))
+        upper = metrics["audit"]["lipschitz_upper"] if audit else None
+        if upper is not None:
+            echo(f"{rel.name}: audited Lipschitz upper bound L = {upper:.6g}"
+                 + ("" if metrics["audit"]["upper_ok"] else " (> 1: its certificates use this L)"))
+        results.append(ImportResult(rel.name, folder, url, sha, tofu, entry.sha256, upper))
     return results
 
 

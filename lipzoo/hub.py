@@ -362,6 +362,15 @@ def _architecture_of(model: nn.Module) -> str:
                      + (f" with config {cfg}" if cfg is not None else ""))
 
 
+def _recipe_path(recipe: str | None, arch: str, dataset: str) -> str | None:
+    """The recipe recorded for a saved model: ``recipe`` as given; ``""`` for none (e.g. imported
+    weights); ``None``: the checkout's ``recipes/<dataset>/<arch>.yaml`` if that file exists, else none."""
+    if recipe is not None:
+        return recipe or None
+    default = f"recipes/{dataset}/{arch}.yaml"
+    return default if (CARDS_DIR.parent / default).is_file() else None
+
+
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -380,7 +389,9 @@ def save_pretrained(
     ``config.json`` (the registry entry) into ``directory``, each to a temporary name then renamed.
 
     The model must be built for ``dataset`` (its ``in_chans``, ``num_classes`` and ``input_mean``
-    are the dataset's), so the saved model takes [0, 1] images. ``metrics``: a dict or a
+    are the dataset's), so the saved model takes [0, 1] images. ``recipe``: the recipe the weights
+    were trained with (``None``: the checkout's ``recipes/<dataset>/<arch>.yaml`` if it exists;
+    ``""``: none, e.g. for weights trained elsewhere). ``metrics``: a dict or a
     :class:`lipzoo.CertificationResult`. ``layer_kwargs``: the options the layers were built with.
     Returns the entry (``PretrainedEntry.from_folder(directory)`` reads it back).
     """
@@ -415,7 +426,7 @@ def save_pretrained(
     wpath.chmod(0o644)
     entry = PretrainedEntry.from_dict({
         "name": name, "architecture": arch, "dataset": dataset, "lipzoo_version": __version__,
-        "recipe": recipe if recipe is not None else f"recipes/{dataset}/{arch}.yaml",
+        "recipe": _recipe_path(recipe, arch, dataset),
         "data": data.as_dict(), "layer_kwargs": layer_kwargs,
         "hub": {"repo_id": hf_repo_id, "revision": None, "filename": wpath.name},
         "file": {"sha256": sha256_file(wpath), "size": wpath.stat().st_size},

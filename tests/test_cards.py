@@ -101,3 +101,91 @@ def test_entrypoint_doc_lists_pretrained_weights(entry, monkeypatch):
     monkeypatch.setitem(PRETRAINED, entry.name, entry)
     doc = entrypoint_doc("convnet_xs_aol", "fashion_mnist")
     assert "fashion_mnist: clean 81.00%, certified 36/255: 62.00%" in doc
+
+
+# --- imported weights: reported numbers, the audited bound, provenance, no invented recipe -------
+def _imported_entry(upper: float | None, measured: bool = False) -> PretrainedEntry:
+    """A tiny synthetic config.json of weights trained elsewhere (no weights file is needed to render)."""
+    metrics: dict = {"reported": {
+        "label": "reported by the authors", "paper": "Some Paper (2024)", "run": "20230822_081440.7",
+        "source": "statistics.csv", "split": "test", "n": 10000, "clean_accuracy": 0.749,
+        "certified_accuracy": {f"{36 / 255:.6g}": 0.625, f"{72 / 255:.6g}": 0.485, "1": 0.042}, "epochs": 14957}}
+    if upper is not None:
+        metrics["audit"] = {"lipschitz_upper": upper, "method": "lipzoo.audit upper bound", "lipzoo_version": "9.9"}
+    if measured:
+        metrics |= {"n": 50, "split": "test", "lipschitz_bound": 1.5, "clean_accuracy": 0.7,
+                    "certified_accuracy": {f"{36 / 255:.6g}": 0.5}}
+    cfg = {
+        "name": "convnet_xs_cpl.cifar10_1llc", "architecture": "convnet_xs_cpl", "dataset": "cifar10", "recipe": None,
+        "data": {"input_size": 32, "in_chans": 3, "num_classes": 10, "class_names": [f"c{i}" for i in range(10)],
+                 "mean": [0.49, 0.48, 0.45]},
+        "file": {"sha256": "ab" * 32, "size": 1234}, "metrics": metrics, "license": "unknown",
+        "provenance": {"source": "a paper's release", "source_url": "http://127.0.0.1:1/w/XS_CPL.pth",
+                       "source_file": "XS_CPL.pth", "source_sha256": "cd" * 32, "source_trust": "first use",
+                       "run": "20230822_081440.7", "trained_by": "the paper's authors",
+                       "source_repository": "https://github.com/someone/somerepo",
+                       "import_command": "lipzoo import-1llc convnet_xs_cpl.cifar10_1llc",
+                       "commit": "1" * 40, "date": "2024-06-01T00:00:00Z"},
+    }
+    return PretrainedEntry.from_dict(cfg, "synthetic config")
+
+
+def test_card_of_imported_weights_shows_reported_numbers_bound_and_provenance():
+    entry = _imported_entry(upper=1.4686381)
+    text = render_card(entry)
+    assert render_card(entry) == text  # deterministic
+    reported = text.split("### Reported by the authors")[1].split("## Training time")[0]
+    assert "| 0 (clean accuracy) | 74.90% |" in reported and "| 36/255 | 62.50% |" in reported
+    assert "| 72/255 | 48.50% |" in reported and "| 1 | 4.20% |" in reported
+    assert "| epochs | 14957 |" in reported and "| run id | `20230822_081440.7` |" in reported
+    assert "| source | statistics.csv |" in reported and "did not measure them" in reported
+    measured = text.split("### Measured by lipzoo")[1].split("### Lipschitz bound")[0]
+    assert "Not measured by lipzoo yet: `lipzoo certify convnet_xs_cpl.cifar10_1llc --dataset cifar10`." in measured
+    assert "74.90%" not in measured  # the authors' numbers are never shown as lipzoo's
+    assert "The proven bound is L = 1.46864; its certificates use this L, not 1." in text
+    assert "L <= 1.46864 (lipzoo.audit upper bound, lipzoo 9.9)" in text
+    assert "Its logits are l2-Lipschitz with the proven bound L = 1.46864" in text and "1-Lipschitz in l2" not in text
+    assert "- downloaded from: <http://127.0.0.1:1/w/XS_CPL.pth> (`XS_CPL.pth`)" in text
+    assert f"- sha256 of the downloaded file: `{'cd' * 32}` (trusted on first use" in text
+    reproduce = text.split("## Reproduce")[1].split("## Provenance")[0]
+    assert "lipzoo train" not in text and "recipes/" not in text  # no invented recipe
+    assert "trained by the paper's authors ([their repository](https://github.com/someone/somerepo)), " \
+           "run `20230822_081440.7`, not by lipzoo" in reproduce
+    assert "lipzoo import-1llc convnet_xs_cpl.cifar10_1llc" in reproduce
+    meta = _front_matter(text)
+    assert "model-index" not in meta and meta["license"] == "unknown"  # reported numbers are not lipzoo's results
+
+
+def test_card_bound_sentence_only_above_one_and_measured_numbers_beside_reported():
+    within = render_card(_imported_entry(upper=1.00005, measured=True))
+    assert "its certificates use this L, not 1" not in within and "L <= 1.00005" in within
+    assert "Its logits are 1-Lipschitz in l2" in within
+    measured = within.split("### Measured by lipzoo")[1].split("### Lipschitz bound")[0]
+    assert "| 0 (clean accuracy) | 70.00% |" in measured and "| 36/255 | 50.00% |" in measured
+    assert "Lipschitz bound L = 1.5; 50 test images" in measured and "Not measured" not in measured
+    assert "| 36/255 | 62.50% |" in within.split("### Reported by the authors")[1]
+    unaudited = render_card(_imported_entry(upper=None))
+    assert "Not audited yet: `lipzoo audit convnet_xs_cpl.cifar10_1llc`" in unaudited and "L <=" not in unaudited
+
+
+def test_save_pretrained_does_not_invent_a_recipe(tmp_path):
+    from lipzoo.hub import _recipe_path
+
+    assert _recipe_path(None, "convnet_xs_aol", "fashion_mnist") == "recipes/fashion_mnist/convnet_xs_aol.yaml"
+    assert not (CARDS_DIR.parent / "recipes/cifar10/convnet_xs_standard.yaml").exists()
+    assert _recipe_path(None, "convnet_xs_standard", "cifar10") is None
+    assert _recipe_path("", "convnet_xs_aol", "fashion_mnist") is None
+    assert _recipe_path("my/recipe.yaml", "convnet_xs_aol", "fashion_mnist") == "my/recipe.yaml"
+    import torch
+
+    import lipzoo
+    from lipzoo.data import dataset_info
+    from lipzoo.hub import save_pretrained
+
+    torch.manual_seed(0)
+    model = lipzoo.create_model("convnet_xs_aol", num_classes=10, in_chans=1, input_mean=dataset_info("fashion_mnist").mean)
+    entry = save_pretrained(model, tmp_path / "m", dataset="fashion_mnist", name="convnet_xs_aol.fashion_mnist_x",
+                            recipe="")
+    assert entry.recipe is None and json.loads((tmp_path / "m" / "config.json").read_text())["recipe"] is None
+    text = render_card(entry)
+    assert "No recipe is recorded for these weights." in text and "lipzoo train" not in text

@@ -108,6 +108,12 @@ def test_missing_cayley_alphas_are_recreated_as_the_paper_would():
     converted = lipzoo.convert_1llc_state_dict(lazy, "cayley", "xs")
     for k in conv_alphas:
         torch.testing.assert_close(converted[k], state[k], rtol=1e-6, atol=0)
+    first = next(m for m in fresh.modules() if isinstance(m, lipzoo.layers.cayley.CayleyConv2d))
+    initial_alpha = lipzoo.layers.cayley.initial_alpha  # the one function the layer and the converter share
+    assert initial_alpha(first.weight, first.input_size).item() == first.alpha.item()
+    assert torch.equal(initial_alpha(first.weight, 8), initial_alpha(first.weight, (8, 8)))
+    with pytest.raises(ValueError, match=r"conv kernel tensor \(out, in, k, k\), got \(3, 3\)"):
+        lipzoo.layers.cayley.initial_alpha(torch.zeros(3, 3), 32)
     # the head's alpha is created at construction in the paper too: missing means a broken file
     with pytest.raises(ConversionError, match=r"missing key\(s\).*ClassificationHead\.1\.alpha"):
         lipzoo.convert_1llc_state_dict({k: v for k, v in lazy.items() if k != "ClassificationHead.1.alpha"},
@@ -242,33 +248,37 @@ def test_import_writes_a_verified_model_folder(server, tmp_path, capsys):
     state, centred, ref = golden("sll")
     rel, body = serve_golden(files, "sll", tmp_path)
     out = tmp_path / "cards"
-    (done,) = import_1llc([rel.name], out=out, base_url=base, progress=False)
+    (done,) = import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)  # the AOL test audits
     sha = hashlib.sha256(body).hexdigest()
-    assert done.source_sha256 == sha and done.trusted_on_first_use
+    assert done.source_sha256 == sha and done.trusted_on_first_use and done.lipschitz_upper is None
     assert f"trusting {rel.filename} on first use: sha256 {sha}" in capsys.readouterr().out
     assert only_final_files(out) == [rel.name, f"{rel.name}/README.md", f"{rel.name}/config.json",
                                      f"{rel.name}/model.safetensors"]  # no pickle, no temporary left
     cfg = json.loads((out / rel.name / "config.json").read_text())
     assert cfg["provenance"]["source_sha256"] == sha and cfg["provenance"]["source_url"] == f"{base}/{rel.filename}"
-    assert cfg["metrics"]["reported"]["label"] == "reported by the authors"
-    assert cfg["layer_kwargs"] == {"paper_compatible": True}
+    assert cfg["metrics"]["reported"]["label"] == "reported by the authors" and "audit" not in cfg["metrics"]
+    assert cfg["layer_kwargs"] == {"paper_compatible": True} and cfg["recipe"] is None
+    card = (out / rel.name / "README.md").read_text()
+    assert "### Reported by the authors" in card and f"| run id | `{rel.run_id}` |" in card
+    assert "Not audited yet" in card and "lipzoo train" not in card and "recipes/" not in card
+    assert f"run `{rel.run_id}`, not by lipzoo" in card and sha in card
     model = lipzoo.create_model(rel.name, weights=out / rel.name)  # sha256-verified strict load, [0, 1] inputs
     with torch.no_grad():
         assert_logits(model(centred + MEAN), ref)
 
     # a second import checks the recorded hash; a changed file is refused and nothing is touched
-    import_1llc([rel.name], out=out, base_url=base, progress=False)
+    import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)
     assert "matches the recorded hash" in capsys.readouterr().out
     before = (out / rel.name / "model.safetensors").read_bytes()
     changed = dict(state, **{"Block1.0.bias": state["Block1.0.bias"] + 1})
     body2 = pth_bytes(changed, tmp_path)
     files[rel.filename] = (body2, len(body2))
     with pytest.raises(ImportError1LLC, match="the release file changed"):
-        import_1llc([rel.name], out=out, base_url=base, progress=False)
+        import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)
     assert (out / rel.name / "model.safetensors").read_bytes() == before
     assert json.loads((out / rel.name / "config.json").read_text())["provenance"]["source_sha256"] == sha
     assert len(only_final_files(out)) == 4
-    import_1llc([rel.name], out=out, base_url=base, progress=False, force=True)
+    import_1llc([rel.name], out=out, base_url=base, progress=False, force=True, audit=False)
     prov = json.loads((out / rel.name / "config.json").read_text())["provenance"]
     assert prov["source_sha256"] == hashlib.sha256(body2).hexdigest() and sha in prov["source_trust"]
     assert "accepted the CHANGED" in capsys.readouterr().out
@@ -284,7 +294,24 @@ def test_cli_import_json(server, tmp_path):
     (row,) = json.loads(res.stdout)
     assert row["name"] == rel.name and row["source_sha256"] == hashlib.sha256(body).hexdigest()
     assert "on first use" in res.stderr
-    assert lipzoo.registry.PretrainedEntry.from_folder(out / rel.name).name == rel.name
+    entry = lipzoo.registry.PretrainedEntry.from_folder(out / rel.name)
+    assert entry.name == rel.name
+    # the import audited the converted model and stored the proven bound where the card reads it
+    rec = entry.metrics["audit"]
+    assert rec["lipschitz_upper"] == row["lipschitz_upper"] and rec["method"].startswith("lipzoo.audit upper bound")
+    assert rec["lipzoo_version"] == lipzoo.__version__ and rec["input_shape"] == [3, 32, 32]
+    model = lipzoo.create_model(rel.name, weights=out / rel.name)
+    assert rec["lipschitz_upper"] == lipzoo.audit(model, lower=False).upper  # the bound of the weights as saved
+    assert 0 < rec["lipschitz_upper"] <= 1 + 1e-4 and rec["upper_ok"]  # AOL: 1-Lipschitz, so no L sentence
+    card = (out / rel.name / "README.md").read_text()
+    assert f"L <= {rec['lipschitz_upper']:.6g}" in card and "not 1." not in card
+    assert "audited Lipschitz upper bound L" in res.stderr
+    # --no-audit skips it
+    out2 = tmp_path / "cards2"
+    res = CliRunner().invoke(main, ["import-1llc", rel.name, "--url-base", base, "--out", str(out2), "--no-audit", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["lipschitz_upper"] is None
+    assert "audit" not in json.loads((out2 / rel.name / "config.json").read_text())["metrics"]
 
 
 @pytest.mark.parametrize("case", ["404", "garbage", "truncated", "not_weights_only"])

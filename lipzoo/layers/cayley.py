@@ -37,11 +37,25 @@ from torch import nn
 from ._base import as_size, LipschitzModule, spatial_size
 from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
 
-__all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight"]
+__all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight", "initial_alpha"]
 
 DEFAULT_INPUT_SIZE = 32
 
 
+def initial_alpha(weight: torch.Tensor, size: tuple[int, int] | int) -> torch.Tensor:
+    """``||W_hat||_F`` at ``size`` ((H, W) or an int): the initial ``alpha`` of a Cayley convolution
+    with kernel ``weight`` (out, in, k, k), as a 0-d tensor without gradient (float64 for a float64
+    kernel, else float32). The paper sets it in its first forward, :class:`CayleyConv2d` at
+    construction, and :mod:`lipzoo.convert` for checkpoints saved before that forward."""
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"initial_alpha expects a conv kernel tensor (out, in, k, k), got {got}")
+    n_h, n_w = as_size(size)
+    w = weight.detach()
+    if w.dtype != torch.float64:
+        w = w.float()
+    with torch.no_grad():
+        return torch.linalg.vector_norm(conv_kernel_rfft(w, n_h, n_w)).reshape(())
 
 
 def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -96,10 +110,8 @@ class CayleyConv2d(LipschitzModule):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         bound = 1 / math.sqrt(in_channels * kernel_size**2)
         nn.init.uniform_(self.bias, -bound, bound)
-        with torch.no_grad():
-            norm = torch.linalg.vector_norm(conv_kernel_rfft(self.weight, *self.input_size))
         # registered eagerly (the paper creates it in the first forward, after the optimiser)
-        self.alpha = nn.Parameter(norm.to(self.weight.dtype).reshape(()))
+        self.alpha = nn.Parameter(initial_alpha(self.weight, self.input_size).to(self.weight.dtype))
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return cayley_frequency_weight(self.weight, self.alpha, size or self.input_size)
