@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 
@@ -144,3 +145,66 @@ def test_cli_audit_exit_status_and_run_dir(tmp_path):
     assert good.exit_code == 0, good.output
     data = json.loads(good.output)
     assert data["ok"] and data["input_shape"] == [1, 32, 32] and len(data["layers"]) > 10
+
+
+# --- exact dense norm of zero-padded convolutions (small maps) ----------------------------------
+@pytest.mark.parametrize("c_in,c_out,k,n", [(2, 3, 3, 4), (3, 2, 3, 2), (2, 2, 5, 3), (2, 3, 1, 4), (1, 2, 3, 1)])
+def test_zero_padded_dense_norm_is_exact_and_tighter(c_in, c_out, k, n):
+    from lipzoo.audit import DENSE_MARGIN, zero_padded_conv_norm
+
+    w = torch.randn(c_out, c_in, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(c_in + 7 * n))
+    exact = _operator_norm(lambda x: F.conv2d(x, w, padding=k // 2), (c_in, n, n))
+    dense = zero_padded_conv_norm(w, n, n)
+    assert dense == pytest.approx(exact, rel=1e-12)
+    circ = circular_conv_norm(w, n + k - 1, n + k - 1)
+    assert dense <= circ * (1 + 1e-12)
+    bound = zero_padded_conv_bound(w, n, n)
+    assert exact <= bound <= min(dense * (1 + DENSE_MARGIN), circ, float(gram_bound(w)))
+
+
+def test_zero_padded_dense_norm_threshold_and_bad_input(monkeypatch):
+    audit_mod = importlib.import_module("lipzoo.audit")
+
+    w = torch.randn(2, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    exact = audit_mod.zero_padded_conv_norm(w, 4, 4)
+    circ = circular_conv_norm(w, 6, 6)
+    assert exact < circ * (1 - 1e-3)  # a 4x4 map: the circular bound is visibly loose
+    monkeypatch.setattr(audit_mod, "DENSE_EXACT_MAX", 2 * 4 * 4 - 1)  # just below this operator's size
+    assert zero_padded_conv_bound(w, 4, 4) == min(circ, float(gram_bound(w)))
+    monkeypatch.setattr(audit_mod, "DENSE_EXACT_MAX", 2 * 4 * 4)
+    assert zero_padded_conv_bound(w, 4, 4) == pytest.approx(exact, rel=1e-8)
+    with pytest.raises(ValueError, match="odd kernel sizes"):
+        audit_mod.zero_padded_conv_norm(torch.randn(2, 2, 2, 2), 4, 4)
+    with pytest.raises(ValueError, match="kernel"):
+        audit_mod.zero_padded_conv_norm(torch.randn(2, 3, 3), 4, 4)
+
+
+def test_paper_cpl_at_4x4_audits_at_one(monkeypatch):
+    """The paper's power-iteration step uses the zero-padded norm: exact at 4x4, the old bound is loose."""
+    audit_mod = importlib.import_module("lipzoo.audit")
+
+    torch.manual_seed(0)
+    m = CPLConv2d(4, 4, 3, input_size=4, paper_compatible=True, val_niter=100).eval()
+    upper, _, _, detail = layer_bound(m, (4, 4, 4))
+    assert detail["G_norm_method"] == "exact dense norm"
+    assert 1.0 <= upper <= 1 + 1e-3
+    true = float(singular_values(m, (4, 4, 4), residual=True, points=2).max())
+    assert true <= upper + 1e-5
+    monkeypatch.setattr(audit_mod, "DENSE_EXACT_MAX", 0)  # the circular (n + k - 1) bound only
+    old, _, _, _ = layer_bound(m, (4, 4, 4))
+    assert old > 1 + 1e-2
+
+
+def test_dense_norm_is_cached_within_one_audit(monkeypatch):
+    audit_mod = importlib.import_module("lipzoo.audit")
+
+    calls = []
+    real = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    layer = CPLConv2d(2, 2, 3, input_size=4, paper_compatible=True)  # a step the cheap bounds cannot certify
+    res = audit(nn.Sequential(layer, layer), input_shape=(2, 4, 4), lower=False)
+    assert len(calls) == 1 and res.upper <= 1 + 1e-3
+    assert len(res.layers) == 2  # a reused module counts twice in the product
+    assert res.layers[0].detail["G_norm_method"] == res.layers[1].detail["G_norm_method"] == "exact dense norm"
+    assert audit_mod._NORM_CACHE.get() is None  # the cache lives only for the audit call
