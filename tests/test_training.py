@@ -138,7 +138,7 @@ def write_fake_fashion(data_dir: Path, n_train: int = 64, n_test: int = 16) -> P
     return data_dir
 
 
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """SIGKILL a real `lipzoo train` process mid-run, resume it, compare with an uninterrupted run."""
     import signal
     import time
@@ -161,11 +161,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it could be killed"
     res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    os.environ["LIPZOO_DATA"] = str(data_dir)
-    try:
-        train(r, tmp_path / "straight", progress=False)
-    finally:
-        del os.environ["LIPZOO_DATA"]
+    monkeypatch.setenv("LIPZOO_DATA", str(data_dir))
+    train(r, tmp_path / "straight", progress=False)
     a = load_file(tmp_path / "killed" / "model.safetensors")
     b = load_file(tmp_path / "straight" / "model.safetensors")
     for k in a:
@@ -173,7 +170,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(12))
 
 
-def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
+def test_ddp_two_cpu_processes_match_a_single_process(tmp_path, monkeypatch):
     data_dir = write_fake_fashion(tmp_path / "data")
     r = tiny_recipe(epochs=2)
     recipe = tmp_path / "r.yaml"
@@ -184,11 +181,8 @@ def test_ddp_two_cpu_processes_match_a_single_process(tmp_path):
            "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    os.environ["LIPZOO_DATA"] = str(data_dir)
-    try:
-        train(r, tmp_path / "single", progress=False)
-    finally:
-        del os.environ["LIPZOO_DATA"]
+    monkeypatch.setenv("LIPZOO_DATA", str(data_dir))
+    train(r, tmp_path / "single", progress=False)
     a = load_file(tmp_path / "ddp" / "model.safetensors")
     b = load_file(tmp_path / "single" / "model.safetensors")
     for k in a:
