@@ -15,7 +15,7 @@ from typing import Any, Hashable
 import torch
 from torch import nn
 
-__all__ = ["LipschitzModule", "check_input", "InputError", "as_size", "check_square", "spatial_size"]
+__all__ = ["LipschitzModule", "check_input", "InputError", "as_size", "check_kernel_size", "check_square", "spatial_size"]
 
 
 class InputError(ValueError):
@@ -151,3 +151,9 @@ def check_square(layer: str, n_in: int, n_out: int) -> None:
             f"{layer} is a residual layer (y = x - ...) whose output has as many channels as its input; "
             f"it needs in == out, got {n_in} -> {n_out}"
         )
+
+
+def check_kernel_size(kernel_size: int) -> None:
+    """Every lipzoo convolution is a centred 'same' convolution: it needs a positive odd kernel."""
+    if kernel_size < 1 or kernel_size % 2 != 1:
+        raise ValueError(f"kernel_size must be a positive odd integer for a centred 'same' convolution, got {kernel_size}")

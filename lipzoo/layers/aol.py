@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule
+from ._base import check_kernel_size, LipschitzModule
 from ._linalg import circular_pad, gram_row_sums
 
 __all__ = ["AOLConv2d", "AOLLinear", "aol_rescale"]
@@ -46,8 +46,7 @@ class AOLConv2d(LipschitzModule):
         init: str = "dirac",
     ) -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        check_kernel_size(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule
+from ._base import check_kernel_size, LipschitzModule
 from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums, power_iteration_sigma
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
@@ -131,8 +131,7 @@ class BCOPConv2d(LipschitzModule):
         super().__init__()
         if stride != 1:
             raise ValueError(f"BCOPConv2d only supports stride 1, got stride={stride}")
-        if kernel_size < 1 or kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for 'same' circular padding, got {kernel_size}")
+        check_kernel_size(kernel_size)
         if bjorck_iters < 1:
             raise ValueError(f"bjorck_iters must be >= 1, got {bjorck_iters}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size

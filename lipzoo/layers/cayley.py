@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import as_size, LipschitzModule, spatial_size
+from ._base import check_kernel_size, as_size, LipschitzModule, spatial_size
 from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
 
 __all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight", "initial_alpha"]
@@ -99,8 +99,7 @@ class CayleyConv2d(LipschitzModule):
         paper_compatible: bool = False,
     ) -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for a centred 'same' convolution, got {kernel_size}")
+        check_kernel_size(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.input_size = as_size(input_size, (DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE))
         self.paper_compatible = paper_compatible

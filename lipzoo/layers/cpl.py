@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_square, as_size, InputError, LipschitzModule, spatial_size
+from ._base import check_kernel_size, check_square, as_size, InputError, LipschitzModule, spatial_size
 from ._linalg import gram_bound
 
 __all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling"]
@@ -111,8 +111,7 @@ class CPLConv2d(LipschitzModule):
     ) -> None:
         super().__init__()
         check_square(type(self).__name__, in_channels, out_channels)
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        check_kernel_size(kernel_size)
         if val_niter < 1:
             raise ValueError(f"val_niter must be >= 1, got {val_niter}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size

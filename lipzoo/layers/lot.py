@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import as_size, LipschitzModule, spatial_size
+from ._base import check_kernel_size, as_size, LipschitzModule, spatial_size
 from ._linalg import conv_kernel_fft, conv_kernel_rfft, fft_conv2d
 
 __all__ = ["LOTConv2d", "LOTLinear", "lot_orthogonalize"]
@@ -98,8 +98,7 @@ class LOTConv2d(LipschitzModule):
         eval_iters: int = 10,
     ) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be a positive odd integer for a centred convolution, got {kernel_size}")
+        check_kernel_size(kernel_size)
         if iters < 0 or eval_iters < 0:
             raise ValueError(f"iters and eval_iters must be >= 0, got {iters} and {eval_iters}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_square, LipschitzModule
+from ._base import check_kernel_size, check_square, LipschitzModule
 from ._linalg import autocorrelation
 
 __all__ = ["SLLConv2d", "SLLLinear", "sll_rescaling"]
@@ -98,8 +98,7 @@ class SLLConv2d(LipschitzModule):
         eps: float = EPS,
     ) -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        check_kernel_size(kernel_size)
         check_square("in_channels and out_channels", in_channels, out_channels)
         _check_q_param(q_param)
         if paper_compatible and q_param != "abs":

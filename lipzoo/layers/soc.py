@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import InputError, LipschitzModule
+from ._base import check_kernel_size, InputError, LipschitzModule
 from ._linalg import gram_bound
 
 __all__ = [
@@ -194,8 +194,7 @@ class SOCConv2d(LipschitzModule):
         correction: float = 0.7,
     ) -> None:
         super().__init__()
-        if kernel_size < 1 or kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for a 'same' skew convolution, got {kernel_size}")
+        check_kernel_size(kernel_size)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         if in_channels < 1 or out_channels < 1:

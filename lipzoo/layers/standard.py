@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule
+from ._base import check_kernel_size, LipschitzModule
 
 __all__ = ["StandardConv2d", "StandardLinear"]
 
@@ -26,8 +26,7 @@ class StandardConv2d(LipschitzModule):
         paper_compatible: bool = False,
     ) -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
+        check_kernel_size(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
