@@ -87,6 +87,18 @@ def _assemble(
     return SandwichWeight(first, bias, second)
 
 
+def _option_repr(layer: LipschitzModule) -> str:
+    """The non-default options of a Sandwich layer, for ``extra_repr``."""
+    s = ", bias=False" if layer.bias is None else ""
+    if layer.numerical_stable:
+        s += ", numerical_stable=True"
+    if layer.scale != 1.0:
+        s += f", scale={layer.scale}"
+    if layer.paper_compatible:
+        s += ", paper_compatible=True"
+    return s
+
+
 def _check_scale(scale: float, paper_compatible: bool) -> float:
     scale = float(scale)
     if not scale > 0 or (scale > 1 and not paper_compatible):
@@ -173,15 +185,7 @@ class SandwichConv2d(LipschitzModule):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular, "
             f"input_size={self.input_size}"
         )
-        if self.bias is None:
-            s += ", bias=False"
-        if self.numerical_stable:
-            s += ", numerical_stable=True"
-        if self.scale != 1.0:
-            s += f", scale={self.scale}"
-        if self.paper_compatible:
-            s += ", paper_compatible=True"
-        return s
+        return s + _option_repr(self)
 
 
 class SandwichLinear(LipschitzModule):
@@ -224,12 +228,4 @@ class SandwichLinear(LipschitzModule):
 
     def extra_repr(self) -> str:
         s = f"{self.in_features}, {self.out_features}"
-        if self.bias is None:
-            s += ", bias=False"
-        if self.numerical_stable:
-            s += ", numerical_stable=True"
-        if self.scale != 1.0:
-            s += f", scale={self.scale}"
-        if self.paper_compatible:
-            s += ", paper_compatible=True"
-        return s
+        return s + _option_repr(self)
