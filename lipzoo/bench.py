@@ -93,7 +93,8 @@ CSV_COLUMNS = (
      "train_batch_s", "train_images_per_s", "infer_images_per_s", "plain_images_per_s",
      "train_peak_mib", "infer_peak_mib", "memory_method"]
     + [EPOCH_PREFIX + d for d in DATASETS]
-    + [f"{f}_vs_standard" for f in RATIO_FIGURES] + ["epoch_s_vs_standard", "warmup", "repeats", "note", "error"]
+    + [f"{f}_vs_standard" for f in RATIO_FIGURES]
+    + ["epoch_s_vs_standard", "warmup", "repeats", "compiled", "compile_s", "note", "error"]
 )
 MIB = 2**20
 
@@ -127,8 +128,10 @@ class BenchResult:
     memory_method: str | None = None
     epoch_s: dict[str, float | None] = field(default_factory=dict)
     ratios: dict[str, float | None] = field(default_factory=dict)
-    warmup: int = 1
+    warmup: int = 2
     repeats: int = 3
+    compiled: bool = False  # forward passes through torch.compile (training and inference)
+    compile_s: float | None = None  # seconds of the first (compiling) training step, not in the timings
     note: str = ""
     error: str | None = None
 
@@ -274,9 +277,13 @@ def _is_oom(e: BaseException) -> bool:
 
 def _measure(
     name: str, *, batch_size: int, device: str, in_chans: int, warmup: int, repeats: int,
-    memory: str | None, plain: bool, deadline: float | None,
+    memory: str | None, plain: bool, deadline: float | None, compile: bool = False,
 ) -> dict:
-    """The figures of one architecture, measured in this process (raises on OOM or time-out)."""
+    """The figures of one architecture, measured in this process (raises on OOM or time-out).
+
+    ``compile``: the forward passes go through ``torch.compile``; the first call of each (the
+    compilation) runs untimed before the warm-up, the training one's time is ``compile_s``.
+    """
     size = get_architecture(name).input_size
     x = torch.rand(batch_size, in_chans, size, size, device=device)
     out: dict = {}
@@ -284,11 +291,14 @@ def _measure(
     # inference, fresh model: the memory counts its weights, eval caches and activations
     with _PeakMemory(memory, device) as mem:
         model = create_model(name, in_chans=in_chans).to(device).eval()
+        fwd = torch.compile(model) if compile else model
 
-        def infer(m=model) -> None:
+        def infer(m=fwd) -> None:
             with torch.no_grad():
                 m(x)
 
+        if compile:
+            infer()
         out["infer_s"] = _timed(infer, device, warmup, repeats, deadline)
     out["infer_peak_mib"] = mem.mib
     if plain:
@@ -303,7 +313,7 @@ def _measure(
             else:
                 out["plain_s"] = _timed(lambda: infer(plain_model), device, warmup, repeats, deadline)
                 del plain_model
-    del model, infer
+    del model, fwd, infer
     gc.collect()
 
     # training, fresh model: weights, gradients, momentum buffers and activations of a step
@@ -311,12 +321,18 @@ def _measure(
         model = create_model(name, in_chans=in_chans).to(device).train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+        fwd = torch.compile(model) if compile else model
 
         def train_step() -> None:
             opt.zero_grad(set_to_none=True)
-            model(x).sum().backward()
+            fwd(x).sum().backward()
             opt.step()
 
+        if compile:
+            t0 = time.perf_counter()
+            train_step()
+            _sync(device)
+            out["compile_s"] = time.perf_counter() - t0
         out["train_s"] = _timed(train_step, device, warmup, repeats, deadline)
     out["train_peak_mib"] = mem.mib
     out["params"] = sum(p.numel() for p in params)
@@ -354,22 +370,25 @@ def bench_model(
     *,
     batch_size: int = 64,
     device: str = "cpu",
-    warmup: int = 1,
+    warmup: int = 2,
     repeats: int = 3,
     in_chans: int = 3,
     memory: bool = True,
     plain: bool = True,
     max_seconds: float | None = 300.0,
+    compile: bool = False,
 ) -> BenchResult:
     """All figures of one architecture (no ratios: :func:`bench_layers` adds those).
 
     ``memory=False`` skips the peak-memory figures (on CPU they cost a subprocess per model);
     ``plain=False`` skips the inference of ``to_plain``. ``max_seconds`` bounds the time spent on
     this model (``None``: no bound); a model over it gets ``status = "too_slow"``.
+    ``compile=True`` times the ``torch.compile``d model (the compilation itself is ``compile_s``;
+    peak memory is still that of the eager model).
     """
     arch = get_architecture(name)
     res = BenchResult(model=arch.name, family=arch.family, layer=arch.layer, size=arch.size, device=device,
-                      batch_size=batch_size, warmup=warmup, repeats=repeats)
+                      batch_size=batch_size, warmup=warmup, repeats=repeats, compiled=compile)
     cuda = device.startswith("cuda")
     method = None
     notes: list[str] = []
@@ -387,7 +406,8 @@ def bench_model(
         res.memory_method = method
         deadline = None if max_seconds is None else t_start + max_seconds
         out = _measure(arch.name, batch_size=batch_size, device=device, in_chans=in_chans, warmup=warmup,
-                       repeats=repeats, memory=method if cuda else None, plain=plain, deadline=deadline)
+                       repeats=repeats, memory=method if cuda else None, plain=plain, deadline=deadline,
+                       compile=compile)
     except subprocess.TimeoutExpired:
         res.status, res.error = "too_slow", f"memory measurement ran over --max-seconds {max_seconds:g}"
     except _TooSlow as e:
@@ -401,6 +421,7 @@ def bench_model(
     else:
         res.params = out["params"]
         res.train_batch_s = out["train_s"]
+        res.compile_s = out.get("compile_s")
         res.train_images_per_s = batch_size / out["train_s"]
         res.infer_images_per_s = batch_size / out["infer_s"]
         if "plain_s" in out:
@@ -468,17 +489,22 @@ def bench_layers(
     family: str = "convnet",
     batch_size: int = 64,
     device: str = "cpu",
-    warmup: int = 1,
+    warmup: int = 2,
     repeats: int = 3,
     memory: bool = True,
     plain: bool = True,
     max_seconds: float | None = 300.0,
     progress: bool = True,
+    compile: bool = False,
 ) -> list[BenchResult]:
     """Benchmark every matching layer at every size, always with ``standard`` in the same run.
 
     ``layer_pattern``: shell wildcards, comma-separated (``"aol,s*"``). Per size, ``standard`` is
     measured first; the other layers follow in the table's order. Ratios to it are filled in.
+
+    Before the first model one untimed training and inference pass of it runs: the process's
+    first kernels pay one-off costs (library pages, oneDNN primitive caches, thread pools) that
+    would otherwise slow whichever model happens to be measured first and skew every ratio.
     """
     sizes = tuple(sizes)
     _check_args(sizes, device, batch_size, warmup, repeats)
@@ -487,11 +513,13 @@ def bench_layers(
     for name in jobs:
         get_architecture(name)  # an unknown family fails here, before anything is measured
     results: list[BenchResult] = []
+    _measure(jobs[0], batch_size=batch_size, device=device, in_chans=3, warmup=1, repeats=1, memory=None,
+             plain=False, deadline=None)  # the process warm-up (see above), never recorded
     bar = tqdm(jobs, desc="bench", unit="model", disable=not progress)
     for name in bar:
         bar.set_postfix_str(name)
         results.append(bench_model(name, batch_size=batch_size, device=device, warmup=warmup, repeats=repeats,
-                                   memory=memory, plain=plain, max_seconds=max_seconds))
+                                   memory=memory, plain=plain, max_seconds=max_seconds, compile=compile))
     add_ratios(results)
     return results
 
@@ -551,6 +579,8 @@ def read_results(path: str | os.PathLike) -> list[dict]:
         for k, v in row.items():
             if v == "" or v is None:
                 typed[k] = None
+            elif v in ("True", "False"):
+                typed[k] = v == "True"
             elif k in text_cols or k.startswith("hw_"):
                 typed[k] = v
             else:

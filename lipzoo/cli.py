@@ -234,7 +234,7 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
 @click.option("--family", default="convnet", show_default=True, type=click.Choice(["convnet", "tconvnet"]))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed steps first.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True, help="Untimed steps first.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps (median).")
 @click.option("--max-seconds", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="Time limit per model (0: none); a slower model is reported as too_slow.")
@@ -244,10 +244,12 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
               help="Also time inference after lipzoo.export.to_plain.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True,
               help="Folder of the results file benchmark-<device>-<timestamp>.csv.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="Time the torch.compile'd models (the compilation is reported as compile_s, not timed).")
 @click.option("--no-save", is_flag=True, help="Print only; write no results file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats, max_seconds, memory, plain,
-              out_dir, no_save, as_json) -> None:
+              compile_, out_dir, no_save, as_json) -> None:
     """Speed (training, inference, plain inference), peak memory and parameters per layer and size,
     each also as a ratio to the standard ConvNet of the same size measured in the same run."""
     from .bench import BenchError, bench_layers, format_table, hardware_fingerprint, save_results
@@ -256,7 +258,7 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
     try:
         results = bench_layers(layer_pattern, size_list, family=family, batch_size=batch_size, device=device,
                                warmup=warmup, repeats=repeats, memory=memory, plain=plain,
-                               max_seconds=max_seconds or None, progress=not as_json)
+                               max_seconds=max_seconds or None, progress=not as_json, compile=compile_)
     except BenchError as e:
         raise click.UsageError(str(e)) from None
     hw = hardware_fingerprint(device)

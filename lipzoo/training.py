@@ -85,6 +85,7 @@ class Recipe:
     val_limit: int | None = None
     eval_eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS))
     layer_options: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False  # run the training forward through torch.compile (same function; see lipzoo bench --compile)
     budget: dict[str, Any] | None = None  # how the epochs were derived from a wall-clock budget
     notes: str = ""
 
@@ -354,6 +355,8 @@ def train(
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
+    if recipe.compile:
+        net = torch.compile(net)
 
     wall0 = time.time()
     best_train_acc = 0.0
@@ -464,12 +467,13 @@ def estimate_epochs(
     x = torch.rand(recipe.batch_size, info.in_chans, info.input_size, info.input_size, device=device)
     y = torch.randint(0, info.num_classes, (recipe.batch_size,), device=device)
     model.train()
+    net = torch.compile(model) if recipe.compile else model  # the compiling first batch is the warm-up
     times = []
     for i in range(batches + 1):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = offset_cross_entropy(model(x), y, recipe.loss_offset, recipe.loss_temperature)
+        loss = offset_cross_entropy(net(x), y, recipe.loss_offset, recipe.loss_temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

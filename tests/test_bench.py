@@ -107,6 +107,30 @@ def test_cpu_peak_memory_counts_weights_grads_and_momentum():
     assert r.train_peak_mib < 3 * weights_mib + 120  # and not the ~150 MiB of library pages
 
 
+def test_compile_option_compiles_both_passes_and_reports_compile_time(monkeypatch):
+    # torch.compile itself takes minutes on CPU: check the wiring with a recording stand-in
+    compiled = []
+
+    def fake_compile(model, **kw):
+        compiled.append(model.training)
+        return model
+
+    monkeypatch.setattr(bench.torch, "compile", fake_compile)
+    (std,) = bench_layers("standard", ("xs",), memory=False, plain=False, compile=True, **FAST)
+    assert compiled == [False, True]  # the inference model, then the training model
+    assert std.compiled is True and std.compile_s > 0 and std.status == "ok"
+    assert std.as_dict()["compiled"] is True
+
+
+def test_first_model_gets_a_process_warm_up(monkeypatch):
+    calls = []
+    real = bench._measure
+    monkeypatch.setattr(bench, "_measure", lambda name, **kw: calls.append((name, kw["deadline"])) or real(name, **kw))
+    bench_layers("standard", ("xs",), memory=False, plain=False, **FAST)
+    assert [c[0] for c in calls] == ["convnet_xs_standard"] * 2
+    assert calls[0][1] is None  # the untimed warm-up pass comes first
+
+
 def test_too_slow_is_reported_not_fatal():
     r = bench_model("convnet_xs_standard", batch_size=2, warmup=1, repeats=1, memory=False, max_seconds=1e-9)
     assert r.status == "too_slow" and "max-seconds" in r.error

@@ -150,6 +150,33 @@ def test_maxmin_and_structural_are_exactly_one_lipschitz():
     assert torch.linalg.svdvals(impulse_matrix(fc, (5,))).max() <= 1
 
 
+def test_maxmin_gradient_follows_the_permutation_even_at_ties():
+    # the backward must be the transpose of the forward's permutation: same gradient as
+    # torch.maximum/minimum away from ties, and a whole (not halved) gradient at a tie
+    x = torch.tensor([[3.0, 1.0, -2.0, 4.0, 0.5, 0.5, 7.0]], requires_grad=True)
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]])
+    (MaxMin()(x) * g).sum().backward()
+    assert x.grad.tolist() == [[1.0, 2.0, 4.0, 3.0, 5.0, 6.0, 7.0]]
+    assert torch.isclose(x.grad.norm(), g.norm())  # norm preserved, also at the tie
+    x4 = torch.randn(3, 6, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(MaxMin(), (x4,))
+    with torch.no_grad():  # the no-grad path gives the same values
+        assert torch.equal(MaxMin()(x4), MaxMin()(x4.detach().requires_grad_()))
+
+
+def test_dense_complex_matmul_has_the_gradients_of_plain_matmul():
+    from lipzoo.layers._linalg import matmul
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(5, 3, 4, dtype=torch.complex128, generator=g).requires_grad_()
+    b = torch.randn(5, 4, 2, dtype=torch.complex128, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(matmul, (a, b.permute(0, 1, 2)))
+    assert torch.autograd.gradcheck(lambda u: matmul(u, u.mH), (a,))  # conjugated operand
+    wide = torch.randn(4, 2, dtype=torch.complex128, generator=g).requires_grad_()  # broadcast batch
+    assert torch.autograd.gradcheck(matmul, (a, wide))
+    assert torch.allclose(matmul(a, b), a @ b)
+
+
 def test_unknown_layer_lists_close_matches():
     with pytest.raises(KeyError, match="Did you mean: sll"):
         get_layer("slll")

@@ -25,7 +25,56 @@ __all__ = [
     "conv_kernel_fft",
     "fft_conv2d",
     "circular_pad",
+    "matmul",
 ]
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its conjugation resolved and its memory contiguous (a no-op when it already is)."""
+    return t.resolve_conj().contiguous()
+
+
+class _ComplexMatmul(torch.autograd.Function):
+    """``a @ b`` for complex stacks with the operands made dense ONCE.
+
+    PyTorch's CPU ``bmm`` multiplies complex stacks one matrix at a time and clones every
+    conjugated or strided operand matrix separately (its backward multiplies by ``b.mH`` and
+    ``a.mH``, conjugate views): tens of thousands of small copies per training step of an FFT
+    layer. Here each operand (and each backward operand) is resolved in one copy. Same product,
+    same gradients (``G @ b^H``, ``a^H @ G``).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return torch.matmul(_dense(a), _dense(b))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        a, b = ctx.saved_tensors
+        g = _dense(g)
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = _sum_to(torch.matmul(g, _dense(b.mH)), a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = _sum_to(torch.matmul(_dense(a.mH), g), b.shape)
+        return ga, gb
+
+
+def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Undo the broadcasting of batch dimensions in a gradient."""
+    return t if t.shape == shape else t.sum_to_size(shape)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``; complex operands go through one dense copy each instead of one per matrix."""
+    if (a.is_complex() or b.is_complex()) and a.device.type == "cpu":
+        if a.dtype != b.dtype:
+            dt = torch.promote_types(a.dtype, b.dtype)
+            a, b = a.to(dt), b.to(dt)
+        return _ComplexMatmul.apply(a, b)
+    return a @ b
 
 
 def _as_kernel(w: torch.Tensor) -> torch.Tensor:
@@ -120,9 +169,9 @@ def cayley_transform(w: torch.Tensor) -> torch.Tensor:
         return cayley_transform(w.transpose(-1, -2)).transpose(-1, -2)
     u, v = w[..., :in_f, :], w[..., in_f:, :]
     eye = torch.eye(in_f, dtype=w.dtype, device=w.device)
-    a = u - u.mH + v.mH @ v
+    a = u - u.mH + matmul(v.mH, v)
     inv = torch.linalg.inv(eye + a)
-    return torch.cat([inv @ (eye - a), -2 * v @ inv], dim=-2)
+    return torch.cat([matmul(inv, eye - a), -2 * matmul(v, inv)], dim=-2)
 
 
 def _centre_phase(k_h: int, k_w: int, n_h: int, n_w: int, full: bool, dtype, device) -> torch.Tensor:
@@ -168,7 +217,7 @@ def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torc
     else:
         xf = torch.fft.rfft2(x)
     xf = xf.permute(2, 3, 1, 0)  # (H, Wf, in, N)
-    yf = (wfreq @ xf).permute(3, 2, 0, 1)
+    yf = matmul(wfreq, xf).permute(3, 2, 0, 1)
     if full:
         return torch.fft.ifft2(yf, s=(n_h, n_w)).real
     return torch.fft.irfft2(yf, s=(n_h, n_w))

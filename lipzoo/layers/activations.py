@@ -5,7 +5,45 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MaxMin"]
+__all__ = ["MaxMin", "maxmin"]
+
+
+class _MaxMinPairs(torch.autograd.Function):
+    """Sort each pair ``(a, b)`` to ``(max, min)``; the backward routes each gradient back through
+    the same permutation (one boolean mask saved, no tie splitting).
+
+    ``torch.maximum`` / ``torch.minimum`` would give the same values, but their backward splits
+    the gradient of a tie in halves (not norm-preserving) and costs several comparisons and a
+    division per element; this is about twice as fast in training on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        keep = a >= b
+        ctx.save_for_backward(keep)
+        return torch.stack([torch.where(keep, a, b), torch.where(keep, b, a)], dim=2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        g_max, g_min = g.unbind(2)
+        return torch.where(keep, g_max, g_min), torch.where(keep, g_min, g_max)
+
+
+def maxmin(x: torch.Tensor) -> torch.Tensor:
+    """MaxMin of an (N, C, ...) tensor: channels (2i, 2i+1) become (max, min); an odd last channel passes."""
+    c = x.shape[1]
+    even = c - (c % 2)
+    a, b = x[:, :even].unflatten(1, (even // 2, 2)).unbind(2)
+    if torch.is_grad_enabled() and x.requires_grad:
+        out = _MaxMinPairs.apply(a, b)
+    else:
+        out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2)
+    out = out.flatten(1, 2)
+    if even != c:
+        out = torch.cat([out, x[:, even:]], dim=1)
+    return out
 
 
 class MaxMin(nn.Module):
@@ -13,15 +51,8 @@ class MaxMin(nn.Module):
 
     Works on (N, C) and (N, C, H, W) input. With an odd channel count the last channel passes
     through unchanged. Each pair is sorted, a permutation, so the map is 1-Lipschitz in l2 and
-    preserves gradient norms.
+    preserves gradient norms (also at ties: the gradient follows the permutation chosen).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        even = c - (c % 2)
-        pairs = x[:, :even].unflatten(1, (even // 2, 2))
-        a, b = pairs.unbind(2)
-        out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2).flatten(1, 2)
-        if even != c:
-            out = torch.cat([out, x[:, even:]], dim=1)
-        return out
+        return maxmin(x)

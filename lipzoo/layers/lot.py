@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, spatial_size
-from ._linalg import conv_kernel_fft, conv_kernel_rfft, fft_conv2d
+from ._linalg import conv_kernel_fft, conv_kernel_rfft, fft_conv2d, matmul
 
 __all__ = ["LOTConv2d", "LOTLinear", "lot_orthogonalize"]
 
@@ -55,20 +55,20 @@ def lot_orthogonalize(w: torch.Tensor, iters: int = 10, eps: float = EPS) -> tor
     Returns ``Z_T W / sqrt(n)`` with ``n = ||W W^H + eps I||_F + eps`` and ``Z_T`` the coupled
     Newton-Schulz approximation of ``(S / n)^{-1/2}``; every singular value is < 1.
     """
-    s = w @ w.mH
+    s = matmul(w, w.mH)
     s.diagonal(dim1=-2, dim2=-1).add_(eps)
     norm = torch.linalg.vector_norm(s, dim=(-2, -1), keepdim=True) + eps
     y = s / norm
     z: torch.Tensor | None = None  # Z_0 = I, kept implicit (I @ M == M exactly in float)
     for t in range(iters):
-        t_mat = -0.5 * (y if z is None else z @ y)
+        t_mat = -0.5 * (y if z is None else matmul(z, y))
         t_mat.diagonal(dim1=-2, dim2=-1).add_(1.5)  # T = (3I - Z Y) / 2
         if t < iters - 1:  # the last Y is never used
-            y = y @ t_mat
-        z = t_mat if z is None else t_mat @ z
+            y = matmul(y, t_mat)
+        z = t_mat if z is None else matmul(t_mat, z)
     if z is None:
         return w / norm.sqrt()
-    return (z @ w) / norm.sqrt()
+    return matmul(z, w) / norm.sqrt()
 
 
 
