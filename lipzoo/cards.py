@@ -176,6 +176,23 @@ def _provenance(prov: dict) -> list[str]:
     return out
 
 
+def _budget_lines(budget, timing: dict) -> list[str]:
+    """What the training budget was (a CPU budget is said to be one), from the recipe's budget record."""
+    if not isinstance(budget, dict) or not isinstance(budget.get("seconds"), (int, float)):
+        return []
+    hw = budget.get("hardware") if isinstance(budget.get("hardware"), dict) else {}
+    device = str(budget.get("device") or hw.get("device") or "")
+    where = hw.get("gpu") or hw.get("cpu") or device or "unrecorded hardware"
+    threads = f", {budget['threads']} thread(s) per run, {budget['workers']} runs at once" \
+        if budget.get("threads") and budget.get("workers") else ""
+    line = (f"Training budget: {float(budget['seconds']):g} s of wall-clock training per layer on {where} "
+            f"({device or 'device not recorded'}{threads}), turned into epochs by timing a few batches "
+            f"(one batch: {float(budget.get('batch_seconds', float('nan'))):.3g} s), as the paper's estimator does.")
+    if device.startswith("cpu"):
+        line += " This is a CPU budget, far shorter than the paper's 2-hour GPU budget: expect lower accuracies."
+    return [line, ""]
+
+
 def render_card(entry: PretrainedEntry) -> str:
     """The full README.md (front matter + body) of one model folder."""
     arch = ARCHITECTURES[entry.architecture]
@@ -243,7 +260,9 @@ def render_card(entry: PretrainedEntry) -> str:
                 ("source", r.get("source")), ("paper", r.get("paper")), ("hardware", r.get("hardware"))]
         out += ["", "| quantity | value |", "| --- | --- |"]
         out += [f"| {k} | {v} |" for k, v in rows if v is not None]
-    out += ["", "## Training time and memory", "", "| quantity | value |", "| --- | --- |"]
+    out += ["", "## Training time and memory", ""]
+    out += _budget_lines(prov.get("budget"), entry.timing)
+    out += ["| quantity | value |", "| --- | --- |"]
     out += [f"| {k} | {v} |" for k, v in _timing_rows(entry)]
     out += [
         "", "## Usage", "", "With lipzoo (`pip install lipzoo`); the weights are verified (sha256) before loading:", "",

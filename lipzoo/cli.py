@@ -101,17 +101,12 @@ def _load_model_for_eval(name: str, dataset: str | None, seed: int, as_json: boo
 
     path = Path(name)
     if path.is_dir() and (path / "recipe.yaml").is_file():
-        from safetensors.torch import load_file
+        from .publish import RunError, load_run_model
 
-        from .training import Recipe, build_model
-
-        recipe = Recipe.load(path / "recipe.yaml")
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise click.ClickException(f"{path} holds no model.safetensors yet (unfinished run? resume it with "
-                                       f"`lipzoo train {path / 'recipe.yaml'} --out {path} --resume`)")
-        model = build_model(recipe)
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        try:
+            model, recipe = load_run_model(path)
+        except RunError as e:
+            raise click.ClickException(str(e)) from None
         return model, dataset or recipe.dataset, f"trained run {path}"
     if name in PRETRAINED:
         return create_model(name, pretrained=True), dataset or name.split(".", 1)[1], "pretrained"
@@ -197,6 +192,59 @@ def train_cmd(recipe, out_dir, device, resume, data_root) -> None:
     click.echo(json.dumps({k: record[k] for k in ("name", "epochs_done", "complete", "wall_time_s")} | {"out": str(out)}))
 
 
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images (quick looks).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--speed/--no-speed", default=True, show_default=True,
+              help="Also measure inference images/s and peak memory (lipzoo bench's method).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> None:
+    """Certify a finished run on the test split with its audited Lipschitz bound and measure its
+    inference cost; writes RUN_DIR/eval.json (what `lipzoo publish` puts on the card)."""
+    from .data import DatasetNotFoundError
+    from .publish import RunError, evaluate_run
+
+    try:
+        out = evaluate_run(run_dir, split=split, limit=limit, batch_size=batch_size, device=device, speed=speed,
+                           progress=not as_json)
+    except (RunError, DatasetNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        _echo_json(out)
+        return
+    c = out["certification"]
+    click.echo(f"{out['name']}: clean {100 * c['clean_accuracy']:.2f}%, "
+               + ", ".join(f"cert {k}: {100 * v:.2f}%" for k, v in c["certified_accuracy"].items())
+               + f" ({c['n']} {split} images, L = {c['lipschitz_bound']:.6g}); wrote {Path(run_dir) / 'eval.json'}")
+
+
+@main.command("publish")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "cards_root", type=click.Path(file_okay=False), default=None,
+              help="Folder of the model folders (default: cards/ of this checkout).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def publish_cmd(run_dirs, cards_root, as_json) -> None:
+    """Publish finished, evaluated runs as cards/<name>/ (weights, config.json with their sha256, card)."""
+    from .cards import write_cards
+    from .publish import RunError, publish_run
+
+    rows = []
+    for run in run_dirs:
+        try:
+            entry = publish_run(run, cards_root)
+        except RunError as e:
+            raise click.ClickException(str(e)) from None
+        rows.append({"run": run, "name": entry.name, "folder": str(entry.folder), "sha256": entry.sha256})
+        if not as_json:
+            click.echo(f"published {run} -> {entry.folder} (sha256 {entry.sha256[:12]}...)")
+    write_cards(cards_root) if cards_root else write_cards()
+    if as_json:
+        _echo_json(rows)
+
+
 @main.command("budget")
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--hours", type=float, default=None, help="Wall-clock budget in hours.")
@@ -206,8 +254,11 @@ def train_cmd(recipe, out_dir, device, resume, data_root) -> None:
 @click.option("--write", is_flag=True, help="Write the epochs (and the measurement) into each recipe.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None:
-    """Turn a wall-clock budget into epochs per recipe by timing a few batches (the paper's estimator)."""
-    from .training import Recipe, estimate_epochs
+    """Turn a wall-clock budget into epochs per recipe by timing a few batches (the paper's estimator).
+
+    A budget shorter than one epoch gives one epoch over the first train_limit images of the
+    (seeded, shuffled) training split, as many whole batches as fit the budget."""
+    from .training import Recipe, apply_budget, estimate_epochs
 
     if (hours is None) == (seconds is None):
         raise click.UsageError("give exactly one of --hours or --seconds")
@@ -218,11 +269,10 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
         est = estimate_epochs(r, budget, device=device, batches=batches)
         rows.append({"recipe": path, "name": r.name} | est)
         if write:
-            r.epochs = est["epochs"]
-            r.budget = {k: v for k, v in est.items() if k != "epochs"}
-            r.dump(path)
+            apply_budget(r, est).dump(path)
         if not as_json:
-            click.echo(f"{r.name:<40} {est['epoch_seconds']:9.1f} s/epoch -> {est['epochs']} epochs")
+            sub = f" over {est['train_limit']} images (budget < 1 epoch)" if est.get("train_limit") else ""
+            click.echo(f"{r.name:<40} {est['epoch_seconds']:9.1f} s/epoch -> {est['epochs']} epochs{sub}")
     if as_json:
         _echo_json(rows)
 

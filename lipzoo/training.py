@@ -45,6 +45,9 @@ __all__ = [
     "train",
     "build_model",
     "estimate_epochs",
+    "apply_budget",
+    "plan_budget",
+    "search_lr",
 ]
 
 PAPER_OFFSET = 2 * math.sqrt(2) * 36 / 255  # 0.3993: the paper's margin offset
@@ -199,6 +202,11 @@ def load_splits(recipe: Recipe, data_root: str | None = None):
         tx, ty = tx[train_idx], ty[train_idx]
     else:
         vx, vy = load_tensors(recipe.dataset, "test", root=data_root)
+    return limit_splits(recipe, tx, ty, vx, vy)
+
+
+def limit_splits(recipe: Recipe, tx, ty, vx, vy):
+    """The first ``train_limit`` training and ``val_limit`` validation images (all when ``None``)."""
     if recipe.train_limit:
         tx, ty = tx[: recipe.train_limit], ty[: recipe.train_limit]
     if recipe.val_limit:
@@ -339,7 +347,7 @@ def train(
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         recipe.dump(out / "recipe.yaml")
 
-    tx, ty, vx, vy = data if data is not None else load_splits(recipe, data_root)
+    tx, ty, vx, vy = limit_splits(recipe, *data) if data is not None else load_splits(recipe, data_root)
     info = dataset_info(recipe.dataset)
     fill = torch.tensor(info.mean[: tx.shape[1]], dtype=torch.float32)
     model = build_model(recipe).to(device)
@@ -483,6 +491,74 @@ def estimate_epochs(
             times.append(time.perf_counter() - t0)
     n = train_size if train_size is not None else info.train_size - recipe.val_size
     batch_s = sorted(times)[len(times) // 2]
-    epoch_s = batch_s * math.ceil(n / recipe.batch_size)
-    return {"seconds": budget_seconds, "device": device, "batch_seconds": batch_s, "epoch_seconds": epoch_s,
-            "epochs": max(1, int(budget_seconds // epoch_s)), "hardware": hardware(device)}
+    return plan_budget(recipe, budget_seconds, batch_s, n) | {"device": device, "hardware": hardware(device)}
+
+
+def plan_budget(recipe: Recipe, budget_seconds: float, batch_seconds: float, train_size: int) -> dict:
+    """Epochs of ``recipe`` that fit ``budget_seconds`` at ``batch_seconds`` per training batch.
+
+    A budget shorter than one epoch gives one epoch over ``train_limit`` images: as many whole
+    batches as fit (the first images of the seeded, shuffled training split when ``val_size`` > 0).
+    """
+    epoch_s = batch_seconds * math.ceil(train_size / recipe.batch_size)
+    out = {"seconds": budget_seconds, "batch_seconds": batch_seconds, "epoch_seconds": epoch_s,
+           "epochs": max(1, int(budget_seconds // epoch_s)), "train_limit": None}
+    if budget_seconds < epoch_s:
+        out["train_limit"] = max(1, int(budget_seconds // batch_seconds)) * recipe.batch_size
+    return out
+
+
+def apply_budget(recipe: Recipe, estimate: dict) -> Recipe:
+    """A copy of ``recipe`` with the epochs (and, for a budget under one epoch, ``train_limit``) of an
+    :func:`estimate_epochs` result, which is kept in ``recipe.budget``."""
+    from dataclasses import replace
+
+    return replace(recipe, epochs=estimate["epochs"], train_limit=estimate.get("train_limit"),
+                   budget={k: v for k, v in estimate.items() if k not in ("epochs", "train_limit")})
+
+
+def search_lr(
+    recipe: Recipe,
+    budget_seconds: float,
+    out_root: str | os.PathLike,
+    *,
+    factors: tuple[float, ...] = (0.5, 1.0, 2.0),
+    metric: str = f"{36 / 255:.6g}",
+    estimate: dict | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> dict:
+    """A small learning-rate search on the held-out validation split (``recipe.val_size`` > 0).
+
+    Each candidate ``recipe.lr * f`` is trained with the budget ``budget_seconds`` (turned into
+    epochs by :func:`plan_budget` from the batch time of ``estimate``, an :func:`estimate_epochs`
+    result, measured here if not given) into ``out_root/lr<f>`` (a finished trial is reused); the winner has the best validation
+    certified accuracy at ``metric`` (an eps key of ``val_certified``; ties: the clean accuracy).
+    Returns ``{"best_lr", "trials": [{"lr", "val_accuracy", "val_certified", "run"}], "budget_seconds"}``.
+    The test split is never used.
+    """
+    from dataclasses import replace
+
+    if recipe.val_size <= 0:
+        raise RecipeError(f"{recipe.name}: a learning-rate search needs a held-out validation split (val_size > 0)")
+    if data is None:
+        data = load_splits(replace(recipe, train_limit=None))
+    if estimate is None:
+        estimate = estimate_epochs(recipe, budget_seconds, device=device, batches=2, train_size=len(data[0]))
+    trials = []
+    for f in factors:
+        cand = replace(recipe, lr=recipe.lr * f, name=f"{recipe.name}-lr{f:g}")
+        plan = plan_budget(cand, budget_seconds, estimate["batch_seconds"], len(data[0]))
+        cand = apply_budget(cand, plan | {k: estimate[k] for k in ("device", "hardware") if k in estimate})
+        run = Path(out_root) / f"lr{f:g}"
+        done = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        if not done.get("complete"):
+            done = train(cand, run, device=device, resume=run.exists(), progress=progress, data=data)
+        final = done["final"]
+        trials.append({"lr": cand.lr, "factor": f, "val_accuracy": final["val_accuracy"],
+                       "val_certified": final["val_certified"], "epochs": cand.epochs,
+                       "train_limit": cand.train_limit, "run": str(run)})
+    best = max(trials, key=lambda t: (t["val_certified"].get(metric, 0.0), t["val_accuracy"]))
+    return {"best_lr": best["lr"], "metric": f"val_certified[{metric}]", "budget_seconds": budget_seconds,
+            "trials": trials}

@@ -70,7 +70,7 @@ def paper_recipe(dataset: str, family: str, size: str, layer: str, hours: int) -
 
 
 def main() -> None:
-    written = 0
+    written = kept = 0
     jobs = [("fashion_mnist", "convnet", 2, list(PAPER_LR_WD) + list(BORROW))]
     jobs += [(ds, "convnet", 24, list(PAPER_LR_WD)) for ds in ("cifar10", "cifar100")]
     jobs += [("tiny_imagenet", "tconvnet", 24, list(PAPER_LR_WD))]
@@ -80,9 +80,13 @@ def main() -> None:
                 r = paper_recipe(dataset, family, size, layer, hours)
                 if r is None:
                     continue
-                r.dump(ROOT / "recipes" / dataset / f"{r.architecture}.yaml")
+                path = ROOT / "recipes" / dataset / f"{r.architecture}.yaml"
+                if path.is_file() and (Recipe.load(path).budget or {}).get("zoo"):
+                    kept += 1  # planned by scripts/train_zoo.py (measured budget, lr search): keep it
+                    continue
+                r.dump(path)
                 written += 1
-    print(f"wrote {written} recipes under {ROOT / 'recipes'}")
+    print(f"wrote {written} recipes under {ROOT / 'recipes'}; kept {kept} zoo recipes of scripts/train_zoo.py")
 
 
 if __name__ == "__main__":

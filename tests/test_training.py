@@ -236,6 +236,38 @@ def test_budget_estimator_writes_epochs_into_the_recipe(tmp_path):
     assert res.exit_code != 0 and "--hours or --seconds" in res.output
 
 
+def test_budget_under_one_epoch_trains_a_subset_that_fits():
+    from lipzoo.training import apply_budget, plan_budget
+
+    r = tiny_recipe(batch_size=100)
+    many = plan_budget(r, 100.0, 0.5, 1000)  # 10 batches = 5 s per epoch
+    assert many["epochs"] == 20 and many["train_limit"] is None
+    few = plan_budget(r, 3.2, 0.5, 1000)  # 6 whole batches fit, not one epoch
+    assert few["epochs"] == 1 and few["train_limit"] == 600
+    planned = apply_budget(r, few | {"hardware": {"cpu": "x"}})
+    assert (planned.epochs, planned.train_limit) == (1, 600) and planned.budget["seconds"] == 3.2
+    assert "epochs" not in planned.budget and r.train_limit is None  # a copy
+
+
+def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, monkeypatch):
+    from lipzoo import training
+    from lipzoo.training import search_lr
+
+    data = synthetic(n=64, n_val=32)
+    r = tiny_recipe(epochs=1, val_size=32, batch_size=32)
+    with pytest.raises(RecipeError, match="validation"):
+        search_lr(tiny_recipe(), 1.0, tmp_path, data=data)
+    est = {"batch_seconds": 0.5, "device": "cpu"}
+    out = search_lr(r, 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, progress=False, data=data)
+    assert [t["lr"] for t in out["trials"]] == [0.025, 0.1]
+    assert all(t["epochs"] == 2 and t["train_limit"] is None for t in out["trials"])  # 2 batches of 0.5 s = 1 s per epoch
+    best = max(out["trials"], key=lambda t: (t["val_certified"][f"{36 / 255:.6g}"], t["val_accuracy"]))
+    assert out["best_lr"] == best["lr"]
+    assert (tmp_path / "s" / "lr0.5" / "model.safetensors").is_file()
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("a finished trial was trained again"))
+    assert search_lr(r, 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data) == out
+
+
 def test_every_shipped_recipe_is_valid_and_complete():
     root = Path(__file__).resolve().parents[1] / "recipes"
     recipes = {p.relative_to(root).as_posix(): Recipe.load(p) for p in sorted(root.glob("*/*.yaml"))}
