@@ -302,30 +302,61 @@ def render_card(entry: PretrainedEntry) -> str:
 
 
 # --- overview table -----------------------------------------------------------------------------
-def render_index(entries: dict[str, PretrainedEntry] | list[PretrainedEntry]) -> str:
-    """``cards/README.md``: one row per model (a valid table also with no model)."""
+def render_index(entries: dict[str, PretrainedEntry] | list[PretrainedEntry], pictures: list[str] | None = None) -> str:
+    """``cards/README.md``: one row per model (a valid table also with no model), then ``pictures``
+    (paths relative to the cards folder of PNGs drawn by ``lipzoo plot``)."""
     items = sorted(entries.values() if isinstance(entries, dict) else entries, key=lambda e: e.name)
     eps = sorted({e for entry in items for e, _ in _certified(entry)})
-    head = ["model", "layer", "dataset", "clean"] + [f"cert. {eps_label(e)}" for e in eps] + ["train time", "hardware"]
+    head = (["model", "layer", "dataset", "clean"] + [f"cert. {eps_label(e)}" for e in eps]
+            + ["audited L", "train time", "train images", "train img/s", "infer img/s", "params", "hardware"])
     out = [
         "# Pretrained models", "", GENERATED.replace("config.json", "cards/*/config.json"), "",
         "Every folder here is shaped like its Hugging Face repo (README.md card, config.json, "
-        "model.safetensors). Certified accuracies are for l2 perturbations of radius eps.", "",
+        "model.safetensors). Certified accuracies are for l2 perturbations of radius eps, on the test split, "
+        "certified with the audited Lipschitz bound L.", "",
         "| " + " | ".join(head) + " |", "|" + " --- |" * len(head),
     ]
+
+    def num(v, spec: str) -> str:
+        return format(float(v), spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
     for entry in items:
         cert = dict(_certified(entry))
         hw = dict(_timing_rows(entry)).get("hardware", "not recorded")
-        t = entry.timing.get("train_time_s")
+        t = entry.timing
+        secs = t.get("train_time_s")
+        bound = audited_lipschitz(entry)
         row = [f"[{entry.name}]({entry.name}/README.md)", LAYERS[ARCHITECTURES[entry.architecture].layer].name,
                entry.dataset, _pct(entry.metrics.get("clean_accuracy"))]
         row += [_pct(cert.get(e)) for e in eps]
-        row += [f"{float(t) / 3600:.2f} h" if t is not None else "n/a", hw]
+        row += [num(bound, ".6g"),
+                (f"{float(secs) / 60:.1f} min" if float(secs) < 7200 else f"{float(secs) / 3600:.2f} h")
+                if secs is not None else "n/a",
+                num(t.get("train_images"), ",.0f"), num(t.get("train_images_per_s"), ",.1f"),
+                num(t.get("inference_images_per_s"), ",.0f"), num(t.get("params"), ",.0f"), hw]
         out.append("| " + " | ".join(row) + " |")
     if not items:
         out += ["", "_No pretrained models are registered yet: train one with `lipzoo train RECIPE`, save it with "
                 "`lipzoo.save_pretrained` into `cards/<name>/`, then run `lipzoo card --all`._"]
+    if pictures:
+        out += ["", "## Pictures", "", "Drawn by `lipzoo plot` from the benchmark results and these models' "
+                "certified accuracies (see `results/`).", ""]
+        out += [f"![{Path(p).stem}]({p})" for p in pictures]
     return "\n".join(out) + "\n"
+
+
+def index_pictures(root: Path) -> list[str]:
+    """The comparison PNGs of ``lipzoo plot`` that belong with ``root``'s index: those in the
+    ``results/`` folder next to it whose data set has a model under ``root`` (radar charts always)."""
+    results = root.parent / "results"
+    if not results.is_dir():
+        return []
+    datasets = {e.dataset for e in load_pretrained_dir(root).values()}
+    if not datasets:
+        return []
+    keep = [p for p in sorted(results.glob("radar-*.png"))]
+    keep += [p for p in sorted(results.glob("pareto-*.png")) if p.stem.split("-", 2)[-1] in datasets]
+    return [os.path.relpath(p, root) for p in keep]
 
 
 # --- writing / checking -------------------------------------------------------------------------
@@ -370,7 +401,7 @@ def write_cards(root: str | os.PathLike = CARDS_DIR, names: list[str] | None = N
         chosen = list(entries.values())
     done = [write_card(e, root, check) for e in chosen]
     if not names:
-        done.append(_sync(root / CARD_FILENAME, render_index(entries), check))
+        done.append(_sync(root / CARD_FILENAME, render_index(entries, index_pictures(root)), check))
     return done
 
 
