@@ -125,6 +125,8 @@ def _timing_rows(entry: PretrainedEntry) -> list[tuple[str, str]]:
         "train_time_s": "training time", "epochs": "epochs", "train_images_per_s": "training throughput",
         "inference_images_per_s": "inference throughput", "peak_memory_mb": "peak memory (training)",
         "inference_peak_memory_mb": "peak memory (inference)", "batch_size": "batch size",
+        "train_images": "training images seen", "params": "trainable parameters",
+        "inference_hardware": "inference measured on", "memory_method": "memory measured as",
     }
     for key, label in labels.items():
         if key not in t:
@@ -136,6 +138,8 @@ def _timing_rows(entry: PretrainedEntry) -> list[tuple[str, str]]:
             v = f"{float(v):,.0f} images/s"
         elif key.endswith("memory_mb"):
             v = f"{float(v):,.0f} MiB"
+        elif key in ("train_images", "params"):
+            v = f"{int(v):,}"
         rows.append((label, str(v)))
     hw = t.pop("hardware", None)
     rows += [(k.replace("_", " "), str(v)) for k, v in sorted(t.items())]

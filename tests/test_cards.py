@@ -60,9 +60,22 @@ def test_card_does_not_depend_on_environment(entry, monkeypatch):
 
 def test_index_with_and_without_models(entry):
     empty = render_index({})
-    assert "| model | layer | dataset | clean | train time | hardware |" in empty and "No pretrained models" in empty
-    full = render_index([entry])
+    assert "| model | layer | dataset | clean | audited L | train time |" in empty and "No pretrained models" in empty
+    full = render_index([entry], ["../results/radar-cpu-xs.png"])
     assert f"[{entry.name}]({entry.name}/README.md)" in full and "| cert. 36/255 |" in full and "62.00%" in full
+    assert "![radar-cpu-xs](../results/radar-cpu-xs.png)" in full and "## Pictures" not in render_index([entry])
+
+
+def test_index_pictures_are_the_plots_of_the_datasets_present(entry, tmp_path):
+    from lipzoo.cards import index_pictures
+
+    cards, results = tmp_path / "cards", tmp_path / "results"
+    results.mkdir()
+    for f in ("radar-cpu-xs.png", f"pareto-cpu-{entry.dataset}.png", "pareto-cpu-cifar100.png"):
+        (results / f).write_bytes(b"png")
+    assert index_pictures(cards) == []  # no models, no pictures
+    copy_folder(entry.folder, cards / entry.name)
+    assert index_pictures(cards) == ["../results/radar-cpu-xs.png", f"../results/pareto-cpu-{entry.dataset}.png"]
 
 
 def test_write_and_check_cards(entry, tmp_path):

@@ -1,0 +1,59 @@
+"""The shipped Fashion-MNIST zoo: every bundled model loads by name, passes the audit, and
+reproduces the numbers its card was generated from (torchvision's 'metadata against reality')."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import lipzoo
+from lipzoo.audit import UPPER_TOL
+from lipzoo.cli import main as cli
+from lipzoo.layers import LAYERS
+from lipzoo.registry import PRETRAINED
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+ZOO = [f"convnet_xs_{layer}.fashion_mnist" for layer in LAYERS]
+
+
+def test_list_pretrained_shows_the_nine_fashion_mnist_models():
+    res = CliRunner().invoke(cli, ["list", "--pretrained", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    names = [row["name"] if isinstance(row, dict) else row for row in listed]
+    assert set(ZOO) <= set(names)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_entry_is_complete_and_measured(name):
+    e = PRETRAINED[name]
+    m, t = e.metrics, e.timing
+    assert m["split"] == "test" and m["n"] == 10_000
+    assert set(m["certified_accuracy"]) == {f"{x:.6g}" for x in lipzoo.DEFAULT_EPS}
+    assert m["lipschitz_bound"] == max(1.0, m["audit"]["lipschitz_upper"])
+    for key in ("train_time_s", "train_images_per_s", "inference_images_per_s", "peak_memory_mb", "params",
+                "hardware"):
+        assert key in t, key
+    assert e.recipe and (Path(__file__).resolve().parents[1] / e.recipe).is_file()
+    assert e.provenance.get("budget", {}).get("seconds") > 0
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_model_loads_verified_passes_the_audit_and_reproduces_its_check(name):
+    e = PRETRAINED[name]
+    model = lipzoo.create_model(name, pretrained=True)  # sha256-verified, strict load
+    proof = lipzoo.audit(model, lower=False)
+    assert proof.upper <= 1 + UPPER_TOL or LAYERS[e.architecture.split("_")[-1]].lipschitz is False
+    assert proof.upper == pytest.approx(e.metrics["audit"]["lipschitz_upper"], rel=1e-6)
+    check = e.metrics["check"]
+    images, labels = lipzoo.data.load_tensors("fashion_mnist", "test", limit=check["n"])
+    eps = tuple(float(k) for k in check["certified_accuracy"])
+    res = lipzoo.certify(model, images, labels, eps, lipschitz=e.metrics["lipschitz_bound"])
+    tol = 2 / check["n"]  # another CPU may round a borderline margin differently: at most a point or two
+    assert abs(res.clean_accuracy - check["clean_accuracy"]) <= tol
+    for k, v in zip(check["certified_accuracy"], res.certified_accuracy.values()):
+        assert abs(v - check["certified_accuracy"][k]) <= tol, k
