@@ -110,7 +110,7 @@ def test_checkout_cards_are_fresh():
 
 
 def test_entrypoint_doc_lists_pretrained_weights(entry, monkeypatch):
-    assert "none registered yet" in entrypoint_doc("convnet_xs_aol", "fashion_mnist")
+    assert "none registered yet" in entrypoint_doc("convnet_s_aol", "fashion_mnist")  # no S weights yet
     monkeypatch.setitem(PRETRAINED, entry.name, entry)
     doc = entrypoint_doc("convnet_xs_aol", "fashion_mnist")
     assert "fashion_mnist: clean 81.00%, certified 36/255: 62.00%" in doc

@@ -160,6 +160,7 @@ def test_maxmin_gradient_follows_the_permutation_even_at_ties():
     assert torch.isclose(x.grad.norm(), g.norm())  # norm preserved, also at the tie
     x4 = torch.randn(3, 6, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(MaxMin(), (x4,))
+    assert torch.autograd.gradgradcheck(MaxMin(), (x4,))  # the audit differentiates through the backward
     with torch.no_grad():  # the no-grad path gives the same values
         assert torch.equal(MaxMin()(x4), MaxMin()(x4.detach().requires_grad_()))
 
@@ -174,6 +175,7 @@ def test_dense_complex_matmul_has_the_gradients_of_plain_matmul():
     assert torch.autograd.gradcheck(lambda u: matmul(u, u.mH), (a,))  # conjugated operand
     wide = torch.randn(4, 2, dtype=torch.complex128, generator=g).requires_grad_()  # broadcast batch
     assert torch.autograd.gradcheck(matmul, (a, wide))
+    assert torch.autograd.gradgradcheck(matmul, (a, b))
     assert torch.allclose(matmul(a, b), a @ b)
 
 

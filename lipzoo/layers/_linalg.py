@@ -50,7 +50,6 @@ class _ComplexMatmul(torch.autograd.Function):
         return torch.matmul(_dense(a), _dense(b))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         a, b = ctx.saved_tensors
         g = _dense(g)
