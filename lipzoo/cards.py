@@ -358,7 +358,7 @@ def index_pictures(root: Path) -> list[str]:
     datasets = {e.dataset for e in load_pretrained_dir(root).values()}
     if not datasets:
         return []
-    keep = [p for p in sorted(results.glob("radar-*.png"))]
+    keep = sorted(results.glob("radar-*.png"))
     keep += [p for p in sorted(results.glob("pareto-*.png")) if p.stem.split("-", 2)[-1] in datasets]
     return [os.path.relpath(p, root) for p in keep]
 

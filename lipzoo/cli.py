@@ -240,7 +240,10 @@ def publish_cmd(run_dirs, cards_root, as_json) -> None:
         rows.append({"run": run, "name": entry.name, "folder": str(entry.folder), "sha256": entry.sha256})
         if not as_json:
             click.echo(f"published {run} -> {entry.folder} (sha256 {entry.sha256[:12]}...)")
-    write_cards(cards_root) if cards_root else write_cards()
+    if cards_root:  # the index of the folder published into
+        write_cards(cards_root)
+    else:
+        write_cards()
     if as_json:
         _echo_json(rows)
 

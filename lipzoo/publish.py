@@ -82,7 +82,7 @@ def evaluate_run(
     from .audit import audit
     from .bench import bench_model, hardware_fingerprint
     from .certify import certify
-    from .data import load_tensors
+    from .data import dataset_info, load_tensors
 
     run = Path(run_dir)
     model, recipe = load_run_model(run)
@@ -105,8 +105,6 @@ def evaluate_run(
         "hardware": hardware_fingerprint(device),
     }
     if speed:
-        from .data import dataset_info
-
         b = bench_model(recipe.architecture, batch_size=batch_size, device=device,
                         in_chans=dataset_info(recipe.dataset).in_chans, plain=True)
         out["inference"] = {"batch_size": batch_size, "status": b.status, "infer_images_per_s": b.infer_images_per_s,
