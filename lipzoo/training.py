@@ -22,6 +22,8 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -241,7 +243,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt, sched, epoch: int) -> None:
+def save_checkpoint(path: Path, model: nn.Module, opt, sched, epoch: int, *, batch: int = 0,
+                    generator: torch.Generator | None = None, partial: dict | None = None) -> None:
+    """Write weights, optimizer, scheduler and RNG state atomically.
+
+    ``epoch`` epochs are finished; with ``batch`` > 0 the next epoch is ``batch`` batches in, its
+    data generator's state is ``generator`` and its running sums are ``partial`` (mid-epoch).
+    """
     tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
     opt_sd = opt.state_dict()
     for idx, st in opt_sd["state"].items():
@@ -257,18 +265,44 @@ def save_checkpoint(path: Path, model: nn.Module, opt, sched, epoch: int) -> Non
                                      for i, st in opt_sd["state"].items()}),
         "scheduler": json.dumps(sched.state_dict()),
     }
+    if batch:
+        if generator is None:
+            raise ValueError("a mid-epoch checkpoint needs the epoch's data generator")
+        tensors["rng.data"] = generator.get_state()
+        meta["batch"] = str(batch)
+        meta["partial"] = json.dumps(partial or {})
     atomic_save_safetensors(tensors, path, meta)
 
 
-def load_checkpoint(path: Path, model: nn.Module, opt, sched) -> int:
-    """Restore model, optimizer, scheduler and RNG; returns the number of finished epochs."""
-    from safetensors import safe_open
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be read (corrupt, truncated or not a lipzoo checkpoint)."""
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != "lipzoo-checkpoint-1":
-        raise ValueError(f"{path} is not a lipzoo training checkpoint")
-    tensors = load_file(str(path))
+
+@dataclass
+class Resumed:
+    """Where a checkpoint left off: ``epoch`` finished epochs, then ``batch`` batches of the next one."""
+
+    epoch: int = 0
+    batch: int = 0
+    data_state: torch.Tensor | None = None
+    partial: dict = field(default_factory=dict)
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt, sched) -> Resumed:
+    """Restore model, optimizer, scheduler and RNG; returns where the run left off."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "lipzoo-checkpoint-1":
+            raise CheckpointError(f"{path} is not a lipzoo training checkpoint (format {meta.get('format')!r})")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot read the checkpoint {path} ({e}); it is corrupt or truncated: "
+                              f"move it away and start the run again") from None
     _unwrap(model).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     state: dict[int, dict] = {}
     for k, v in tensors.items():
@@ -280,7 +314,8 @@ def load_checkpoint(path: Path, model: nn.Module, opt, sched) -> int:
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     sched.load_state_dict(json.loads(meta["scheduler"]))
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["epoch"])
+    return Resumed(int(meta["epoch"]), int(meta.get("batch", 0)), tensors.get("rng.data"),
+                   json.loads(meta.get("partial", "{}")))
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -309,6 +344,77 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+class RunLockedError(RuntimeError):
+    """Another process is training into the same run directory."""
+
+
+class RunFinishedError(RuntimeError):
+    """``--resume`` on a run that already finished all its epochs."""
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/.lock`` while training into ``out`` (released on exit or death)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise RunLockedError(f"{out} is locked: process {holder} is training into it; wait for it to "
+                                 f"finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """Names of the recipe fields that differ between two recipe dicts (``notes`` does not count)."""
+    keys = (set(old) | set(new)) - {"notes"}
+    return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+def _prepare_run(recipe: Recipe, out: Path, resume: bool) -> None:
+    """Check that ``out`` may receive this run (fresh, or an unfinished run of the same recipe)."""
+    ckpt, model_file, stored = out / "checkpoint.safetensors", out / "model.safetensors", out / "recipe.yaml"
+    if not resume:
+        if ckpt.exists() or model_file.exists():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        return
+    if model_file.exists():
+        done = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+        raise RunFinishedError(f"{out} is a finished run ({done.get('epochs_done', '?')} of "
+                               f"{done.get('epochs', '?')} epochs, model.safetensors written); nothing to resume")
+    if not ckpt.exists():
+        raise FileNotFoundError(f"nothing to resume in {out}: it has no checkpoint.safetensors; "
+                                f"run without --resume to start the run")
+    if stored.is_file():
+        try:
+            old = yaml.safe_load(stored.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{stored} is not valid YAML ({e}); cannot check the resumed recipe") from None
+        changed = recipe_changes(old if isinstance(old, dict) else {}, recipe.to_dict())
+        if changed:
+            raise RecipeError(f"the recipe differs from the one {out} was started with in {', '.join(changed)}; "
+                              f"resume with the stored recipe ({stored}) or train into another --out")
+
+
+@dataclass
+class _EpochState:
+    """Running sums of one training epoch (restored from a mid-epoch checkpoint)."""
+
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    certified: int = 0  # training-batch margins (train mode, L = 1) above sqrt(2) * eps_0
+    elapsed_s: float = 0.0
+
+
 def train(
     recipe: Recipe | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -318,19 +424,39 @@ def train(
     data_root: str | None = None,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    stop_after_batches: int | None = None,
+    checkpoint_every_s: float = 300.0,
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     """Train ``recipe`` into ``out_dir``; returns the final run record.
 
-    ``stop_after_epochs`` ends the process after that many epochs of this invocation (to
-    simulate an interrupted run in tests). Under ``torchrun`` (WORLD_SIZE > 1) the batches are
-    sharded across processes with DistributedDataParallel (gloo on CPU, nccl on CUDA); only
-    rank 0 writes files.
+    A checkpoint is written after every epoch and, within an epoch, every ``checkpoint_every_s``
+    seconds of training, so a killed run loses at most that much; ``resume=True`` continues from it
+    (mid-epoch too) to the weights an uninterrupted run would have on CPU. ``resume`` refuses a
+    finished run, a folder without a checkpoint and a recipe that differs from the stored one.
+    The run directory is locked while this runs. ``stop_after_epochs`` / ``stop_after_batches``
+    end this invocation early (tests of interrupted runs). Under ``torchrun`` (WORLD_SIZE > 1)
+    the batches are sharded across processes with DistributedDataParallel (gloo on CPU, nccl on
+    CUDA); only rank 0 writes files.
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     out = Path(out_dir)
     rank, world = _dist_info()
+    if rank != 0:
+        return _train(recipe, out, device, resume, data_root, progress, stop_after_epochs, stop_after_batches,
+                      checkpoint_every_s, data, rank, world)
+    with run_lock(out):
+        _prepare_run(recipe, out, resume)
+        if not resume:
+            recipe.dump(out / "recipe.yaml")
+        return _train(recipe, out, device, resume, data_root, progress, stop_after_epochs, stop_after_batches,
+                      checkpoint_every_s, data, rank, world)
+
+
+def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, progress: bool,
+           stop_after_epochs: int | None, stop_after_batches: int | None, checkpoint_every_s: float, data,
+           rank: int, world: int) -> dict:
     if world > 1:
         import torch.distributed as dist
 
@@ -341,24 +467,16 @@ def train(
             torch.cuda.set_device(device)
     is_main = rank == 0
     ckpt_path, metrics_path = out / "checkpoint.safetensors", out / "metrics.jsonl"
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume and (ckpt_path.exists() or (out / "model.safetensors").exists()):
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        recipe.dump(out / "recipe.yaml")
-
     tx, ty, vx, vy = limit_splits(recipe, *data) if data is not None else load_splits(recipe, data_root)
     info = dataset_info(recipe.dataset)
     fill = torch.tensor(info.mean[: tx.shape[1]], dtype=torch.float32)
     model = build_model(recipe).to(device)
     steps_per_epoch = math.ceil(len(tx) / recipe.batch_size)
     opt, sched = _optimizer_and_schedule(model, recipe, steps_per_epoch)
-    start_epoch = 0
-    if resume and ckpt_path.exists():
-        start_epoch = load_checkpoint(ckpt_path, model, opt, sched)
+    at = load_checkpoint(ckpt_path, model, opt, sched) if resume and ckpt_path.exists() else Resumed()
     if is_main:  # keep only the metrics of finished (checkpointed) epochs
         lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] < start_epoch]
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln)["epoch"] < at.epoch]
         atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
     net: nn.Module = model
     if world > 1:
@@ -367,18 +485,27 @@ def train(
         net = torch.compile(net)
 
     wall0 = time.time()
-    best_train_acc = 0.0
-    last: dict = {}
-    for epoch in range(start_epoch, recipe.epochs):
-        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+    best_train_acc, last, batches_left = 0.0, {}, stop_after_batches
+    cert_eps = recipe.eval_eps[0] if recipe.eval_eps else 36 / 255
+    for epoch in range(at.epoch, recipe.epochs):
+        if stop_after_epochs is not None and epoch - at.epoch >= stop_after_epochs:
             break
         net.train()
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + epoch)
         perm = torch.randperm(len(tx), generator=g)
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch",
-                   disable=not (progress and is_main), leave=False)
+        first, st = 0, _EpochState()
+        if epoch == at.epoch and at.batch:
+            g.set_state(at.data_state)
+            first, st = at.batch, _EpochState(**at.partial)
+        t0, last_ckpt = time.time() - st.elapsed_s, time.time()
+        bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch",
+                   disable=not (progress and is_main), leave=False, initial=first, total=steps_per_epoch)
         for b in bar:
+            if batches_left is not None and batches_left <= 0:  # an interruption right after a checkpoint
+                if is_main:
+                    st.elapsed_s = time.time() - t0
+                    save_checkpoint(ckpt_path, model, opt, sched, epoch, batch=b, generator=g, partial=asdict(st))
+                return _finish(recipe, out, None, epoch, {}, wall0, device, world, is_main)
             idx = perm[b * recipe.batch_size : (b + 1) * recipe.batch_size]
             xb = tx[idx]
             if recipe.rand_augment:
@@ -393,23 +520,33 @@ def train(
             if not torch.isfinite(loss):
                 raise DivergenceError(
                     f"loss became {float(loss)} at epoch {epoch + 1}, batch {b + 1}; the last good checkpoint "
-                    f"({ckpt_path}, {epoch} epochs) is kept. Lower the learning rate ({recipe.lr}) and resume."
+                    f"({ckpt_path}) is kept. Lower the learning rate ({recipe.lr}) and resume."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if recipe.schedule_step == "batch":
                 sched.step()
-            seen += len(idx)
-            loss_sum += float(loss.detach()) * len(yb)
-            correct += int((z.argmax(1) == yb).sum())
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", img_s=f"{seen / max(time.time() - t0, 1e-9):.0f}")
+            zd = z.detach()
+            st.seen += len(idx)
+            st.loss_sum += float(loss.detach()) * len(yb)
+            st.correct += int((zd.argmax(1) == yb).sum())
+            st.certified += int((certified_radius(zd.double(), yb, 1.0) > cert_eps).sum())
+            if batches_left is not None:
+                batches_left -= 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}",
+                            img_s=f"{(st.seen - first * recipe.batch_size) / max(time.time() - last_ckpt, 1e-9):.0f}")
+            if is_main and b + 1 < steps_per_epoch and time.time() - last_ckpt >= checkpoint_every_s:
+                st.elapsed_s = time.time() - t0
+                save_checkpoint(ckpt_path, model, opt, sched, epoch, batch=b + 1, generator=g, partial=asdict(st))
+                last_ckpt = time.time()
         if recipe.schedule_step == "epoch":
             sched.step()
         epoch_time = time.time() - t0
         local_n = math.ceil(len(tx) / world) if world > 1 else len(tx)
-        train_acc = correct / max(local_n, 1)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(local_n, 1), "train_accuracy": train_acc,
+        train_acc = st.correct / max(local_n, 1)
+        metrics = {"epoch": epoch, "train_loss": st.loss_sum / max(local_n, 1), "train_accuracy": train_acc,
+                   "train_certified": {f"{cert_eps:.6g}": st.certified / max(local_n, 1)},
                    "lr": opt.param_groups[0]["lr"], "epoch_time_s": epoch_time, "images_per_s": len(tx) / epoch_time}
         if is_main:
             metrics.update(evaluate(model, vx, vy, recipe.eval_eps, recipe, device))
@@ -431,29 +568,35 @@ def train(
                            f"cert36 {cert.get(f'{36 / 255:.6g}', float('nan')):.3f} "
                            f"{metrics['images_per_s']:.0f} img/s")
         last = metrics
-    finished = start_epoch if not last else last["epoch"] + 1
+    return _finish(recipe, out, model, at.epoch if not last else last["epoch"] + 1, last, wall0, device, world,
+                   is_main)
+
+
+def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, last: dict, wall0: float,
+            device: str, world: int, is_main: bool) -> dict:
+    """Write ``run.json`` (and, for a complete run, ``model.safetensors`` with the proven bound)."""
     record = {
         "name": recipe.name, "architecture": recipe.architecture, "dataset": recipe.dataset,
         "epochs_done": finished, "epochs": recipe.epochs, "complete": finished >= recipe.epochs,
         "wall_time_s": time.time() - wall0, "hardware": hardware(device), "world_size": world,
         "torch": str(torch.__version__), "commit": git_commit(), "final": last,
     }
-    if is_main and finished >= recipe.epochs:
+    prev = json.loads((out / "run.json").read_text()) if is_main and (out / "run.json").is_file() else {}
+    record["wall_time_s"] += prev.get("wall_time_s_before_resume", 0.0)
+    if is_main and model is not None and finished >= recipe.epochs:
         from . import __version__
         from .audit import audit
 
         # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
         record["lipschitz_upper"] = float(audit(model, lower=False).upper)
-
         sd = _unwrap(model).state_dict()
         atomic_save_safetensors(sd, out / "model.safetensors", {
             "architecture": recipe.architecture, "dataset": recipe.dataset, "lipzoo_version": __version__,
             "format": "pt"})
-        prev = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-        record["wall_time_s"] += prev.get("wall_time_s_before_resume", 0.0)
         atomic_write_text(out / "run.json", json.dumps(record, indent=2))
     elif is_main:
-        atomic_write_text(out / "run.json", json.dumps(record | {"wall_time_s_before_resume": record["wall_time_s"]}, indent=2))
+        atomic_write_text(out / "run.json", json.dumps(record | {"wall_time_s_before_resume": record["wall_time_s"]},
+                                                       indent=2))
     if world > 1:
         import torch.distributed as dist
 
@@ -528,6 +671,7 @@ def search_lr(
     device: str = "cpu",
     progress: bool = True,
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    plan: Callable[[Recipe], dict] | None = None,
 ) -> dict:
     """A small learning-rate search on the held-out validation split (``recipe.val_size`` > 0).
 
@@ -549,12 +693,14 @@ def search_lr(
     trials = []
     for f in factors:
         cand = replace(recipe, lr=recipe.lr * f, name=f"{recipe.name}-lr{f:g}")
-        plan = plan_budget(cand, budget_seconds, estimate["batch_seconds"], len(data[0]))
-        cand = apply_budget(cand, plan | {k: estimate[k] for k in ("device", "hardware") if k in estimate})
+        trial_plan = (plan(cand) if plan is not None
+                      else plan_budget(cand, budget_seconds, estimate["batch_seconds"], len(data[0])))
+        cand = apply_budget(cand, trial_plan | {k: estimate[k] for k in ("device", "hardware") if k in estimate})
         run = Path(out_root) / f"lr{f:g}"
         done = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
         if not done.get("complete"):
-            done = train(cand, run, device=device, resume=run.exists(), progress=progress, data=data)
+            done = train(cand, run, device=device, resume=(run / "checkpoint.safetensors").exists(),
+                         progress=progress, data=data)
         final = done["final"]
         trials.append({"lr": cand.lr, "factor": f, "val_accuracy": final["val_accuracy"],
                        "val_certified": final["val_certified"], "epochs": cand.epochs,

@@ -53,12 +53,16 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
     path = recipe_path(layer)
     base = Recipe.load(path)
     earlier = None
-    if (base.budget or {}).get("zoo") and args.replan:  # a second search, e.g. when the first never left chance
+    if (base.budget or {}).get("zoo") and args.replan and not args.epochs:  # a second search, e.g. when the first never left chance
         earlier = base.budget.get("lr_search")
         paper_lr = next(t["lr"] for t in earlier["trials"] if t["factor"] == 1.0)
         base = replace(base, lr=paper_lr, budget=None)
-    if (base.budget or {}).get("zoo"):  # already planned by an earlier invocation: just (re)train it
+    planned = str((base.budget or {}).get("zoo", ""))
+    if planned and (planned.endswith("--epochs") == bool(args.epochs)):  # planned earlier in this mode: (re)train
         final = base
+    elif args.epochs:
+        final = plan_converge(base, args)
+        final.dump(path)
     else:
         base = replace(base, val_size=VAL_SIZE, schedule_step="batch", batch_size=BATCH_SIZE, train_limit=None,
                        val_limit=None)
@@ -93,9 +97,49 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
             f"paper's. Test-split numbers come from `lipzoo evaluate`, never from this search."
         )
         final.dump(path)
-    record = train(final, out / f"convnet_xs_{layer}", resume=(out / f"convnet_xs_{layer}").exists(), progress=False)
+    run = out / f"convnet_xs_{layer}"
+    if (run / "model.safetensors").exists():
+        print(json.dumps({"layer": layer, "complete": True, "note": f"{run} is finished"}), flush=True)
+        return
+    record = train(final, run, resume=(run / "checkpoint.safetensors").exists(), progress=False,
+                   checkpoint_every_s=args.checkpoint_every)
     print(json.dumps({"layer": layer, "complete": record["complete"], "wall_time_s": record["wall_time_s"],
                       "final": record["final"]}), flush=True)
+
+
+def plan_converge(base, args: argparse.Namespace):
+    """A recipe meant to converge: ``--epochs`` epochs over the whole training split, OneCycle per
+    batch over the whole run, the lr picked by short trials scored on held-out training images."""
+    from dataclasses import replace
+
+    from lipzoo.training import load_splits, search_lr
+
+    lr0 = base.lr * args.lr_scale
+    base = replace(base, lr=lr0, val_size=VAL_SIZE, schedule_step="batch", batch_size=args.batch_size,
+                   train_limit=None, val_limit=None, epochs=args.epochs, budget=None)
+    data = load_splits(base)
+    factors = tuple(float(f) for f in args.lr_factors.split(","))
+    trial = replace(base, epochs=1, train_limit=args.search_images, val_limit=SEARCH_VAL_LIMIT)
+    estimate = {"batch_seconds": 1.0}  # unused: a trial is one epoch over --search-images, not a time budget
+    search = search_lr(trial, args.search_images, Path(args.out) / "search" / base.architecture,
+                       factors=factors, estimate=estimate | {"epochs": 1}, progress=False, data=data,
+                       plan=lambda cand: {"epochs": 1, "train_limit": args.search_images})
+    key = f"{36 / 255:.6g}"
+    trials = "; ".join(f"lr {t['lr']:.4g}: val acc {t['val_accuracy']:.3f}, val cert36 "
+                       f"{t['val_certified'].get(key, 0):.3f}" for t in search["trials"])
+    final = replace(base, lr=search["best_lr"])
+    final.budget = {"zoo": "scripts/train_zoo.py --epochs", "threads": args.threads, "workers": args.workers,
+                    "lr_search": search}
+    final.notes = (
+        f"Fashion-MNIST zoo recipe meant to converge (scripts/train_zoo.py --epochs {args.epochs}): "
+        f"{args.epochs} epochs over the {len(data[0])} training images left after holding out {VAL_SIZE} as "
+        f"validation, batch size {args.batch_size}, SGD with OneCycle stepped per batch over the whole run. "
+        f"Learning rate: {lr0:.4g} x ({', '.join(f'{f:g}' for f in factors)}), each trained for one epoch over "
+        f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
+        f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
+        f"paper's. Test-split numbers come from `lipzoo evaluate`, never from this search."
+    )
+    return final
 
 
 def repro_layer(layer: str, args: argparse.Namespace) -> None:
@@ -106,7 +150,11 @@ def repro_layer(layer: str, args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     run = Path(args.out) / f"convnet_xs_{layer}-repro"
-    record = train(Recipe.load(recipe_path(layer)), run, resume=run.exists(), progress=False)
+    if (run / "model.safetensors").exists():
+        print(json.dumps({"repro": layer, "complete": True, "note": f"{run} is finished"}), flush=True)
+        return
+    record = train(Recipe.load(recipe_path(layer)), run, resume=(run / "checkpoint.safetensors").exists(),
+                   progress=False, checkpoint_every_s=args.checkpoint_every)
     print(json.dumps({"repro": layer, "complete": record["complete"], "final": record["final"]}), flush=True)
 
 
@@ -127,6 +175,15 @@ def main() -> None:
                    help="search again (with --lr-factors) even if the recipe was planned; earlier trials are kept")
     p.add_argument("--repro", default=None,
                    help="after the zoo, retrain this layer's recipe once more (<out>/convnet_xs_<layer>-repro)")
+    p.add_argument("--epochs", type=int, default=0,
+                   help="converge mode: this many epochs over the whole training split (0: the --budget-seconds mode)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"converge mode batch size (default {BATCH_SIZE})")
+    p.add_argument("--search-images", type=int, default=12800,
+                   help="converge mode: training images of each one-epoch lr-search trial (default 12800)")
+    p.add_argument("--lr-scale", type=float, default=1.0,
+                   help="converge mode: multiply the recipe's lr before the search (e.g. for the standard net)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0,
+                   help="seconds of training between mid-epoch checkpoints (default 300)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job in this process
     args = p.parse_args()
     if args.one:

@@ -115,6 +115,58 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "cut" / "recipe.yaml").is_file()
 
 
+def test_mid_epoch_checkpoint_resumes_to_the_same_weights(tmp_path):
+    data = synthetic(n=96)
+    r = tiny_recipe(val_limit=16, epochs=2, schedule_step="batch")
+    train(r, tmp_path / "full", data=data, progress=False)
+    part = train(r, tmp_path / "cut", data=data, progress=False, stop_after_batches=4)  # epoch 2, batch 2 of 3
+    assert not part["complete"]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "cut" / "checkpoint.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert (meta["epoch"], meta["batch"]) == ("1", "1")
+    train(r, tmp_path / "cut", data=data, progress=False, resume=True)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    fm = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    cm = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["train_loss"] for m in fm] == pytest.approx([m["train_loss"] for m in cm], rel=1e-12)
+    assert [m["train_certified"] for m in fm] == [m["train_certified"] for m in cm]
+
+
+def test_resume_refuses_a_finished_run_a_changed_recipe_and_a_missing_checkpoint(tmp_path):
+    data = synthetic()
+    r = tiny_recipe(val_limit=16, epochs=1)
+    train(r, tmp_path / "done", data=data, progress=False)
+    before = {f: (tmp_path / "done" / f).read_bytes() for f in ("run.json", "model.safetensors", "recipe.yaml")}
+    from lipzoo.training import RunFinishedError
+
+    with pytest.raises(RunFinishedError, match="finished run"):
+        train(r, tmp_path / "done", data=data, progress=False, resume=True)
+    assert before == {f: (tmp_path / "done" / f).read_bytes() for f in before}
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(r, tmp_path / "empty", data=data, progress=False, resume=True)
+    r2 = tiny_recipe(val_limit=16, epochs=3)
+    train(r2, tmp_path / "cut", data=data, progress=False, stop_after_epochs=1)
+    stored = (tmp_path / "cut" / "recipe.yaml").read_text()
+    for change in ({"lr": 0.5}, {"epochs": 5, "batch_size": 16}, {"architecture": "convnet_xs_sll"}):
+        with pytest.raises(RecipeError, match="differs.*" + sorted(change)[0]):
+            train(tiny_recipe(val_limit=16, **({"epochs": 3} | change)), tmp_path / "cut", data=data,
+                  progress=False, resume=True)
+        assert (tmp_path / "cut" / "recipe.yaml").read_text() == stored
+
+
+def test_a_run_directory_is_locked_while_training(tmp_path):
+    from lipzoo.training import RunLockedError, run_lock
+
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(RunLockedError, match=f"process {os.getpid()}"):
+            train(tiny_recipe(), tmp_path / "run", data=synthetic(), progress=False)
+    assert not (tmp_path / "run" / "recipe.yaml").exists()
+
+
 def test_divergence_guard_keeps_the_last_good_checkpoint(tmp_path):
     data = synthetic()
     r = tiny_recipe(architecture="convnet_xs_standard", lr=1e12, schedule="constant", epochs=4)
