@@ -49,7 +49,6 @@ import io
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ._provenance import fingerprint
 from .data import DATASETS
 from .layers import LAYERS
 from .models import SIZES
@@ -156,33 +156,7 @@ class BenchResult:
 # --- fingerprint ------------------------------------------------------------------------------
 def hardware_fingerprint(device: str = "cpu") -> dict:
     """Hardware and software the figures were measured on (stored in every results row)."""
-    from . import __version__
-    from .training import git_commit, hardware
-
-    info = hardware(device)
-    info.update({
-        "cpu_count": os.cpu_count(), "python": platform.python_version(), "lipzoo": __version__,
-        "commit": git_commit(), "numpy": _version("numpy"), "cuda": torch.version.cuda,
-    })
-    try:
-        with open("/proc/meminfo") as f:
-            info["memory_total_mib"] = int(f.readline().split()[1]) // 1024
-        with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except (OSError, ValueError, IndexError):
-        pass
-    if device.startswith("cuda") and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch.device(device))
-        info["gpu_memory_mib"] = props.total_memory // MIB
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except ImportError:
-        return None
+    return fingerprint(device)
 
 
 # --- measuring ----------------------------------------------------------------------------------

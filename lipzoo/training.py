@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._io import atomic_save_safetensors, atomic_write_text
+from ._provenance import git_commit, hardware
 from .certify import DEFAULT_EPS, certified_radius
 from .data import dataset_info, load_tensors, rand_augment
 
@@ -140,24 +139,6 @@ class Recipe:
 
     def dump(self, path: str | os.PathLike) -> None:
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-# --- small utilities ---------------------------------------------------------------------------
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def hardware(device: str) -> dict:
-    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(), "torch": str(torch.__version__), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 # --- loss -------------------------------------------------------------------------------------

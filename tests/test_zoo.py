@@ -17,6 +17,7 @@ from lipzoo.registry import PRETRAINED
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 ZOO = [f"convnet_xs_{layer}.fashion_mnist" for layer in LAYERS]
+CROSS_CPU_REL = 5e-5
 
 
 def test_list_pretrained_shows_the_nine_fashion_mnist_models():
@@ -48,11 +49,15 @@ def test_zoo_model_loads_verified_passes_the_audit_and_reproduces_its_check(name
     model = lipzoo.create_model(name, pretrained=True)  # sha256-verified, strict load
     proof = lipzoo.audit(model, lower=False)
     assert proof.upper <= 1 + UPPER_TOL or LAYERS[e.architecture.split("_")[-1]].lipschitz is False
-    assert proof.upper == pytest.approx(e.metrics["audit"]["lipschitz_upper"], rel=1e-6)
+    # the weight parametrisations run in float32: another CPU (or thread count) computes the effective
+    # weights, hence the proven bound, a few 1e-6 differently. 5e-5 relative admits that and still
+    # catches a changed parametrisation or changed weights (the layers' own tests pin 1e-4 slack).
+    assert proof.upper == pytest.approx(e.metrics["audit"]["lipschitz_upper"], rel=CROSS_CPU_REL)
     check = e.metrics["check"]
     images, labels = lipzoo.data.load_tensors("fashion_mnist", "test", limit=check["n"])
     eps = tuple(float(k) for k in check["certified_accuracy"])
-    res = lipzoo.certify(model, images, labels, eps, lipschitz=e.metrics["lipschitz_bound"])
+    # certify with the bound proven HERE, never with the stored one
+    res = lipzoo.certify(model, images, labels, eps, lipschitz=max(1.0, float(proof.upper)))
     tol = 2 / check["n"]  # another CPU may round a borderline margin differently: at most a point or two
     assert abs(res.clean_accuracy - check["clean_accuracy"]) <= tol
     for k, v in zip(check["certified_accuracy"], res.certified_accuracy.values()):
