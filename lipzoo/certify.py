@@ -17,12 +17,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_EPS", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack", "empirical_robust_accuracy"]
+__all__ = ["DEFAULT_EPS", "eps_key", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack", "empirical_robust_accuracy"]
 
 #: the paper's radii: 36/255, 72/255, 108/255 and 1.0 (exact fractions, not the paper's rounded decimals)
 DEFAULT_EPS: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 1.0)
 #: relative round-off slack of the float32 forward pass, applied to every margin
 ROUNDOFF_SLACK = 1e-5
+
+
+def eps_key(eps: float) -> str:
+    """The one string form of a radius used as a key in every result file (``36/255`` -> ``'0.141176'``)."""
+    return f"{float(eps):.6g}"
 
 
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
