@@ -32,6 +32,7 @@ import http.client
 import inspect
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -406,12 +407,26 @@ def select_releases(names: Sequence[str] = (), all_releases: bool = False) -> li
 
 
 def _recorded_sha256(folder: Path) -> str | None:
-    try:
-        cfg = json.loads((folder / CONFIG_FILENAME).read_text())
-    except (OSError, ValueError):
+    """The release file's sha256 recorded by an earlier import in ``folder/config.json``; ``None`` only
+    when there is no config.json at all (a first import). A config.json that exists but cannot be
+    read, or records no valid hash, raises :class:`ImportError1LLC`: trusting the download anew would
+    let a changed release file through."""
+    path = folder / CONFIG_FILENAME
+    if not path.exists() and not path.is_symlink():
         return None
-    sha = (cfg.get("provenance") or {}).get("source_sha256")
-    return sha if isinstance(sha, str) else None
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problem = f"cannot be read ({type(e).__name__}: {e})"
+    else:
+        prov = cfg.get("provenance") if isinstance(cfg, dict) else None
+        sha = prov.get("source_sha256") if isinstance(prov, dict) else None
+        if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
+            return sha
+        problem = "records no valid provenance.source_sha256 (64 hex digits)"
+    raise ImportError1LLC(
+        f"{path} {problem}, so the release file cannot be checked against the hash of the earlier import; "
+        "refusing to trust it again. Restore that file, or pass --force to accept whatever is downloaded now")
 
 
 def import_1llc(
@@ -446,7 +461,13 @@ def import_1llc(
     for rel in select_releases(names, all_releases):
         url = rel.url(base_url)
         folder = out / rel.name
-        expected = rel.sha256 or _recorded_sha256(folder)
+        unchecked = False  # force past a recorded config.json that could not be read
+        try:
+            expected = rel.sha256 or _recorded_sha256(folder)
+        except ImportError1LLC:
+            if not force:
+                raise
+            expected, unchecked = None, True
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out, prefix=f".{rel.name}.") as tmp:
             tmp = Path(tmp)
@@ -457,8 +478,9 @@ def import_1llc(
                     f"{url} has sha256 {sha}, but {expected} was recorded for {rel.name}"
                     f"{'' if rel.sha256 else ' by an earlier import (' + str(folder / CONFIG_FILENAME) + ')'}; "
                     "the release file changed. Nothing was written; pass --force to accept the new file")
-            tofu = not expected
-            trust = ("first use" if tofu else "verified" if sha == expected
+            tofu = not expected and not unchecked
+            trust = ("accepted with force (the earlier import's config.json was unreadable)" if unchecked
+                     else "first use" if tofu else "verified" if sha == expected
                      else f"accepted with force (the recorded sha256 was {expected})")
             state = load_release_file(pth)
             pth.unlink()  # the pickle is not kept
@@ -480,7 +502,10 @@ def import_1llc(
                                     layer_kwargs={"paper_compatible": paper_compatible}, license="unknown")
             write_card(entry, tmp)  # tmp/<name>/README.md
             _move_into_place(staged, folder)
-        if tofu:
+        if unchecked:
+            echo(f"{rel.name}: accepted {rel.filename} (force) without checking it: the earlier import's "
+                 f"config.json was unreadable; sha256 {sha} is now recorded")
+        elif tofu:
             echo(f"{rel.name}: trusting {rel.filename} on first use: sha256 {sha} (recorded in "
                  f"{folder / CONFIG_FILENAME}; later imports must match it)")
         elif sha == expected:

@@ -285,6 +285,39 @@ def test_import_writes_a_verified_model_folder(server, tmp_path, capsys):
 
 
 @needs_golden
+@pytest.mark.parametrize("damage", ["not_json", "no_hash"])
+def test_unreadable_recorded_config_is_refused_not_trusted_again(server, tmp_path, damage, capsys):
+    base, files = server
+    state, _, _ = golden("sll")
+    rel, body = serve_golden(files, "sll", tmp_path)
+    out = tmp_path / "cards"
+    import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)
+    cfg_path, weights = out / rel.name / "config.json", out / rel.name / "model.safetensors"
+    if damage == "not_json":
+        cfg_path.write_text('{"name": "truncated')
+    else:
+        cfg = json.loads(cfg_path.read_text())
+        del cfg["provenance"]["source_sha256"]
+        cfg_path.write_text(json.dumps(cfg))
+    damaged, before = cfg_path.read_bytes(), weights.read_bytes()
+    changed = pth_bytes(dict(state, **{"Block1.0.bias": state["Block1.0.bias"] + 1}), tmp_path)
+    files[rel.filename] = (changed, len(changed))  # the release changed after the recorded hash was lost
+    capsys.readouterr()
+    with pytest.raises(ImportError1LLC, match="refusing to trust it again") as info:
+        import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)
+    assert str(cfg_path) in str(info.value) and "\n" not in str(info.value)
+    assert cfg_path.read_bytes() == damaged and weights.read_bytes() == before  # nothing was written
+    assert "on first use" not in capsys.readouterr().out
+    res = CliRunner().invoke(main, ["import-1llc", rel.name, "--url-base", base, "--out", str(out), "--no-audit"])
+    assert res.exit_code != 0 and "refusing to trust it again" in res.output
+    # --force accepts the download, and says it could not be checked (not "first use")
+    (done,) = import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False, force=True)
+    assert not done.trusted_on_first_use and done.source_sha256 == hashlib.sha256(changed).hexdigest()
+    prov = json.loads(cfg_path.read_text())["provenance"]
+    assert prov["source_sha256"] == done.source_sha256 and "unreadable" in prov["source_trust"]
+
+
+@needs_golden
 def test_cli_import_json(server, tmp_path):
     base, files = server
     rel, body = serve_golden(files, "aol", tmp_path)
