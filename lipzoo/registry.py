@@ -89,6 +89,8 @@ CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
 DEFAULT_HUB_ORG = "lipzoo"
 WEIGHTS_FILENAME = "model.safetensors"
 CONFIG_FILENAME = "config.json"
+#: the values of an entry's optional ``status`` (absent: a normally published entry)
+ENTRY_STATUSES = ("undertrained",)
 
 
 class RegistryError(ValueError):
@@ -146,6 +148,7 @@ class PretrainedEntry:
     license: str = "mit"
     lipzoo_version: str | None = None
     folder: Path | None = field(default=None, compare=False)  # where its config.json was read
+    status: str | None = None  # None: published normally; "undertrained": forced past the publish gate
 
     @property
     def repo_id(self) -> str:
@@ -160,7 +163,7 @@ class PretrainedEntry:
             "hub": {"repo_id": self.hf_repo_id, "revision": self.revision, "filename": self.filename},
             "file": {"sha256": self.sha256, "size": self.size},
             "metrics": self.metrics, "timing": self.timing, "provenance": self.provenance, "license": self.license,
-        }
+        } | ({"status": self.status} if self.status else {})
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config", folder: Path | None = None) -> "PretrainedEntry":
@@ -188,6 +191,9 @@ class PretrainedEntry:
         )
         if len(data.mean) != data.in_chans or len(data.class_names) != data.num_classes:
             raise RegistryError(f"{source}: data.mean needs in_chans values and data.class_names num_classes names")
+        status = cfg.get("status")
+        if status is not None and status not in ENTRY_STATUSES:
+            raise RegistryError(f"{source}: status must be one of {ENTRY_STATUSES} or absent, got {status!r}")
         hub, f = cfg.get("hub") or {}, need(cfg, "file", dict)
         sha = need(f, "sha256", str, "file.").lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
@@ -199,7 +205,7 @@ class PretrainedEntry:
             hf_repo_id=hub.get("repo_id"), layer_kwargs=dict(cfg.get("layer_kwargs") or {}),
             metrics=dict(cfg.get("metrics") or {}), timing=dict(cfg.get("timing") or {}),
             provenance=dict(cfg.get("provenance") or {}), license=cfg.get("license") or "mit",
-            lipzoo_version=cfg.get("lipzoo_version"), folder=folder,
+            lipzoo_version=cfg.get("lipzoo_version"), folder=folder, status=status,
         )
 
     @classmethod
