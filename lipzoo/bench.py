@@ -36,8 +36,10 @@ and epoch times; epoch time ratios are the same for every data set, hence one co
 Models that do not fit are reported, not fatal: a CUDA (or CPU) out-of-memory gives
 ``status = oom``; on any device a model whose measurement would take longer than
 ``max_seconds`` (predicted from its first step, or its memory subprocess running over) gives
-``status = too_slow``. Results go to ``results/benchmark-<device>-<UTC timestamp>.csv`` with
-the hardware and software fingerprint in its ``hw_*`` columns (written atomically).
+``status = too_slow``. Results go to ``<out>/benchmark-<device>-<UTC timestamp>.csv`` with
+the hardware and software fingerprint in its ``hw_*`` columns (written atomically). ``<out>``
+defaults to :data:`DEFAULT_OUT` (``./lipzoo-results``), never the checkout's committed
+``results/``: pass ``results/`` explicitly to update the committed files.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ __all__ = [
     "format_table",
     "hardware_fingerprint",
     "save_results",
+    "DEFAULT_OUT",
     "read_results",
     "latest_results",
     "CSV_COLUMNS",
@@ -499,7 +502,12 @@ def bench_layers(
 
 
 # --- result files -----------------------------------------------------------------------------
-def save_results(results: list[BenchResult], out_dir: str | os.PathLike = "results", *,
+#: where results files go unless a folder is given: a folder of the current directory, not the
+#: checkout's committed ``results/`` (which only ``--out results/`` updates)
+DEFAULT_OUT = "lipzoo-results"
+
+
+def save_results(results: list[BenchResult], out_dir: str | os.PathLike = DEFAULT_OUT, *,
                  fingerprint: dict | None = None, stamp: str | None = None) -> Path:
     """Write ``<out_dir>/benchmark-<device>-<UTC timestamp>.csv`` atomically; returns its path.
 
@@ -566,7 +574,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def latest_results(out_dir: str | os.PathLike = "results", device: str | None = None) -> Path:
+def latest_results(out_dir: str | os.PathLike = DEFAULT_OUT, device: str | None = None) -> Path:
     """The newest ``benchmark-*.csv`` in ``out_dir`` (of ``device`` if given)."""
     pattern = f"benchmark-{device.split(':')[0]}-*.csv" if device else "benchmark-*.csv"
     files = sorted(Path(out_dir).glob(pattern), key=lambda p: (p.stat().st_mtime, p.name))

@@ -11,13 +11,16 @@ forward pass, so a certificate is never granted on a margin that round-off could
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_EPS", "eps_key", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack", "empirical_robust_accuracy"]
+__all__ = ["DEFAULT_EPS", "eps_key", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack",
+           "empirical_robust_accuracy", "check_eps", "check_labels", "check_lipschitz", "check_images_range"]
 
 #: the paper's radii: 36/255, 72/255, 108/255 and 1.0 (exact fractions, not the paper's rounded decimals)
 DEFAULT_EPS: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 1.0)
@@ -30,11 +33,83 @@ def eps_key(eps: float) -> str:
     return f"{float(eps):.6g}"
 
 
+def check_labels(labels: torch.Tensor, num_classes: int | None = None, n: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``labels`` is a 1-D integer tensor of class indices in
+    ``[0, num_classes)`` (and of length ``n`` when given)."""
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be an integer tensor of class indices (e.g. torch.int64), got dtype "
+                         f"{labels.dtype}; convert with labels.long() only if the values are whole class numbers")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D tensor (N,) of class indices, got shape {tuple(labels.shape)}")
+    if n is not None and len(labels) != n:
+        raise ValueError(f"{n} images (or logits) but {len(labels)} labels; expected one label per image")
+    if labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or (num_classes is not None and hi >= num_classes):
+            want = f"[0, {num_classes})" if num_classes is not None else "non-negative"
+            raise ValueError(f"labels must be class indices in {want}, got values from {lo} to {hi}")
+
+
+def check_eps(eps: float | Iterable[float]) -> tuple[float, ...]:
+    """The radii as a tuple of floats; ``ValueError`` unless each is a finite number >= 0."""
+    if isinstance(eps, numbers.Real) or (isinstance(eps, torch.Tensor) and eps.ndim == 0):
+        eps = (eps,)
+    try:
+        values = list(eps)
+    except TypeError:
+        raise ValueError(f"eps must be a radius or a sequence of radii (finite numbers >= 0), got "
+                         f"{type(eps).__name__}") from None
+    out = []
+    for e in values:
+        if isinstance(e, torch.Tensor) and e.numel() == 1:
+            e = e.item()
+        if isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e) or e < 0:
+            raise ValueError(f"every eps must be a finite number >= 0 (an l2 radius in [0, 1] pixel units), got {e!r}")
+        out.append(float(e))
+    return tuple(out)
+
+
+def check_lipschitz(lipschitz: float) -> float:
+    """``lipschitz`` as a float; ``ValueError`` unless it is a finite number > 0."""
+    if isinstance(lipschitz, bool) or not isinstance(lipschitz, numbers.Real) or not math.isfinite(lipschitz) \
+            or lipschitz <= 0:
+        raise ValueError(f"lipschitz must be a positive finite bound (the model's proven Lipschitz constant), "
+                         f"got {lipschitz!r}")
+    return float(lipschitz)
+
+
+def check_images_range(images: torch.Tensor) -> None:
+    """Raise ``ValueError`` when floating-point ``images`` hold values outside [0, 1].
+
+    Certified radii are l2 distances in [0, 1] pixel units, so images scaled to 0..255 (or
+    already centred/normalised) would give meaningless certificates. Dtype, shape and NaN/Inf
+    are left to the model's own input check.
+    """
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.numel():
+        finite = images[torch.isfinite(images)]
+        if finite.numel() and (float(finite.min()) < 0.0 or float(finite.max()) > 1.0):
+            hint = "; divide 0..255 images by 255" if float(finite.max()) > 1.0 else ""
+            raise ValueError(f"images must have pixel values in [0, 1] (the model centres them itself), got values "
+                             f"from {float(finite.min()):.4g} to {float(finite.max()):.4g}{hint}")
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Signed margin in float64: true logit minus the best other logit, minus the round-off slack."""
+    """Signed margin in float64: true logit minus the best other logit, minus the round-off slack.
+
+    ``labels`` must be integer class indices in ``[0, logits.shape[1])``, one per row (else ``ValueError``).
+    """
     z = logits.detach().double()
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError(f"logits must be (N, classes) with at least 2 classes, got {tuple(z.shape)}")
+    check_labels(labels, z.shape[1], len(z))
     labels = labels.to(z.device).long()
     true = z.gather(1, labels[:, None])[:, 0]
     other = z.scatter(1, labels[:, None], float("-inf")).max(dim=1).values
@@ -44,6 +119,7 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: float = 1.0) -> torch.Tensor:
     """Per-sample certified l2 radius (0 for misclassified points)."""
+    lipschitz = check_lipschitz(lipschitz)
     return (margins(logits, labels) / (math.sqrt(2) * lipschitz)).clamp_min(0.0)
 
 
@@ -79,7 +155,7 @@ def certify(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    eps: tuple[float, ...] | list[float] = DEFAULT_EPS,
+    eps: float | Iterable[float] = DEFAULT_EPS,
     *,
     lipschitz: float = 1.0,
     batch_size: int = 256,
@@ -88,26 +164,34 @@ def certify(
 ) -> CertificationResult:
     """Clean and certified accuracy of ``model`` on ``(images, labels)`` at each radius in ``eps``.
 
-    ``lipschitz`` is the model's proven Lipschitz bound L; values below 1 are raised to 1 (an
-    audit may prove less, but certification never assumes a better constant than 1).
+    A point counts as certified at ``e`` only when its float64 margin (less the round-off slack)
+    exceeds ``sqrt(2) * L * e``. ``lipschitz`` must be a bound proven for these weights (see
+    :func:`lipzoo.audit`); values below 1 are raised to 1 (an audit may prove less, but
+    certification never assumes a better constant than 1).
+
+    Raises ``ValueError`` (before any forward pass) for: ``eps`` that is negative, NaN or
+    infinite; ``lipschitz`` that is not finite and > 0; labels that are not integers, not 1-D,
+    not one per image or outside ``[0, num_classes)``; floating-point images with values
+    outside [0, 1]; ``batch_size < 1``. Shape, dtype and NaN checks of the images are the model's.
     """
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    if not math.isfinite(lipschitz) or lipschitz <= 0:
-        raise ValueError(f"lipschitz must be a positive finite bound, got {lipschitz}")
-    lip = max(1.0, float(lipschitz))
+    eps = check_eps(eps)
+    lip = max(1.0, check_lipschitz(lipschitz))
+    batch_size = _check_batch_size(batch_size)
+    check_labels(labels, getattr(model, "num_classes", None), len(images))
+    check_images_range(images)
     if device is None:
         device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     radii, preds = [], []
-    it = range(0, len(images), batch_size)
-    for start in tqdm(it, desc="certify", unit="batch", disable=not progress):
-        x = images[start : start + batch_size].to(device)
-        y = labels[start : start + batch_size].to(device)
-        z = model(x)
-        radii.append(certified_radius(z, y, lip).cpu())
-        preds.append(z.argmax(dim=1).cpu())
+    with tqdm(total=len(images), desc="certify", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device)
+            z = model(x)
+            radii.append(certified_radius(z, y, lip).cpu())
+            preds.append(z.argmax(dim=1).cpu())
+            bar.update(len(x))
     model.train(was_training)
     r = torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64)
     p = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
@@ -126,20 +210,23 @@ def pgd_attack(
     steps: int = 20,
     step_size: float | None = None,
     clamp: tuple[float, float] | None = (0.0, 1.0),
+    callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """l2 projected gradient ascent on the margin loss; returns perturbed images with ||x' - x|| <= eps.
 
     An empirical attack (a lower bound on robustness): it must never flip a certified point.
-    Model parameters are not updated; eval mode is used.
+    Model parameters are not updated; eval mode is used. ``callback(step)`` is called after each
+    of the ``steps`` gradient steps (1-based), e.g. to show progress.
     """
-    if eps <= 0:
+    (eps,) = check_eps(eps)
+    if eps == 0:
         return images.clone()
     step_size = 2.5 * eps / steps if step_size is None else step_size
     was_training = model.training
     model.eval()
     flat = lambda t: t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.ndim - 1)))  # noqa: E731
     delta = torch.zeros_like(images)
-    for _ in range(steps):
+    for step in range(steps):
         delta.requires_grad_(True)
         z = model(images + delta)
         true = z.gather(1, labels[:, None])[:, 0]
@@ -151,29 +238,48 @@ def pgd_attack(
             delta = delta * torch.clamp(eps / flat(delta), max=1.0)
             if clamp is not None:
                 delta = (images + delta).clamp(*clamp) - images
+        if callback is not None:
+            callback(step + 1)
     model.train(was_training)
     return (images + delta).detach()
 
 
 def empirical_robust_accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: tuple[float, ...] | list[float] = DEFAULT_EPS,
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float | Iterable[float] = DEFAULT_EPS,
     *, steps: int = 20, batch_size: int = 256, progress: bool = False,
 ) -> dict[float, float]:
-    """Accuracy under the l2 PGD attack at each radius (an upper bound on true robust accuracy)."""
+    """Accuracy under the l2 PGD attack at each radius (an upper bound on true robust accuracy).
+
+    Inputs are validated as in :func:`certify`. With ``progress=True`` one bar counts images
+    attacked (a batch at one radius at a time) with the throughput, and shows the radius and
+    the PGD step of the batch in progress.
+    """
+    eps = check_eps(eps)
+    batch_size = _check_batch_size(batch_size)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_labels(labels, getattr(model, "num_classes", None), len(images))
+    check_images_range(images)
     device = next(model.parameters()).device
-    correct = {float(e): 0 for e in eps}
+    correct = {e: 0 for e in eps}
     req = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():  # input gradients only: keeps the eval weight caches warm
         p.requires_grad_(False)
+    bar = tqdm(total=len(images) * len(eps), desc="attack", unit="img", disable=not progress, dynamic_ncols=True)
     try:
-        for start in tqdm(range(0, len(images), batch_size), desc="attack", unit="batch", disable=not progress):
+        for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device)
             y = labels[start : start + batch_size].to(device)
             for e in eps:
-                adv = pgd_attack(model, x, y, float(e), steps=steps)
+                def show(step: int, e: float = e, start: int = start) -> None:
+                    bar.set_postfix_str(f"eps {e:.4g}, images {start}-{start + len(x)}, step {step}/{steps}")
+
+                adv = pgd_attack(model, x, y, e, steps=steps, callback=show if progress else None)
                 with torch.no_grad():
-                    correct[float(e)] += int((model(adv).argmax(1) == y).sum())
+                    correct[e] += int((model(adv).argmax(1) == y).sum())
+                bar.update(len(x))
     finally:
+        bar.close()
         for p, r in zip(model.parameters(), req):
             p.requires_grad_(r)
     n = max(len(images), 1)

@@ -1,8 +1,16 @@
-"""The ``lipzoo`` command line: thin wrappers over the library."""
+"""The ``lipzoo`` command line: thin wrappers over the library.
+
+Errors: every command ends a bad input or a failure with ONE line on stderr,
+``lipzoo <command>: error: <what was wrong and what is expected>``, and exit status 2 for usage
+errors (bad options, unknown names) or 1 for failures (missing data, bad files, failed checks).
+The global ``--debug`` flag shows the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -11,15 +19,88 @@ import click
 from . import __version__
 from .layers import LAYERS
 
+#: exit status of usage errors (bad options, unknown names) and of failures
+EXIT_USAGE, EXIT_FAILURE = 2, 1
+
 
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
+
+
+def _message(e: BaseException) -> str:
+    """The exception's own message (a KeyError's without the quotes repr adds)."""
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) and type(e).__str__ is KeyError.__str__:
+        return e.args[0]
+    return str(e) or type(e).__name__
+
+
+class CLIError(click.ClickException):
+    """A library error shown as one line, with the exit status of its kind."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Errors that describe bad input or a failed operation (not a bug): lipzoo's own exception
+    types and the standard library's ValueError, KeyError and OSError (FileNotFoundError ...)."""
+    return isinstance(e, (ValueError, KeyError, OSError)) or type(e).__module__.split(".")[0] == "lipzoo"
+
+
+class LipzooGroup(click.Group):
+    """The ``lipzoo`` group: one place that turns errors into one line on stderr."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as e:
+            if getattr(e, "ctx", None) is None and not hasattr(e, "command_path"):
+                e.command_path = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            if ctx.params.get("debug") or not _is_user_error(e):
+                raise
+            from .registry import UnknownModelError
+
+            err = CLIError(_message(e), EXIT_USAGE if isinstance(e, UnknownModelError) else EXIT_FAILURE)
+            err.command_path = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+            raise err from e
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = getattr(e, "command_path", None) or (ctx.command_path if ctx is not None else None) or "lipzoo"
+            msg = _one_line(e.format_message())
+            if isinstance(e, click.UsageError):
+                msg += f" (see '{where} --help')"
+            click.echo(f"{where}: error: {msg}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo(f"{prog_name or 'lipzoo'}: aborted", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+@click.group(name="lipzoo", cls=LipzooGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lipzoo")
-def main() -> None:
-    """lipzoo: certifiably robust 1-Lipschitz image classifiers."""
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error instead of one line.")
+def main(debug: bool) -> None:
+    """lipzoo: certifiably robust 1-Lipschitz image classifiers.
+
+    Errors end in one line on stderr (exit status 2: bad usage or unknown name; 1: failure);
+    --debug shows the traceback.
+    """
 
 
 @main.command("list")
@@ -86,75 +167,233 @@ def info_cmd(name: str, as_json: bool) -> None:
     if as_json:
         _echo_json(info)
         return
-    for k, v in info.items():
-        if isinstance(v, dict):
-            v = json.dumps(v)
-        click.echo(f"{k:>21}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:>21}: {v}")
+    for key, value in _info_lines(info):
+        click.echo(f"{key:<10} {value}")
+
+
+def _eps_label(key: str) -> str:
+    """'0.141176' -> '36/255' when the radius is a whole number of 1/255 steps."""
+    try:
+        e = float(key)
+    except ValueError:
+        return key
+    k = round(e * 255)
+    return f"{k}/255" if k and abs(e * 255 - k) < 1e-3 and e < 1 else f"{e:g}"
+
+
+def _info_lines(info: dict) -> list[tuple[str, str]]:
+    """The few lines of ``lipzoo info`` (the full record is ``--json``)."""
+    kind = "orthogonal" if info["orthogonal"] else ("1-Lipschitz" if info["lipschitz"] else "unconstrained")
+    lines = [
+        ("name", info["name"] if not info.get("pretrained") else f"{info['name']} (pretrained weights)"),
+        ("model", f"{info['family']} size {info['size']}: {info['blocks']} blocks, base width {info['base_width']}, "
+                  f"{info['input_size']}x{info['input_size']} input, {info['trainable_parameters']:,} trainable parameters"),
+        ("layer", f"{info['layer']} ({kind}): {info['citation']}, {info['paper']}"),
+    ]
+    if not info.get("pretrained"):
+        entries = info.get("pretrained_entries") or []
+        lines.append(("weights", ", ".join(entries) if entries else "none registered (lipzoo list --pretrained)"))
+        return lines
+    data = info.get("data") or {}
+    lines.append(("dataset", f"{info.get('dataset')} ({data.get('num_classes', '?')} classes, "
+                             f"{data.get('in_chans', '?')} channel(s), {data.get('input_size', '?')}px)"))
+    f, hub = info.get("file") or {}, info.get("hub") or {}
+    sha = str(f.get("sha256") or "?")
+    size = f"{f['size'] / 2**20:.1f} MiB, " if isinstance(f.get("size"), int) else ""
+    lines.append(("weights", f"{info.get('repo_id')} @ {hub.get('revision') or 'no pinned revision'} "
+                             f"({size}sha256 {sha[:12]}...)"))
+    m = info.get("metrics") or {}
+    if m.get("clean_accuracy") is not None:
+        cert = ", ".join(f"{_eps_label(k)} {100 * v:.2f}%" for k, v in (m.get("certified_accuracy") or {}).items())
+        lines.append(("accuracy", f"clean {100 * m['clean_accuracy']:.2f}%" + (f"; certified {cert}" if cert else "")
+                      + f" ({m.get('n', '?')} {m.get('split', '')} images, L = {m.get('lipschitz_bound', '?')})"))
+    audit = m.get("audit") or {}
+    if audit.get("lipschitz_upper") is not None:
+        lines.append(("audit", f"Lipschitz upper bound {audit['lipschitz_upper']:.6g} ({'ok' if audit.get('ok') else 'NOT ok'})"))
+    prov = info.get("provenance") or {}
+    if prov:
+        commit = str(prov.get("training_commit") or prov.get("commit") or "?")[:10]
+        lines.append(("trained", f"{prov.get('date', '?')}, commit {commit}, torch {prov.get('torch_version', '?')}"))
+    if info.get("recipe"):
+        lines.append(("recipe", str(info["recipe"])))
+    lines.append(("more", f"lipzoo info {info['name']} --json (metrics, timing, provenance)"))
+    return lines
+
+
+class FiniteFloat(click.ParamType):
+    """A finite float (no NaN or infinity) >= ``min`` (> ``min`` when ``min_open``)."""
+
+    name = "float"
+
+    def __init__(self, min: float, min_open: bool = False, what: str = "a number") -> None:
+        self.min, self.min_open, self.what = min, min_open, what
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            v = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number; expected {self.what}", param, ctx)
+        if not math.isfinite(v) or v < self.min or (self.min_open and v == self.min):
+            self.fail(f"{value!r} is not allowed; expected {self.what}", param, ctx)
+        return v
+
+
+class DeviceType(click.ParamType):
+    """A torch device string that exists on this machine (cpu, cuda, cuda:N, mps)."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx) -> str:
+        import torch
+
+        try:
+            dev = torch.device(value)
+        except (RuntimeError, ValueError):
+            self.fail(f"{value!r} is not a device; expected cpu, cuda or cuda:N", param, ctx)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                self.fail(f"{value!r}: CUDA is not available on this machine; use --device cpu", param, ctx)
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                self.fail(f"{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)", param, ctx)
+        elif dev.type == "mps" and not torch.backends.mps.is_available():
+            self.fail(f"{value!r}: MPS is not available on this machine; use --device cpu", param, ctx)
+        elif dev.type not in ("cpu", "cuda", "mps"):
+            self.fail(f"{value!r} is not supported; expected cpu, cuda or cuda:N", param, ctx)
+        return value
+
+
+def _trained_model(name: str):
+    """``(model, dataset, source)`` when NAME names trained weights, else ``None`` for an architecture.
+
+    NAME is a run directory (``recipe.yaml`` + ``model.safetensors``: the recipe's data set), a
+    model folder such as ``cards/NAME`` (``config.json`` + weights, sha256 checked: its data set)
+    or a registered pretrained name. An unknown name raises ``UnknownModelError`` (close matches);
+    a folder holding neither file is a usage error.
+    """
+    from .registry import PRETRAINED, PretrainedEntry, create_model, get_architecture, get_pretrained
+
+    path = Path(name)
+    if path.is_dir():
+        if (path / "recipe.yaml").is_file():
+            from .publish import load_run_model
+
+            model, recipe = load_run_model(path)
+            return model, recipe.dataset, f"trained run {path}"
+        if (path / "config.json").is_file():
+            entry = PretrainedEntry.from_folder(path)
+            model = create_model(str(path), weights=path)
+            return model, entry.dataset, f"model folder {path} ({entry.name}, sha256 verified)"
+        raise click.BadParameter(
+            f"{path} is a folder but holds neither recipe.yaml (a run directory of `lipzoo train`) nor config.json "
+            "(a model folder such as cards/NAME); expected one of those, a pretrained name or an architecture name")
+    if name in PRETRAINED:
+        return create_model(name, pretrained=True), PRETRAINED[name].dataset, "pretrained (sha256 verified)"
+    if "." in name:
+        get_pretrained(name)  # raises UnknownModelError naming close matches
+    get_architecture(name)  # likewise for an unknown architecture
+    return None
 
 
 def _load_model_for_eval(name: str, dataset: str | None, seed: int, as_json: bool):
-    """A model and its data set from a pretrained name, a run directory, or an architecture name."""
+    """A model, its data set and where its weights come from: trained weights (see
+    :func:`_trained_model`; their data set unless ``dataset`` overrides it), else a freshly
+    initialised architecture for ``dataset`` (default fashion_mnist)."""
     import torch
 
     from .data import dataset_info
-    from .registry import PRETRAINED, create_model
+    from .registry import create_model
 
-    path = Path(name)
-    if path.is_dir() and (path / "recipe.yaml").is_file():
-        from .publish import RunError, load_run_model
-
-        try:
-            model, recipe = load_run_model(path)
-        except RunError as e:
-            raise click.ClickException(str(e)) from None
-        return model, dataset or recipe.dataset, f"trained run {path}"
-    if name in PRETRAINED:
-        return create_model(name, pretrained=True), dataset or name.split(".", 1)[1], "pretrained"
+    found = _trained_model(name)
+    if found is not None:
+        model, own, source = found
+        if dataset is not None and dataset != own:
+            info = dataset_info(dataset)
+            if (info.in_chans, info.num_classes) != (model.in_chans, model.num_classes):
+                raise click.BadParameter(
+                    f"{dataset} has {info.in_chans}-channel images and {info.num_classes} classes but {name} takes "
+                    f"{model.in_chans} channel(s) and {model.num_classes} classes (trained on {own}); omit --dataset "
+                    "to use the model's own", param_hint="'--dataset'")
+        return model, dataset or own, source
     dataset = dataset or "fashion_mnist"
     info = dataset_info(dataset)
     torch.manual_seed(seed)
     model = create_model(name, in_chans=info.in_chans, num_classes=info.num_classes, input_mean=info.mean)
     source = f"freshly initialised (seed {seed}), no trained weights"
     if not as_json:
-        click.echo(f"note: {name} has no pretrained weights; certifying a {source} model", err=True)
+        click.echo(f"note: {name} is an architecture without trained weights; certifying a freshly initialised "
+                   f"model (seed {seed}) on {dataset}", err=True)
     return model, dataset, source
+
+
+def _certify_bound(model, lipschitz: float | None) -> tuple[float, float, str]:
+    """``(L, audited, why)``: the bound certification uses, the upper bound the audit proves for
+    these weights on this machine, and a sentence saying which L was used and why.
+
+    L is never below the audited bound nor below 1; a ``--lipschitz`` below the audited bound is
+    refused (certificates with it would be unsound on this machine).
+    """
+    from .audit import audit
+
+    audited = float(audit(model, lower=False).upper)
+    if lipschitz is None:
+        lip = max(1.0, audited)
+        why = ("audited on this machine; at least 1" if audited >= 1.0
+               else f"audited on this machine: {audited:.8g}, raised to 1 (never below 1)")
+        return lip, audited, why
+    if lipschitz < audited:
+        raise click.BadParameter(
+            f"{lipschitz!r} is below the Lipschitz bound proven for these weights on this machine, {audited!r}; "
+            f"certificates with it would be unsound. Omit --lipschitz (the audited bound is used) or give a value "
+            f">= {audited!r}", param_hint="'--lipschitz'")
+    lip = max(1.0, lipschitz)
+    why = f"given with --lipschitz; audited on this machine: {audited:.8g}" + ("; raised to 1" if lipschitz < 1 else "")
+    return lip, audited, why
+
+
+def _dataset_choice() -> click.Choice:
+    from .data import DATASETS
+
+    return click.Choice(list(DATASETS))
 
 
 @main.command("certify")
 @click.argument("name")
-@click.option("--dataset", default=None, help="Data set to certify on (default: the model's own, else fashion_mnist).")
+@click.option("--dataset", default=None, type=_dataset_choice(),
+              help="Data set to certify on (default: the model's own, else fashion_mnist).")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--limit", type=int, default=None, help="Only the first N images.")
-@click.option("--eps", "eps_list", multiple=True, type=float, help="Radius (repeatable); default 36/255, 72/255, 108/255, 1.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lipschitz", type=float, default=None,
-              help="Proven Lipschitz bound L of the model (default: the audit's guaranteed upper bound, at least 1).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
+@click.option("--eps", "eps_list", multiple=True, type=FiniteFloat(0.0, what="a finite radius >= 0"),
+              help="Radius (repeatable); default 36/255, 72/255, 108/255, 1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--lipschitz", type=FiniteFloat(0.0, min_open=True, what="a finite bound > 0"), default=None,
+              help="Lipschitz bound L to certify with; refused when below the bound the audit proves on this "
+                   "machine (default: that audited bound, at least 1).")
 @click.option("--attack", is_flag=True, help="Also run an l2 PGD attack at each eps (empirical robust accuracy).")
-@click.option("--attack-steps", type=int, default=20, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--attack-steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DeviceType())
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a freshly initialised model.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, attack, attack_steps, device, seed, as_json) -> None:
-    """Certified robust accuracy of NAME (pretrained name, run directory or architecture) on a data set.
+    """Certified robust accuracy of NAME (pretrained name, run directory, model folder such as
+    cards/NAME, or architecture) on a data set.
 
-    A point is certified at eps when its float64 top-two margin exceeds sqrt(2) * L * eps.
+    A point is certified at eps when its float64 top-two margin exceeds sqrt(2) * L * eps, where L
+    is the Lipschitz bound the audit proves for the weights on this machine (at least 1).
     """
     from .certify import DEFAULT_EPS, certify, empirical_robust_accuracy
-    from .data import DatasetNotFoundError, load_tensors
+    from .data import load_tensors
 
     model, dataset, source = _load_model_for_eval(name, dataset, seed, as_json)
     model = model.to(device)
-    try:
-        images, labels = load_tensors(dataset, split, limit=limit)
-    except DatasetNotFoundError as e:
-        raise click.ClickException(str(e)) from None
+    lip, audited, why = _certify_bound(model, lipschitz)  # before the data: a refused bound fails fast
+    images, labels = load_tensors(dataset, split, limit=limit)
     eps = tuple(eps_list) or DEFAULT_EPS
-    if lipschitz is None:  # never assume 1: certify with the bound the audit proves for these weights
-        from .audit import audit
-
-        lipschitz = max(1.0, float(audit(model, lower=False).upper))
-    result = certify(model, images, labels, eps, lipschitz=lipschitz, batch_size=batch_size, progress=not as_json)
-    out = {"model": name, "weights": source, "dataset": dataset, "split": split, **result.as_dict()}
+    result = certify(model, images, labels, eps, lipschitz=lip, batch_size=batch_size, progress=not as_json)
+    out = {"model": name, "weights": source, "dataset": dataset, "split": split, **result.as_dict(),
+           "lipschitz_audited": audited, "lipschitz_reason": why}
     if attack:
         emp = empirical_robust_accuracy(model, images, labels, eps, steps=attack_steps, batch_size=batch_size,
                                         progress=not as_json)
@@ -163,6 +402,7 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
         _echo_json(out)
         return
     click.echo(f"{name} on {dataset} ({split}, {result.n} images), weights: {source}")
+    click.echo(f"L = {lip:.8g} ({why})")
     click.echo(result.table())
     if attack:
         click.echo("l2 PGD attack (" + str(attack_steps) + " steps), empirical robust accuracy: "
@@ -248,34 +488,69 @@ def publish_cmd(run_dirs, cards_root, as_json) -> None:
         _echo_json(rows)
 
 
+class _Ticker:
+    """A progress bar over a few long calls whose elapsed time keeps moving while each call runs
+    (a background thread refreshes it twice a second); a no-op when disabled."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool) -> None:
+        import threading
+
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True) if enabled else None
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def __enter__(self) -> "_Ticker":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.bar.close()
+
+
 @main.command("budget")
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--hours", type=float, default=None, help="Wall-clock budget in hours.")
-@click.option("--seconds", type=float, default=None, help="Wall-clock budget in seconds.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--batches", type=int, default=5, show_default=True, help="Timed training batches per model.")
+@click.option("--hours", type=FiniteFloat(0.0, min_open=True, what="a finite number of hours > 0"), default=None,
+              help="Wall-clock budget in hours.")
+@click.option("--seconds", type=FiniteFloat(0.0, min_open=True, what="a finite number of seconds > 0"), default=None,
+              help="Wall-clock budget in seconds.")
+@click.option("--device", default="cpu", show_default=True, type=DeviceType())
+@click.option("--batches", type=click.IntRange(min=1), default=5, show_default=True, help="Timed training batches per model.")
 @click.option("--write", is_flag=True, help="Write the epochs (and the measurement) into each recipe.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None:
     """Turn a wall-clock budget into epochs per recipe by timing a few batches (the paper's estimator).
 
     A budget shorter than one epoch gives one epoch over the first train_limit images of the
-    (seeded, shuffled) training split, as many whole batches as fit the budget."""
+    (seeded, shuffled) training split, as many whole batches as fit the budget. A progress bar
+    on stderr shows which recipe is being timed and for how long."""
     from .training import Recipe, apply_budget, estimate_epochs
 
     if (hours is None) == (seconds is None):
         raise click.UsageError("give exactly one of --hours or --seconds")
     budget = seconds if seconds is not None else hours * 3600
+    loaded = [(path, Recipe.load(path)) for path in recipes]  # every recipe is checked before any timing
     rows = []
-    for path in recipes:
-        r = Recipe.load(path)
-        est = estimate_epochs(r, budget, device=device, batches=batches)
-        rows.append({"recipe": path, "name": r.name} | est)
-        if write:
-            apply_budget(r, est).dump(path)
-        if not as_json:
-            sub = f" over {est['train_limit']} images (budget < 1 epoch)" if est.get("train_limit") else ""
-            click.echo(f"{r.name:<40} {est['epoch_seconds']:9.1f} s/epoch -> {est['epochs']} epochs{sub}")
+    with _Ticker(len(loaded), "budget", "recipe", enabled=not as_json) as ticker:
+        for path, r in loaded:
+            ticker.bar.set_postfix_str(f"timing 1 warm-up + {batches} batches of {r.name} (batch {r.batch_size})")
+            est = estimate_epochs(r, budget, device=device, batches=batches)
+            ticker.bar.update(1)
+            rows.append({"recipe": path, "name": r.name} | est)
+            if write:
+                apply_budget(r, est).dump(path)
+            if not as_json:
+                sub = f" over {est['train_limit']} images (budget < 1 epoch)" if est.get("train_limit") else ""
+                ticker.bar.write(f"{r.name:<40} {est['epoch_seconds']:9.1f} s/epoch -> {est['epochs']} epochs{sub}")
     if as_json:
         _echo_json(rows)
 
@@ -295,8 +570,9 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
               help="Measure peak memory (on CPU a fresh subprocess per model).")
 @click.option("--plain/--no-plain", default=True, show_default=True,
               help="Also time inference after lipzoo.export.to_plain.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Folder of the results file benchmark-<device>-<timestamp>.csv.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, show_default="lipzoo-results",
+              help="Folder of the results file benchmark-<device>-<timestamp>.csv (--out results/ updates the "
+                   "checkout's committed results).")
 @click.option("--compile", "compile_", is_flag=True,
               help="Time the torch.compile'd models (the compilation is reported as compile_s, not timed).")
 @click.option("--no-save", is_flag=True, help="Print only; write no results file.")
@@ -305,7 +581,7 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
               compile_, out_dir, no_save, as_json) -> None:
     """Speed (training, inference, plain inference), peak memory and parameters per layer and size,
     each also as a ratio to the standard ConvNet of the same size measured in the same run."""
-    from .bench import BenchError, bench_layers, format_table, hardware_fingerprint, save_results
+    from .bench import DEFAULT_OUT, BenchError, bench_layers, format_table, hardware_fingerprint, save_results
 
     size_list = tuple(s.strip() for s in sizes.split(",") if s.strip())
     try:
@@ -315,7 +591,7 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
     except BenchError as e:
         raise click.UsageError(str(e)) from None
     hw = hardware_fingerprint(device)
-    path = None if no_save else save_results(results, out_dir, fingerprint=hw)
+    path = None if no_save else save_results(results, out_dir or DEFAULT_OUT, fingerprint=hw)
     if as_json:
         _echo_json({"hardware": hw, "file": str(path) if path else None, "results": [r.as_dict() for r in results]})
         return
@@ -449,28 +725,51 @@ def card_cmd(names, all_, check, root, as_json) -> None:
         sys.exit(1)
 
 
+def _layer_ids(patterns: str) -> list[str]:
+    """Layer ids of the table matching comma-separated shell wildcards (standard left out); a
+    pattern that matches nothing is a usage error."""
+    import fnmatch
+
+    ids: list[str] = []
+    for pat in (p.strip() for p in patterns.split(",")):
+        if not pat:
+            continue
+        hits = [lid for lid in LAYERS if fnmatch.fnmatchcase(lid, pat) and lid != "standard"]
+        if not hits:
+            raise click.BadParameter(f"{pat!r} matches no layer; expected ids (or wildcards) of: "
+                                     f"{', '.join(lid for lid in LAYERS if lid != 'standard')}", param_hint="'--layer'")
+        ids += [h for h in hits if h not in ids]
+    if not ids:
+        raise click.BadParameter("give at least one layer id or pattern", param_hint="'--layer'")
+    return ids
+
+
 @main.command("plot")
 @click.option("--bench", "bench_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A benchmark CSV (default: the newest benchmark-*.csv in --results).")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False), default="results", show_default=True,
-              help="Folder of the benchmark files.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=None, show_default="lipzoo-results",
+              help="Folder of the benchmark files (results/ for the checkout's committed ones).")
+@click.option("--layer", "layer_pattern", default="*", show_default=True,
+              help="Layers to compare (shell wildcards, comma-separated); the file must cover every one of them.")
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Training run folders (recipe.yaml + metrics.jsonl) for the accuracies.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Where the PNGs go (default --results).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where the PNGs go (default --results; --out results/ updates the committed pictures).")
 @click.option("--size", type=click.Choice(["xs", "s", "m", "l"]), default=None,
               help="Size of the radar chart (default: the one with the most measured layers).")
 @click.option("--dataset", default=None, help="Data set of the accuracies and epoch times (default: the most trained one, else cifar10).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plot_cmd(bench_file, results_dir, runs_dir, out_dir, size, dataset, as_json) -> None:
-    """Radar and Pareto charts (PNG) from the benchmark results and the measured accuracies."""
-    from .bench import BenchError
-    from .plots import PlotError, make_plots
+def plot_cmd(bench_file, results_dir, layer_pattern, runs_dir, out_dir, size, dataset, as_json) -> None:
+    """Radar and Pareto charts (PNG) from the benchmark results and the measured accuracies.
 
-    try:
-        done = make_plots(bench_file, results_dir=results_dir, runs_dir=runs_dir, out_dir=out_dir, size=size,
-                          dataset=dataset)
-    except (PlotError, BenchError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+    Refuses (exit 1, naming them) when the benchmark file lacks any of the --layer layers."""
+    from .bench import DEFAULT_OUT
+    from .plots import make_plots
+
+    results_dir = results_dir or DEFAULT_OUT
+    layers = _layer_ids(layer_pattern)
+    done = make_plots(bench_file, results_dir=results_dir, runs_dir=runs_dir, out_dir=out_dir, size=size,
+                      dataset=dataset, layers=layers)
     if as_json:
         _echo_json(done)
         return
@@ -520,18 +819,16 @@ def import_1llc_cmd(names, all_, url_base, out_dir, sound, force, no_audit, as_j
 
 # --- audit and export ------------------------------------------------------------------------------
 def _model_for_audit(name: str, in_chans: int, num_classes: int, seed: int):
-    """A run directory or pretrained name (trained weights, strict load), else a fresh architecture."""
+    """Trained weights (run directory, model folder or pretrained name; strict load), else a
+    freshly initialised architecture with ``in_chans`` and ``num_classes``."""
     import torch
 
-    from .registry import PRETRAINED, create_model
+    from .registry import create_model
 
-    path = Path(name)
-    if (path.is_dir() and (path / "recipe.yaml").is_file()) or name in PRETRAINED:
-        model, _, source = _load_model_for_eval(name, None, seed, True)
+    found = _trained_model(name)
+    if found is not None:
+        model, _, source = found
         return model, source
-    if path.is_dir():
-        raise click.ClickException(f"{path} is a folder but holds no recipe.yaml; expected a run directory "
-                                   "written by `lipzoo train` or an architecture name such as convnet_xs_aol")
     torch.manual_seed(seed)
     return create_model(name, in_chans=in_chans, num_classes=num_classes), f"freshly initialised (seed {seed})"
 

@@ -10,7 +10,8 @@
   more robust).
 
 Speeds, memories and epoch times come from a ``lipzoo bench`` results file
-(``results/benchmark-*.csv``). Accuracies come from the registry's pretrained entries
+(``<folder>/benchmark-*.csv``; ``lipzoo-results/`` by default). Accuracies come from the
+registry's pretrained entries
 (``metrics.clean_accuracy`` and ``metrics.certified_accuracy``, certified with the audited
 bound) and, for architectures without one, from finished training runs (``runs/*/recipe.yaml``
 + the last line of ``runs/*/metrics.jsonl``, written by :mod:`lipzoo.training`; the newest
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._io import atomic_write_bytes
-from .bench import BASELINE, EPOCH_PREFIX, latest_results, read_results
+from .bench import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
 from .data import DATASETS
 
 __all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS"]
@@ -273,16 +274,46 @@ def pareto_chart(rows: list[dict], accs: dict[tuple[str, str], Accuracy], out: s
             "pareto_front": [r["model"] for _, _, r in front]}
 
 
-def make_plots(bench: str | os.PathLike | None = None, *, results_dir: str | os.PathLike = "results",
+def _check_coverage(rows: list[dict], layers: list[str], sizes: list[str], source: Path) -> None:
+    """Raise :class:`PlotError` naming the claimed layers that have no row at a drawn size.
+
+    A row of any status counts (``oom`` and ``too_slow`` are measured outcomes, reported by
+    the charts); a layer that was never benchmarked does not.
+    """
+    for size in sizes:
+        have = {r["layer"] for r in rows if r["size"] == size}
+        missing = [lid for lid in layers if lid not in have]
+        if missing:
+            raise PlotError(
+                f"{source} covers {len(layers) - len(missing)} of the {len(layers)} layers to compare at size "
+                f"{size!r}; missing: {', '.join(missing)}. Benchmark them (lipzoo bench --layer "
+                f"{','.join(missing)} --size {size}) or compare fewer layers (lipzoo plot --layer ...)")
+
+
+def make_plots(bench: str | os.PathLike | None = None, *, results_dir: str | os.PathLike = DEFAULT_OUT,
                runs_dir: str | os.PathLike | None = "runs", out_dir: str | os.PathLike | None = None,
-               size: str | None = None, dataset: str | None = None, registry: bool = True) -> dict:
-    """Draw both charts from ``bench`` (default: the newest results file in ``results_dir``).
+               size: str | None = None, dataset: str | None = None, registry: bool = True,
+               layers: list[str] | tuple[str, ...] | None = None) -> dict:
+    """Draw both charts from ``bench`` (default: the newest results file in ``results_dir``,
+    by default :data:`lipzoo.bench.DEFAULT_OUT`, not the checkout's committed ``results/``).
+
+    ``layers``: the layer ids the charts compare. Only those are drawn, and every one of them must
+    have a row at each size drawn (the radar's size; every size of the Pareto chart), else
+    :class:`PlotError` names the missing ones: a chart never claims a comparison its file does not
+    cover. ``None``: the non-standard layers the file holds.
 
     Writes ``radar-<device>-<size>.png`` and ``pareto-<device>-<dataset>.png`` into ``out_dir``
     (default ``results_dir``) and returns what was drawn, including what is not measured yet.
     """
     source = Path(bench) if bench else latest_results(results_dir)
     rows = read_results(source)
+    if layers is not None:
+        claimed = [lid for lid in dict.fromkeys(layers) if lid != BASELINE]
+        if not claimed:
+            raise PlotError("no layer to compare: give at least one layer other than the standard baseline")
+        rows = [r for r in rows if r.get("layer") in claimed or r.get("layer") == BASELINE]
+        drawn = {r["size"] for r in rows if r.get("layer") != BASELINE} | ({size} if size else set())
+        _check_coverage(rows, claimed, sorted(drawn, key=SIZE_ORDER.index) or ["xs"], source)
     ok = _ok_rows(rows)
     if not ok:
         raise PlotError(f"{source} holds no successfully measured non-standard layer to draw")

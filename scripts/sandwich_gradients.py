@@ -141,7 +141,7 @@ def smoke(arch, kwargs, seed, xtr, ytr, xte, yte, steps, batch, lr) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return {"lr": lr, "steps": steps, "batch_size": batch, "test_accuracy_before": before,
             "test_accuracy_after": accuracy(model, xte, yte), "first_losses": losses[:5],
             "last_losses": losses[-5:], "seconds": time.perf_counter() - t0}

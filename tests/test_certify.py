@@ -56,3 +56,85 @@ def test_cli_certifies_with_the_audited_bound():
     out = json.loads(res.output[res.output.index("{"):])
     assert out["lipschitz_bound"] > 1.0  # the unconstrained model is certified with its proven (large) bound
     assert lipzoo.audit(lipzoo.create_model("convnet_xs_aol", in_chans=1), lower=False).upper <= 1 + 1e-4
+
+
+class _Slice(torch.nn.Module):
+    """Logits = the first three pixels (a 1-Lipschitz map), with the model's class count."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :3] + 0 * self.p
+
+
+def _batch():
+    return torch.tensor([[[[1.0, 0.0, 0.0]]], [[[0.0, 0.3, 0.0]]], [[[0.0, 0.0, 1.0]]]]), torch.tensor([0, 1, 2])
+
+
+@pytest.mark.parametrize("labels, match", [
+    (torch.tensor([0.0, 1.0, 2.0]), "integer"),
+    (torch.tensor([True, False, True]), "integer"),
+    (torch.tensor([0, 1, 3]), r"\[0, 3\)"),
+    (torch.tensor([0, -1, 2]), r"\[0, 3\)"),
+    (torch.tensor([[0], [1], [2]]), "1-D"),
+])
+def test_certify_rejects_bad_labels(labels, match):
+    x, _ = _batch()
+    with pytest.raises(ValueError, match=match):
+        certify(_Slice(), x, labels, eps=(0.1,))
+
+
+def test_labels_beyond_the_logits_are_rejected_without_a_num_classes_attribute():
+    z = torch.tensor([[2.0, 1.0, 0.5]])
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        margins(z, torch.tensor([3]))
+    with pytest.raises(ValueError, match="integer"):
+        certified_radius(z, torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), float("inf"), (0.1, -1.0), "0.1"])
+def test_certify_rejects_bad_eps(eps):
+    x, y = _batch()
+    with pytest.raises(ValueError, match="eps"):
+        certify(_Slice(), x, y, eps=eps)
+
+
+def test_certify_accepts_a_single_radius():
+    x, y = _batch()
+    assert set(certify(_Slice(), x, y, eps=0.1).certified_accuracy) == {0.1}
+
+
+@pytest.mark.parametrize("lip", [0.0, -1.0, float("inf"), float("-inf"), "1"])
+def test_certify_rejects_bad_lipschitz(lip):
+    x, y = _batch()
+    with pytest.raises(ValueError, match="lipschitz"):
+        certify(_Slice(), x, y, lipschitz=lip)
+
+
+@pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (1.0, -0.5)])
+def test_certify_rejects_images_outside_unit_range(scale, shift):
+    x, y = _batch()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        certify(_Slice(), x * scale + shift, y)
+
+
+def test_certify_rejects_batch_size_zero_and_pgd_negative_eps():
+    from lipzoo.certify import pgd_attack
+
+    x, y = _batch()
+    with pytest.raises(ValueError, match="batch_size"):
+        certify(_Slice(), x, y, batch_size=0)
+    with pytest.raises(ValueError, match="eps"):
+        pgd_attack(_Slice(), x, y, -0.5)
+
+
+def test_nan_images_are_left_to_the_models_own_check():
+    model = lipzoo.create_model("convnet_xs_aol", in_chans=1)
+    x = torch.rand(2, 1, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(lipzoo.InputError, match="NaN"):
+        certify(model, x, torch.tensor([0, 1]))

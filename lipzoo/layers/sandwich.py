@@ -18,8 +18,27 @@ the real operators, and LBDN's Theorem 3.1 then bounds the layer: with d = ReLU(
 ReLU's slope in [0, 1] gives ``2 d^T Psi^2 (dz - d) >= 0``, which rearranges to
 ``||dx||^2 - ||dy||^2 >= ||dx - sqrt(2) B^T Psi d||^2 >= 0``. ``I + A_cayley`` has Hermitian part
 ``>= I``, so its inverse has norm <= 1 and the transform is well conditioned. Hence the default
-is the paper's maths unchanged; ``paper_compatible`` is accepted and changes nothing except that
-it also allows the paper's input ``scale`` option above 1 (which multiplies the bound by it).
+is the paper's maths unchanged; ``paper_compatible`` does not change the function either: it
+selects the paper's initialisation (below) and allows the paper's input ``scale`` option above 1
+(which multiplies the bound by it).
+
+Initialisation (the one departure that is not a re-implementation detail). The paper initialises
+``W`` like ``nn.Conv2d(in + out, out, k)`` / ``nn.Linear`` (Kaiming-uniform, a=sqrt(5)) and the bias
+uniformly in +-1/sqrt(fan_in). Each such layer is strongly contractive at init: its Jacobian
+``2 A^T D B`` (D the ReLU's 0/1 slopes) shrinks a random direction by a constant factor well
+below 1, so the 27 layers of ConvNet-XS attenuate the backward signal geometrically and the first
+layer's gradient vanishes (the vanishing gradients 1LipschitzLayersCompared reports for Sandwich;
+``scripts/sandwich_gradients.py`` measures the per-layer gain and gradient norms). A Sandwich layer can only be norm
+preserving where its ReLU is active and ``2 A^T B`` is orthogonal, i.e. ``A A^T = B B^T = I / 2``.
+The DEFAULT ``init="identity"`` puts it exactly there: ``W = [0, -(sqrt(2) - 1) E]`` (E the
+(partial) identity of the channels, as the centre tap of the kernel; alpha = ||W_hat||_F as
+before), whose Cayley transform is ``A = I / sqrt(2)``, ``B = E / sqrt(2)``, so the layer is
+``y = ReLU(x + b)``; the bias is drawn in (0, 1/sqrt(fan_in)) (the paper's bound, positive), so
+every unit with a non-negative input, i.e. every unit after the first layer's (MaxMin and the
+layer's own ReLU keep signals non-negative), is active and the layer is the identity map plus a
+shift: gain 1, like AOL's Dirac initialisation. This only chooses a starting point: the map from
+parameters to the function, and so the 1-Lipschitz proof above, is unchanged.
+``init="paper"`` (the default with ``paper_compatible=True``) is the paper's initialisation.
 
 Departures from the paper's code, none of which changes the function: ``alpha`` is registered at
 construction (value ``||W_hat||_F`` at ``input_size``, default 32) instead of lazily in the first
@@ -96,7 +115,44 @@ def _option_repr(layer: LipschitzModule) -> str:
         s += f", scale={layer.scale}"
     if layer.paper_compatible:
         s += ", paper_compatible=True"
+    if layer.init != _resolve_init(None, layer.paper_compatible):
+        s += f", init={layer.init!r}"
     return s
+
+
+INITS = ("identity", "paper")
+
+
+def _resolve_init(init: str | None, paper_compatible: bool) -> str:
+    init = ("paper" if paper_compatible else "identity") if init is None else init
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS} (or None: 'identity', 'paper' with paper_compatible=True), got {init!r}")
+    return init
+
+
+def _initialise(weight: torch.Tensor, bias: torch.Tensor | None, in_features: int, init: str) -> None:
+    """Fill ``weight`` (out, in + out[, k, k]) and ``bias`` in place (see the module docstring).
+
+    ``"paper"``: ``nn.Conv2d`` / ``nn.Linear``'s defaults for (in + out) inputs, as the paper.
+    ``"identity"``: ``W = [0, -(sqrt(2) - 1) E]`` on the centre tap, so ``cayley`` gives
+    ``A = I / sqrt(2)``, ``B = E / sqrt(2)`` and the layer is ``ReLU(E x + b)``; bias in (0, bound).
+    """
+    out = weight.shape[0]
+    bound = 1 / math.sqrt(weight[0].numel())  # 1/sqrt(fan_in), fan_in = (in + out) * k * k
+    with torch.no_grad():
+        if init == "paper":
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+            if bias is not None:
+                nn.init.uniform_(bias, -bound, bound)
+            return
+        weight.zero_()
+        # Z = V^T V = (sqrt(2) - 1)^2 I  =>  A = (I + Z)^-1 (I - Z) = I / sqrt(2), B^T = -2 V (I + Z)^-1 = E^T / sqrt(2)
+        n = min(out, in_features)
+        centre = tuple((s - 1) // 2 for s in weight.shape[2:])  # the tap that conv_kernel_rfft centres
+        idx = torch.arange(n, device=weight.device)
+        weight[(idx, out + idx, *centre)] = -(SQRT2 - 1.0)
+        if bias is not None:
+            nn.init.uniform_(bias, 0.0, bound)
 
 
 def _check_scale(scale: float, paper_compatible: bool) -> float:
@@ -117,7 +173,9 @@ class SandwichConv2d(LipschitzModule):
     Parameters as in the paper: ``weight`` (out, in + out, k, k), ``bias`` (out), ``psi`` (out,
     zeros) and ``alpha`` (0-dim, = ||W_hat||_F at ``input_size`` at construction).
     Options: ``numerical_stable`` (Psi folded into the bias; same function), ``scale`` (input
-    multiplier, default 1), ``bias``.
+    multiplier, default 1), ``bias``, ``init`` (``"identity"``: the layer starts as ReLU(x + b),
+    norm preserving; ``"paper"``: the paper's, strongly contractive; default ``"identity"``, or
+    ``"paper"`` with ``paper_compatible=True``).
     """
 
     size_dependent = True
@@ -133,6 +191,7 @@ class SandwichConv2d(LipschitzModule):
         numerical_stable: bool = False,
         scale: float = 1.0,
         bias: bool = True,
+        init: str | None = None,
     ) -> None:
         super().__init__()
         if kernel_size < 1:
@@ -145,13 +204,10 @@ class SandwichConv2d(LipschitzModule):
         self.paper_compatible = paper_compatible
         self.numerical_stable = numerical_stable
         self.scale = _check_scale(scale, paper_compatible)
+        self.init = _resolve_init(init, paper_compatible)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels + out_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        # nn.Conv2d(in + out, out, k)'s default initialisation, as in the paper
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt((in_channels + out_channels) * kernel_size**2)
-            nn.init.uniform_(self.bias, -bound, bound)
+        _initialise(self.weight, self.bias, in_channels, self.init)
         self.psi = nn.Parameter(torch.zeros(out_channels))
         with torch.no_grad():
             alpha = self.weight_fft(size).norm()
@@ -190,7 +246,8 @@ class SandwichConv2d(LipschitzModule):
 
 class SandwichLinear(LipschitzModule):
     """Sandwich dense layer (the paper's ``SandwichFc``): ``weight`` (out, in + out), ``bias``,
-    ``psi`` (zeros) and ``alpha`` (0-dim, = ||W||_F at construction)."""
+    ``psi`` (zeros) and ``alpha`` (0-dim, = ||W||_F at construction); options as
+    :class:`SandwichConv2d`."""
 
     def __init__(
         self,
@@ -201,19 +258,17 @@ class SandwichLinear(LipschitzModule):
         numerical_stable: bool = False,
         scale: float = 1.0,
         bias: bool = True,
+        init: str | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.paper_compatible = paper_compatible
         self.numerical_stable = numerical_stable
         self.scale = _check_scale(scale, paper_compatible)
+        self.init = _resolve_init(init, paper_compatible)
         self.weight = nn.Parameter(torch.empty(out_features, in_features + out_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        # nn.Linear(in + out, out)'s default initialisation, as in the paper
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(in_features + out_features)
-            nn.init.uniform_(self.bias, -bound, bound)
+        _initialise(self.weight, self.bias, in_features, self.init)
         self.alpha = nn.Parameter(self.weight.detach().norm().clone())
         self.psi = nn.Parameter(torch.zeros(out_features))
 
