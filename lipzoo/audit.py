@@ -4,11 +4,12 @@ Every upper bound is computed in float64 from the layer's materialised eval-mode
 the forward pass really applies) and is mathematically guaranteed for the input size the layer
 sees in the model (recorded with one forward pass at the model's native size):
 
-- circular convolutions with a kernel (standard, AOL, BCOP, plain ``nn.Conv2d``): the EXACT
+- circular convolutions with a kernel (standard, AOL, BCOP, AOC, plain ``nn.Conv2d``): the EXACT
   spectral norm, ``max_f sigma_max(W_hat(f))`` over all frequencies of the input grid; the
   size-independent ``gram_bound`` (Schur test) is reported beside it;
-- per-frequency layers (Cayley, LOT): ``max_f sigma_max`` of the matrices the layer applies
-  (exact for Cayley; for LOT zero-padding is an isometry and cropping a contraction). The
+- per-frequency layers (Cayley, BRO, LOT): ``max_f sigma_max`` of the matrices the layer applies
+  (exact for Cayley and circular BRO; for LOT and BRO with ``padding="zeros"`` zero-padding is an
+  isometry and cropping a contraction; a 1x1 BRO is one real matrix: its exact norm). The
   rfft half-spectrum is enough: where the stored matrices are not exactly Hermitian-symmetric,
   the real operator applies their average with the mirrored conjugate, whose norm is at most
   the larger of the two;
@@ -57,6 +58,7 @@ from tqdm.auto import tqdm
 from .layers import LipschitzModule, MaxMin
 from .layers._linalg import conv_kernel_fft, gram_bound
 from .layers.aol import AOLConv2d
+from .layers.bro import BROConv2d
 from .layers.bcop import BCOPConv2d
 from .layers.cayley import CayleyConv2d
 from .layers.cpl import CPLConv2d, CPLLinear
@@ -328,6 +330,11 @@ def layer_bound(m: nn.Module, shape: tuple[int, ...]) -> tuple[float, str, float
         return _plain_conv_bound(m, shape)
     if isinstance(m, CayleyConv2d):
         return _matrix_norm(m.effective_weight(_size(shape))), "exact per-frequency norm", None, {}
+    if isinstance(m, BROConv2d):
+        if not m.size_dependent:
+            return _matrix_norm(m.effective_weight()), "exact spectral norm (1x1)", None, {}
+        how = "exact per-frequency norm" if m.padding == "circular" else "per-frequency norm on the padded grid"
+        return _matrix_norm(m.effective_weight(_size(shape))), how, None, {}
     if isinstance(m, LOTConv2d):
         if not m.size_dependent:
             return _matrix_norm(m.effective_weight()), "exact spectral norm (1x1)", None, {}

@@ -5,8 +5,9 @@ by plain torch modules holding its materialised eval-mode weight (the output of 
 pure ``compute_weight``, so nothing can differ from what the layer computes):
 
 - one ``nn.Conv2d`` (circular padding) where the layer is one convolution (standard, AOL,
-  BCOP, a 1x1 LOT) and one ``nn.Linear`` for every dense layer;
-- Cayley and LOT (circular on the zero-padded grid), whose weights are per-frequency matrices:
+  BCOP, AOC, a 1x1 LOT or BRO) and one ``nn.Linear`` for every dense layer;
+- Cayley, BRO (circular, or circular on the zero-padded grid with ``padding="zeros"``) and LOT
+  (circular on the zero-padded grid), whose weights are per-frequency matrices:
   either :class:`FrequencyConv2d` (FFT with the precomputed matrices) or one materialised
   full-size convolution (the impulse response of the operator, trimmed to its support): the
   ``circular`` argument picks; ``"auto"`` takes the kernel only where it is small (a 1x1 or
@@ -40,8 +41,10 @@ from torch import nn
 from ._io import atomic_path
 from .layers import LipschitzModule
 from .layers._linalg import fft_conv2d
+from .layers.aoc import AOCConv2d, AOCLinear
 from .layers.aol import AOLConv2d, AOLLinear
 from .layers.bcop import BCOPConv2d, BjorckLinear
+from .layers.bro import BROConv2d, BROLinear
 from .layers.cayley import CayleyConv2d, CayleyLinear
 from .layers.cpl import CPLConv2d, CPLLinear
 from .layers.lot import LOTConv2d, LOTLinear
@@ -70,8 +73,8 @@ TRIM_TOL = 1e-9
 #: "auto" materialises a frequency-domain layer as a kernel only up to this many taps per filter
 AUTO_MAX_TAPS = 9
 
-_KERNEL_CONVS = (StandardConv2d, AOLConv2d, BCOPConv2d)
-_DENSE = (StandardLinear, AOLLinear, BjorckLinear, CayleyLinear, LOTLinear, SOCLinear)
+_KERNEL_CONVS = (StandardConv2d, AOLConv2d, BCOPConv2d, AOCConv2d)
+_DENSE = (StandardLinear, AOLLinear, BjorckLinear, CayleyLinear, LOTLinear, SOCLinear, BROLinear, AOCLinear)
 
 
 # --- shapes ----------------------------------------------------------------------------------
@@ -330,6 +333,13 @@ def _plain_layer(m: LipschitzModule, shape: tuple[int, ...] | None, circular: st
     if isinstance(m, CayleyConv2d):
         size = _size2(shape)
         return _freq_op(m.effective_weight(size), m.bias, size, 0, False, circular)
+    if isinstance(m, BROConv2d):
+        if not m.size_dependent:
+            w = m.effective_weight()
+            return _fixed(nn.Conv2d(w.shape[1], w.shape[0], 1), w[:, :, None, None], m.bias)
+        size = _size2(shape)
+        pad = m.kernel_size // 2 if m.padding == "zeros" else 0
+        return _freq_op(m.effective_weight(size), m.bias, size, pad, False, circular)
     if isinstance(m, LOTConv2d):
         if not m.size_dependent:
             w = m.effective_weight()
@@ -349,7 +359,7 @@ def to_plain(model: nn.Module, *, input_shape: tuple[int, ...] | None = None, ci
     """A copy of ``model`` (eval mode) made of plain torch modules with fixed, materialised weights.
 
     ``input_shape`` (C, H, W): the input the size-dependent layers are materialised for (default:
-    the model's ``in_chans`` and native ``input_size``). ``circular``: how Cayley, LOT and
+    the model's ``in_chans`` and native ``input_size``). ``circular``: how Cayley, BRO, LOT and
     Sandwich convolutions are materialised: ``"fft"`` (precomputed per-frequency matrices),
     ``"kernel"`` (one full-size ``nn.Conv2d``, exportable to ONNX) or ``"auto"`` (the kernel only
     where its support is at most 3x3, else the FFT).

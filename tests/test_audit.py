@@ -51,7 +51,7 @@ def test_zero_padded_conv_is_bounded_by_larger_circular_grid(k, n):
         assert zero_padded_conv_bound(w, n, n) >= zero * (1 - 1e-12)
 
 
-@pytest.mark.parametrize("layer", ["cayley", "lot", "bcop", "aol"])
+@pytest.mark.parametrize("layer", ["cayley", "lot", "bcop", "aol", "bro", "aoc"])
 def test_linear_layer_bound_vs_impulse_svd(layer):
     torch.manual_seed(0)
     m = LAYERS[layer].conv(3, 3, 3, input_size=(6, 6)).eval()

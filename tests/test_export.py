@@ -33,7 +33,7 @@ def test_to_plain_matches_every_layer_at_xs(layer):
     assert model.training is False  # the original is untouched
 
 
-@pytest.mark.parametrize("layer", ["cayley", "lot", "sandwich"])
+@pytest.mark.parametrize("layer", ["cayley", "lot", "sandwich", "bro"])
 def test_materialised_kernel_form_matches_small(layer):
     """The full-size-kernel form (used for ONNX) of the frequency-domain layers, on a small conv."""
     torch.manual_seed(0)

@@ -19,6 +19,18 @@ PAPER_COUNTS = {
 }
 # TinyImageNet models (200 classes, 64x64) for a few layers.
 PAPER_COUNTS_TINY = {"standard": 1_575_008, "sll": 1_578_048, "bcop": 1_138_528}
+# Layers newer than the paper: lipzoo's own counts, pinned (and derived from the layer formulas below).
+# BRO: V is (c, c // 2, k, k) + bias c per layer; AOC: 2k matrices (c, c // 2) + bias c, i.e. k c^2 + c.
+NEW_COUNTS = {
+    "xs": {"bro": 787_648, "aoc": 919_488},
+    "s": {"bro": 3_144_576, "aoc": 3_671_936},
+}
+NEW_COUNTS_TINY = {"bro": 789_024, "aoc": 920_288}
+COUNTS = {size: {**PAPER_COUNTS[size], **NEW_COUNTS[size]} for size in PAPER_COUNTS}
+LAYER_PARAMS = {  # trainable parameters of one c -> c layer with a k x k kernel
+    "bro": lambda c, k: c * (c // 2) * k * k + c,
+    "aoc": lambda c, k: 2 * k * c * (c // 2) + c,
+}
 
 
 def trainable(model: torch.nn.Module) -> int:
@@ -26,8 +38,9 @@ def trainable(model: torch.nn.Module) -> int:
 
 
 def test_registry_lists_every_architecture():
-    assert len(lipzoo.list_models("convnet_*")) == 36
-    assert len(lipzoo.list_models("tconvnet_*")) == 36
+    assert len(lipzoo.list_models("convnet_*")) == 4 * len(LAYERS)
+    assert len(lipzoo.list_models("tconvnet_*")) == 4 * len(LAYERS)
+    assert {"convnet_l_bro", "tconvnet_m_aoc"} <= set(lipzoo.list_models())
     assert set(lipzoo.list_models("convnet_xs_*")) == {f"convnet_xs_{lid}" for lid in LAYERS}
     assert lipzoo.list_models("*_s_sll") == ["convnet_s_sll", "tconvnet_s_sll"]
 
@@ -36,7 +49,23 @@ def test_registry_lists_every_architecture():
 @pytest.mark.parametrize("layer_id", list(LAYERS))
 def test_parameter_counts_match_the_paper(size, layer_id):
     model = lipzoo.create_model(f"convnet_{size}_{layer_id}")
-    assert trainable(model) == PAPER_COUNTS[size][layer_id]
+    assert trainable(model) == COUNTS[size][layer_id]
+
+
+@pytest.mark.parametrize("family,size,classes", [("convnet", "xs", 10), ("convnet", "s", 10), ("tconvnet", "xs", 200)])
+@pytest.mark.parametrize("layer_id", list(LAYER_PARAMS))
+def test_new_layer_counts_follow_their_formula(family, size, classes, layer_id):
+    """The pinned counts of BRO / AOC equal the sum of the per-layer formula over the architecture."""
+    model = lipzoo.create_model(f"{family}_{size}_{layer_id}", num_classes=classes)
+    cfg, per_layer = model.config, LAYER_PARAMS[layer_id]
+    w, b = cfg.base_width, cfg.num_blocks
+    want = per_layer(w, 1)  # FirstConv
+    for i in range(b):
+        want += cfg.layers_per_block * per_layer(w * 2**i, cfg.kernel_size if i < b - 1 else 1)
+    want += per_layer(w * 2**b, 1)  # 1x1 conv head
+    assert trainable(model) == want
+    pinned = NEW_COUNTS_TINY[layer_id] if family == "tconvnet" else NEW_COUNTS[size][layer_id]
+    assert want == pinned
 
 
 @pytest.mark.parametrize("layer_id", list(PAPER_COUNTS_TINY))

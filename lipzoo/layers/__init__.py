@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from ._base import InputError, LipschitzModule, check_input
 from .activations import MaxMin
+from .aoc import AOCConv2d, AOCLinear
 from .aol import AOLConv2d, AOLLinear
 from .bcop import BCOPConv2d, BjorckLinear
+from .bro import BROConv2d, BROLinear
 from .cayley import CayleyConv2d, CayleyLinear
 from .cpl import CPLConv2d, CPLLinear
 from .lot import LOTConv2d, LOTLinear
@@ -81,6 +83,14 @@ LAYERS: dict[str, LayerSpec] = {
         LayerSpec("sandwich", "Sandwich", SandwichConv2d, SandwichLinear, "linear",
                   "Direct Parameterization of Lipschitz-Bounded Deep Networks",
                   "Wang & Manchester, ICML 2023", orthogonal=False, lipschitz=True, residual=True),
+        LayerSpec("bro", "BRO", BROConv2d, BROLinear, "conv",
+                  "Enhancing Certified Robustness via Block Reflector Orthogonal Layers and Logit Annealing Loss",
+                  "Lai et al., ICLR 2025", orthogonal=True, lipschitz=True, residual=False,
+                  note="per-frequency block reflector I - 2 V (V^H V)^-1 V^H, rank max(in, out) // 2 by default"),
+        LayerSpec("aoc", "AOC", AOCConv2d, AOCLinear, "conv",
+                  "An Adaptive Orthogonal Convolution Scheme for Efficient and Flexible CNN Architectures",
+                  "Boissin et al., 2025 (orthogonium)", orthogonal=True, lipschitz=True, residual=False,
+                  note="stride 1 only; Bjorck-orthonormalised projectors with a guaranteed rescale"),
         LayerSpec("standard", "Standard", StandardConv2d, StandardLinear, "conv",
                   "unconstrained baseline (plain convolution)", "-",
                   orthogonal=False, lipschitz=False, residual=False),
