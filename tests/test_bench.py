@@ -266,7 +266,7 @@ def test_plot_errors(tmp_path):
 def test_cli_plot(tmp_path):
     _synthetic_csv(tmp_path)
     res = CliRunner().invoke(main, ["plot", "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "none"),
-                                    "--json"])
+                                    "--layer", "aol,sll,lot", "--json"])  # the three layers the file covers
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["bench"].endswith(".csv") and os.path.isfile(out["radar"]["path"]) and os.path.isfile(out["pareto"]["path"])
