@@ -4,7 +4,7 @@ from . import data
 from .certify import DEFAULT_EPS, CertificationResult, certify
 from .layers import LAYERS, InputError, get_layer, list_layers
 from .models import ConvNet, ConvNetConfig
-from .registry import UnknownModelError, create_model, get_architecture, list_models, model_info
+from .registry import UnknownModelError, create_model, data_config, get_architecture, list_models, model_info
 from . import hub
 from .hub import ChecksumError, save_pretrained
 from .convert import convert_1llc_state_dict, load_1llc_model
@@ -24,6 +24,7 @@ __all__ = [
     "InputError",
     "UnknownModelError",
     "create_model",
+    "data_config",
     "get_architecture",
     "get_layer",
     "list_layers",

@@ -11,10 +11,19 @@ order:
    huggingface.co) at the pinned revision; never when offline (``local_files_only=True``,
    ``HF_HUB_OFFLINE=1`` or ``LIPZOO_OFFLINE=1``).
 
+The registry entries (name, sha256, size, data config) come from ``cards/*/config.json`` of a
+checkout, or from the copy of those files packaged into an installed wheel
+(:func:`lipzoo.registry.index_dir`); the weights never ship inside the package.
+
 The file's bytes are read once, their sha256 compared with the registry's BEFORE anything is
 deserialised (a mismatch raises :class:`ChecksumError`; a bad copy in the HF cache is deleted so
-it is never used again), then parsed with safetensors (no pickle anywhere) and loaded with
-``strict=True``.
+it is never used again, and nothing outside the cache folder is ever deleted), then those same
+bytes are parsed with safetensors (no pickle anywhere) and loaded with ``strict=True``.
+
+A model folder that is re-published while it is being loaded (weights and ``config.json`` each
+replaced by an atomic rename) gives the old or the new version, never a mix: the folder's
+``config.json`` is read before and after the weights and the read is repeated until they agree
+(see :func:`read_verified`).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,9 +44,11 @@ from .registry import (
     ARCHITECTURES,
     CARDS_DIR,
     CONFIG_FILENAME,
+    DEFAULT_DATASETS,
     PRETRAINED,
     DataConfig,
     PretrainedEntry,
+    RegistryError,
     create_model,
     get_pretrained,
 )
@@ -44,7 +56,7 @@ from .registry import (
 __all__ = [
     "HubError", "ChecksumError", "WeightsNotFoundError", "DownloadError", "Resolved",
     "hf_endpoint", "is_offline", "weights_mirrors", "cache_path", "sha256_file",
-    "resolve_weights", "find_local", "load_pretrained", "download", "verify", "save_pretrained", "push",
+    "resolve_weights", "find_local", "read_verified", "load_pretrained", "download", "verify", "save_pretrained", "push",
     "hub_entrypoint",
 ]
 
@@ -262,29 +274,117 @@ def resolve_weights(
                                          mirrors=mirrors), "download")
 
 
-def _evict(path: Path) -> None:
-    """Delete a cached file and the blob its snapshot link points to, so it is never used again."""
-    blob = path.resolve()
-    for p in {path, blob}:
+def _inside(path: Path, root: Path) -> bool:
+    """True if the fully resolved ``path`` lies under the fully resolved folder ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _evict(path: Path, cache_dir: str | os.PathLike | None) -> list[Path]:
+    """Delete a bad cached file: the snapshot entry and the blob it links to, each only if it lies
+    inside the HF cache folder (a link that leads out of the cache is removed, its target never).
+    Returns what was deleted."""
+    root = _cache_dir(cache_dir)
+    link = path.parent.resolve() / path.name  # the snapshot entry itself, not what it points to
+    gone = []
+    for p in dict.fromkeys([link, path.resolve()]):
+        if not (_inside(p.parent, root) and (p.is_symlink() or _inside(p, root))):
+            continue
         try:
             p.unlink()
+            gone.append(p)
         except FileNotFoundError:
             pass
+    return gone
 
 
-def _read_verified(r: Resolved) -> bytes:
-    """The file's bytes, read once; size and sha256 checked before anyone parses them."""
-    data = r.path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if len(data) == r.entry.size and actual == r.entry.sha256:
-        return data
-    evicted = r.source in ("cache", "download")
-    if evicted:
-        _evict(r.path)
-    raise ChecksumError(
-        f"{r.path} ({r.source}) is not the file registered for {r.entry.name}: sha256 {actual} "
-        f"({len(data)} bytes), expected {r.entry.sha256} ({r.entry.size} bytes). Nothing was loaded. "
-        + (f"The bad copy was deleted from the cache; run `lipzoo download {r.entry.name}` to fetch it again."
+#: how long a weights file that was just replaced may disagree with its folder's config.json
+#: before that counts as a bad file (a publisher renames the weights, then the config)
+SETTLE_S = 0.5
+
+
+def _matches(entry: PretrainedEntry, data: bytes, digest: str) -> bool:
+    return len(data) == entry.size and digest == entry.sha256
+
+
+def _read_config(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _read_weights(path: Path) -> tuple[bytes, float]:
+    """The file's bytes and the inode change time of the very file that was read."""
+    with open(path, "rb") as f:
+        return f.read(), os.fstat(f.fileno()).st_ctime
+
+
+def read_verified(r: Resolved, cache_dir: str | os.PathLike | None = None) -> tuple[PretrainedEntry, bytes]:
+    """The weights' bytes, read once, with the entry they were verified against (size and sha256).
+
+    The same bytes are what the caller parses, so what was checked is what is loaded. When the
+    weights lie in the folder the entry's ``config.json`` was read from (a ``cards/`` folder, a
+    model folder passed by path), that file is the authority and is read again around each read
+    of the weights: a pair that changed mid-read (a re-publish) is read again, so the result is
+    the old or the new version, never a torn one; a mismatch that persists once the folder is
+    quiet raises :class:`ChecksumError`. A bad copy in the HF cache is deleted (inside the cache only).
+    """
+    entry = r.entry
+    config = entry.folder / CONFIG_FILENAME if entry.folder is not None else None
+    same_folder = config is not None and r.source in ("path", "mirror") and _same_dir(r.path.parent, entry.folder)
+    if not same_folder:
+        data, _ = _read_weights(r.path)
+        digest = hashlib.sha256(data).hexdigest()
+        if _matches(entry, data, digest):
+            return entry, data
+        raise _checksum_error(r, entry, data, digest, cache_dir)
+    last = None
+    for _ in range(1000):  # each pass either returns, raises, or saw the folder change
+        before = _read_config(config)
+        data, changed_at = _read_weights(r.path)
+        after = _read_config(config)
+        digest = hashlib.sha256(data).hexdigest()
+        if before != after:
+            continue  # config.json was replaced during the read: read the pair again
+        if after is not None:
+            try:
+                current = PretrainedEntry.from_bytes(after, str(config), folder=entry.folder)
+            except RegistryError as e:
+                raise HubError(f"cannot verify {r.path}: {e}") from None
+            if current.name != entry.name:
+                raise HubError(f"{config} now describes {current.name!r}, not {entry.name!r}; nothing was loaded")
+            entry = current
+        if _matches(entry, data, digest):
+            return entry, data
+        state = (after, digest)
+        if time.time() - changed_at < SETTLE_S or state != last:
+            # the weights were just replaced (their config.json may follow) or the pair differs
+            # from the previous pass: look again shortly
+            last = state
+            time.sleep(0.02)
+            continue
+        raise _checksum_error(r, entry, data, digest, cache_dir)
+    raise HubError(f"{r.path} kept changing while it was read; nothing was loaded, try again")
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def _checksum_error(r: Resolved, entry: PretrainedEntry, data: bytes, digest: str,
+                    cache_dir: str | os.PathLike | None) -> ChecksumError:
+    evicted = r.source in ("cache", "download") and bool(_evict(r.path, cache_dir))
+    return ChecksumError(
+        f"{r.path} ({r.source}) is not the file registered for {entry.name}: sha256 {digest} "
+        f"({len(data)} bytes), expected {entry.sha256} ({entry.size} bytes). Nothing was loaded. "
+        + (f"The bad copy was deleted from the cache; run `lipzoo download {entry.name}` to fetch it again."
            if evicted else "Replace or remove that file.")
     )
 
@@ -306,16 +406,23 @@ def load_pretrained(
     local_files_only: bool = False,
     weights: str | os.PathLike | None = None,
     mirrors: Sequence[Path] | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    input_mean: Sequence[float] | None = None,
     **layer_kwargs,
 ) -> nn.Module:
-    """The pretrained model ``name`` (see the module doc for where it is found), verified, in eval mode."""
+    """The pretrained model ``name`` (see the module doc for where it is found), verified, in eval mode.
+
+    ``num_classes``, ``in_chans``, ``input_mean``: ``None``, or the entry's own values; anything
+    else raises ``ValueError`` before any file is read or downloaded (the head is never reset).
+    """
     from safetensors.torch import load as load_safetensors
 
+    _check_shape(_entry_and_path(name, weights)[0], num_classes, in_chans, input_mean)
     r = resolve_weights(name, weights=weights, revision=revision, cache_dir=cache_dir,
                         local_files_only=local_files_only, mirrors=mirrors)
-    data = _read_verified(r)
+    e, data = read_verified(r, cache_dir)
     meta = _safetensors_metadata(data)
-    e = r.entry
     if meta.get("architecture", e.architecture) != e.architecture:
         raise HubError(f"{r.path} holds a {meta['architecture']!r} model but {e.name} is a {e.architecture}")
     state = load_safetensors(data)
@@ -327,13 +434,40 @@ def load_pretrained(
     return model.to(device) if device is not None else model
 
 
+def _check_shape(entry: PretrainedEntry, num_classes: int | None, in_chans: int | None,
+                 input_mean: Sequence[float] | None) -> None:
+    asked = {"num_classes": num_classes, "in_chans": in_chans,
+             "input_mean": None if input_mean is None else tuple(float(m) for m in input_mean)}
+    has = {"num_classes": entry.data.num_classes, "in_chans": entry.data.in_chans, "input_mean": entry.data.mean}
+    for key, value in asked.items():
+        if value is not None and value != has[key]:
+            raise ValueError(
+                f"{key}={value!r} does not fit the pretrained weights of {entry.name} ({key}={has[key]!r}): lipzoo does "
+                f"not reset heads or stems; drop {key} to load them, or build {entry.architecture!r} with "
+                f"pretrained=False for {key}={value!r}"
+            )
+
+
 def download(name: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-             force: bool = False) -> Resolved:
-    """Fetch the weights of ``name`` into the HF cache (for offline use) and verify their sha256."""
+             force: bool = False, mirrors: Sequence[Path] | None = None) -> Resolved:
+    """Make the weights of ``name`` available offline, verified (sha256), and say where they are.
+
+    A verified copy already on this machine (a local mirror folder such as the checkout's
+    ``cards/``, or the HF cache) is reported as it is, online or offline; otherwise the file is
+    fetched into the HF cache. ``force=True`` always downloads again.
+    """
     entry = get_pretrained(name)
-    hit = None if force else find_local(entry, revision=revision, cache_dir=cache_dir, mirrors=())
-    r = hit or Resolved(entry, _hub_download(entry, revision, cache_dir, force=force), "download")
-    _read_verified(r)
+    if not force:
+        hit = find_local(entry, revision=revision, cache_dir=cache_dir, mirrors=mirrors)
+        if hit is not None:
+            try:
+                return replace(hit, entry=read_verified(hit, cache_dir)[0])
+            except ChecksumError:
+                if hit.source != "mirror" or is_offline():
+                    raise
+                # a bad mirror copy: fetch a good one into the cache instead
+    r = Resolved(entry, _hub_download(entry, revision, cache_dir, force=force, mirrors=mirrors), "download")
+    read_verified(r, cache_dir)
     return r
 
 
@@ -394,9 +528,17 @@ def save_pretrained(
     ``""``: none, e.g. for weights trained elsewhere). ``metrics``: a dict or a
     :class:`lipzoo.CertificationResult`. ``layer_kwargs``: the options the layers were built with.
     Returns the entry (``PretrainedEntry.from_folder(directory)`` reads it back).
+
+    Both files are written completely under temporary names first, then renamed one right after
+    the other (weights, then config), so a re-published folder changes in one short step.
     """
+    from contextlib import ExitStack
+
+    from safetensors.torch import save_file
+
     from . import __version__
-    from .training import atomic_save_safetensors, git_commit
+    from ._io import atomic_path
+    from .training import git_commit
 
     arch = _architecture_of(model)
     data = DataConfig.from_dataset(dataset)
@@ -420,19 +562,23 @@ def save_pretrained(
     prov = {"commit": git_commit(), "torch_version": torch.__version__, "lipzoo_version": __version__,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")} | dict(provenance or {})
     directory = Path(directory)
-    wpath = directory / "model.safetensors"
-    atomic_save_safetensors(state, wpath, {"format": "pt", "architecture": arch, "name": name, "dataset": dataset,
-                                           "lipzoo_version": __version__})
-    wpath.chmod(0o644)
-    entry = PretrainedEntry.from_dict({
-        "name": name, "architecture": arch, "dataset": dataset, "lipzoo_version": __version__,
-        "recipe": _recipe_path(recipe, arch, dataset),
-        "data": data.as_dict(), "layer_kwargs": layer_kwargs,
-        "hub": {"repo_id": hf_repo_id, "revision": None, "filename": wpath.name},
-        "file": {"sha256": sha256_file(wpath), "size": wpath.stat().st_size},
-        "metrics": dict(metrics or {}), "timing": dict(timing or {}), "provenance": prov, "license": license,
-    }, source=f"save_pretrained({name!r})", folder=directory)
-    write_config(entry, directory)
+    wpath, cpath = directory / "model.safetensors", directory / CONFIG_FILENAME
+    with ExitStack() as stack:  # unwinds in reverse: the weights are renamed first, then config.json
+        ctmp = stack.enter_context(atomic_path(cpath))
+        wtmp = stack.enter_context(atomic_path(wpath))
+        save_file(state, wtmp, metadata={"format": "pt", "architecture": arch, "name": name, "dataset": dataset,
+                                         "lipzoo_version": __version__})
+        entry = PretrainedEntry.from_dict({
+            "name": name, "architecture": arch, "dataset": dataset, "lipzoo_version": __version__,
+            "recipe": _recipe_path(recipe, arch, dataset),
+            "data": data.as_dict(), "layer_kwargs": layer_kwargs,
+            "hub": {"repo_id": hf_repo_id, "revision": None, "filename": wpath.name},
+            "file": {"sha256": sha256_file(wtmp), "size": os.path.getsize(wtmp)},
+            "metrics": dict(metrics or {}), "timing": dict(timing or {}), "provenance": prov, "license": license,
+        }, source=f"save_pretrained({name!r})", folder=directory)
+        Path(ctmp).write_text(json.dumps(entry.as_dict(), indent=2) + "\n")
+    for p in (wpath, cpath):
+        p.chmod(0o644)  # published files: readable by all
     return entry
 
 
@@ -500,7 +646,7 @@ def hub_entrypoint(arch: str) -> Callable[..., nn.Module]:
     from .cards import entrypoint_doc
 
     a = ARCHITECTURES[arch]
-    default = "fashion_mnist" if a.family == "convnet" else "tiny_imagenet"
+    default = DEFAULT_DATASETS[a.family]
 
     def entrypoint(pretrained: bool = False, dataset: str = default, **kwargs) -> nn.Module:
         if pretrained:

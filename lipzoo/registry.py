@@ -11,7 +11,8 @@ import difflib
 import fnmatch
 import json
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
@@ -23,7 +24,8 @@ from .models import FAMILIES, SIZES, ConvNet, ConvNetConfig
 __all__ = [
     "Architecture", "ARCHITECTURES", "list_models", "create_model", "get_architecture", "UnknownModelError",
     "DataConfig", "PretrainedEntry", "PRETRAINED", "RegistryError", "get_pretrained", "model_info",
-    "register_pretrained", "load_pretrained_dir", "hub_org", "CARDS_DIR",
+    "register_pretrained", "load_pretrained_dir", "hub_org", "CARDS_DIR", "PACKAGED_INDEX", "index_dir",
+    "RegistryWarning", "ImageTransform", "DEFAULT_DATASETS", "default_pretrained", "data_config",
 ]
 
 
@@ -118,9 +120,74 @@ class DataConfig:
         info = dataset_info(dataset)
         return cls(dataset, info.input_size, info.in_chans, info.num_classes, tuple(info.class_names), tuple(info.mean))
 
+    def transform(self) -> "ImageTransform":
+        """A callable turning images as data sets ship them into this model's input (see :class:`ImageTransform`)."""
+        return ImageTransform(self.in_chans, self.input_size)
+
     def as_dict(self) -> dict:
         return {"dataset": self.dataset, "input_size": self.input_size, "in_chans": self.in_chans,
                 "num_classes": self.num_classes, "class_names": list(self.class_names), "mean": list(self.mean)}
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Images as data sets ship them -> float32 model input in [0, 1], zero-padded to ``input_size``.
+
+    Accepted: a PIL image (converted to ``L`` for one channel, ``RGB`` for three); a numpy array
+    ``H x W``, ``H x W x C``, ``N x H x W`` (one channel) or ``N x H x W x C`` (the layout of image
+    files and of IDX/CIFAR arrays); a torch tensor ``H x W``, ``C x H x W``, ``N x H x W`` (one
+    channel) or ``N x C x H x W``. Integer values are 0..255 and divided by 255; float values must
+    already lie in [0, 1]. Images smaller than ``input_size`` are padded with zeros (black) on all
+    sides equally, exactly as lipzoo's data loaders pad 28x28 Fashion-MNIST/MNIST to 32x32 for
+    training and evaluation. One image gives ``C x S x S``, a batch ``N x C x S x S``. Anything
+    else (wrong channels, larger images, an odd size difference) raises ``ValueError``: nothing
+    is resized or recoloured behind your back.
+    """
+
+    in_chans: int
+    input_size: int
+
+    def __call__(self, image) -> "torch.Tensor":
+        import numpy as np
+        import torch
+
+        if type(image).__module__.startswith("PIL."):
+            image = np.asarray(image.convert("L" if self.in_chans == 1 else "RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim in (3, 4) and image.shape[-1] == self.in_chans:
+                image = np.moveaxis(image, -1, -3)  # channels last -> channels first
+            image = torch.from_numpy(np.array(image, copy=True))  # a private, writable copy
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+        x = image
+        if x.ndim == 2:
+            x = x[None]
+        elif x.ndim == 3 and x.shape[0] != self.in_chans and self.in_chans == 1:
+            x = x[:, None]  # a batch of one-channel images
+        elif x.ndim not in (3, 4):
+            raise ValueError(f"expected an image (H, W) or ({self.in_chans}, H, W) or a batch (N, {self.in_chans}, H, W), "
+                             f"got shape {tuple(image.shape)}")
+        if x.shape[-3] != self.in_chans:
+            raise ValueError(f"the model takes {self.in_chans}-channel images, got shape {tuple(image.shape)} "
+                             f"({x.shape[-3]} channels)")
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"expected uint8 (0..255) or float ([0, 1]) images, got {x.dtype}")
+        if x.dtype.is_floating_point:
+            x = x.to(torch.float32)
+            if x.numel() and not (x.min() >= 0 and x.max() <= 1):  # NaN fails too
+                raise ValueError(f"float images must lie in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]; "
+                                 "pass uint8 0..255 or divide by 255")
+        else:
+            if x.numel() and (x.min() < 0 or x.max() > 255):
+                raise ValueError(f"integer images must lie in 0..255, got {x.min().item()}..{x.max().item()}")
+            x = x.to(torch.float32) / 255
+        h, w, s = x.shape[-2], x.shape[-1], self.input_size
+        if h > s or w > s or (s - h) % 2 or (s - w) % 2:
+            raise ValueError(f"the model takes {s}x{s} images; got {h}x{w}, which cannot be zero-padded evenly to it "
+                             f"(expected at most {s}x{s}, with an even difference)")
+        ph, pw = (s - h) // 2, (s - w) // 2
+        x = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x.clone()
+        return x.contiguous()
 
 
 @dataclass(frozen=True, eq=True)
@@ -167,14 +234,30 @@ class PretrainedEntry:
 
     @classmethod
     def from_dict(cls, cfg: dict, source: str = "config", folder: Path | None = None) -> "PretrainedEntry":
-        """Validate a ``config.json`` dict; a problem raises :class:`RegistryError` naming ``source``."""
+        """Validate a ``config.json`` dict; any problem (missing field, wrong type or value) raises
+        :class:`RegistryError` with a one-line message naming ``source``, never another exception."""
+        if not isinstance(cfg, dict):
+            raise RegistryError(f"{source}: must hold a JSON object, got {_short(cfg)}")
 
         def need(d: dict, key: str, kind: type | tuple, where: str = ""):
-            if not isinstance(d, dict) or key not in d:
+            if key not in d:
                 raise RegistryError(f"{source}: missing field {where}{key!r}")
-            if not isinstance(d[key], kind):
-                raise RegistryError(f"{source}: field {where}{key!r} must be {kind}, got {d[key]!r}")
-            return d[key]
+            return check(d, key, kind, where)
+
+        def check(d: dict, key: str, kind: type | tuple, where: str = ""):
+            value = d.get(key)
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise RegistryError(f"{source}: field {where}{key!r} must be {names}, got {_short(value)}")
+            return value
+
+        def items(d: dict, key: str, kind: type | tuple, where: str) -> list:
+            values = need(d, key, list, where)
+            for i, v in enumerate(values):
+                if not isinstance(v, kind) or isinstance(v, bool):
+                    raise RegistryError(f"{source}: field {where}{key!r}[{i}] has the wrong type: {_short(v)}")
+            return values
 
         name, arch, dataset = need(cfg, "name", str), need(cfg, "architecture", str), need(cfg, "dataset", str)
         if arch not in ARCHITECTURES:
@@ -185,22 +268,33 @@ class PretrainedEntry:
             raise RegistryError(f"{source}: name {name!r} must be '{arch}.{dataset}' (optionally '_<budget>')")
         d = need(cfg, "data", dict)
         data = DataConfig(
-            dataset, int(need(d, "input_size", int, "data.")), int(need(d, "in_chans", int, "data.")),
-            int(need(d, "num_classes", int, "data.")), tuple(str(c) for c in need(d, "class_names", list, "data.")),
-            tuple(float(m) for m in need(d, "mean", list, "data.")),
+            dataset, need(d, "input_size", int, "data."), need(d, "in_chans", int, "data."),
+            need(d, "num_classes", int, "data."), tuple(items(d, "class_names", str, "data.")),
+            tuple(float(m) for m in items(d, "mean", (int, float), "data.")),
         )
+        if min(data.input_size, data.in_chans, data.num_classes) < 1:
+            raise RegistryError(f"{source}: data.input_size, data.in_chans and data.num_classes must be positive")
         if len(data.mean) != data.in_chans or len(data.class_names) != data.num_classes:
             raise RegistryError(f"{source}: data.mean needs in_chans values and data.class_names num_classes names")
+        hub, f = check(cfg, "hub", (dict, type(None))) or {}, need(cfg, "file", dict)
+        for key in ("repo_id", "revision", "filename"):
+            check(hub, key, (str, type(None)), "hub.")
+        for key in ("recipe", "lipzoo_version", "license"):
+            check(cfg, key, (str, type(None)))
+        for key in ("layer_kwargs", "metrics", "timing", "provenance"):
+            check(cfg, key, (dict, type(None)))
+        sha = need(f, "sha256", str, "file.").lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise RegistryError(f"{source}: file.sha256 must be 64 hex digits, got {_short(sha)}")
+        size = need(f, "size", int, "file.")
+        if size < 0:
+            raise RegistryError(f"{source}: file.size must be >= 0, got {size}")
         status = cfg.get("status")
         if status is not None and status not in ENTRY_STATUSES:
             raise RegistryError(f"{source}: status must be one of {ENTRY_STATUSES} or absent, got {status!r}")
-        hub, f = cfg.get("hub") or {}, need(cfg, "file", dict)
-        sha = need(f, "sha256", str, "file.").lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise RegistryError(f"{source}: file.sha256 must be 64 hex digits, got {sha!r}")
         return cls(
             name=name, architecture=arch, dataset=dataset, data=data, sha256=sha,
-            size=int(need(f, "size", int, "file.")), recipe=cfg.get("recipe"),
+            size=size, recipe=cfg.get("recipe"),
             filename=hub.get("filename") or WEIGHTS_FILENAME, revision=hub.get("revision"),
             hf_repo_id=hub.get("repo_id"), layer_kwargs=dict(cfg.get("layer_kwargs") or {}),
             metrics=dict(cfg.get("metrics") or {}), timing=dict(cfg.get("timing") or {}),
@@ -209,32 +303,90 @@ class PretrainedEntry:
         )
 
     @classmethod
+    def from_bytes(cls, raw: bytes, source: str, folder: Path | None = None) -> "PretrainedEntry":
+        """Parse the bytes of a ``config.json``; invalid UTF-8/JSON raises :class:`RegistryError` (one line)."""
+        try:
+            cfg = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise RegistryError(f"{source} is not UTF-8 text: {e}") from None
+        except json.JSONDecodeError as e:
+            raise RegistryError(f"{source} is not valid JSON: {e}") from None
+        return cls.from_dict(cfg, source, folder=folder)
+
+    @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> "PretrainedEntry":
+        """The entry of ``folder/config.json``; a missing, unreadable or malformed file raises :class:`RegistryError`."""
         path = Path(folder) / CONFIG_FILENAME
         try:
-            cfg = json.loads(path.read_text())
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise RegistryError(f"{path} does not exist; a model folder holds config.json (see lipzoo.save_pretrained)") from None
-        except json.JSONDecodeError as e:
-            raise RegistryError(f"{path} is not valid JSON: {e}") from None
-        entry = cls.from_dict(cfg, str(path), folder=Path(folder))
-        return entry
+        except OSError as e:
+            raise RegistryError(f"{path} cannot be read: {e.strerror or e}") from None
+        return cls.from_bytes(raw, str(path), folder=Path(folder))
+
+    def transforms(self) -> "ImageTransform":
+        """The input transform of this model: see :meth:`DataConfig.transform`."""
+        return self.data.transform()
 
 
-def load_pretrained_dir(root: str | os.PathLike = CARDS_DIR) -> dict[str, PretrainedEntry]:
-    """The entries of every ``<root>/<name>/config.json``, by name (the folder name must be the name)."""
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_pretrained_dir(root: str | os.PathLike = CARDS_DIR, *, strict: bool = True) -> dict[str, PretrainedEntry]:
+    """The entries of every ``<root>/<name>/config.json``, by name (the folder name must be the name).
+
+    ``strict=True``: the first bad file raises :class:`RegistryError`. ``strict=False``: a bad file
+    is skipped with a one-line ``warnings.warn`` naming it and what is wrong, so one broken card
+    never stops ``import lipzoo`` (the other entries are still read).
+    """
     entries: dict[str, PretrainedEntry] = {}
     root = Path(root)
     for cfg in sorted(root.glob(f"*/{CONFIG_FILENAME}")) if root.is_dir() else []:
-        entry = PretrainedEntry.from_folder(cfg.parent)
-        if entry.name != cfg.parent.name:
-            raise RegistryError(f"{cfg}: name {entry.name!r} differs from its folder name {cfg.parent.name!r}")
+        try:
+            entry = PretrainedEntry.from_folder(cfg.parent)
+            if entry.name != cfg.parent.name:
+                raise RegistryError(f"{cfg}: name {entry.name!r} differs from its folder name {cfg.parent.name!r}")
+        except RegistryError as e:
+            if strict:
+                raise
+            warnings.warn(f"lipzoo: skipped pretrained entry {e}", RegistryWarning, stacklevel=2)
+            continue
         entries[entry.name] = entry
     return entries
 
 
-#: pretrained entries, ``{architecture}.{dataset}`` -> :class:`PretrainedEntry`, read from :data:`CARDS_DIR`
-PRETRAINED: dict[str, PretrainedEntry] = load_pretrained_dir()
+class RegistryWarning(UserWarning):
+    """A pretrained entry that was skipped because its ``config.json`` is malformed."""
+
+
+#: the pretrained index inside an installed package: a copy of every ``cards/<name>/config.json``
+#: made by the wheel build (setup.py); a checkout has none and reads ``cards/`` itself
+PACKAGED_INDEX = Path(__file__).resolve().parent / "_index"
+
+
+def index_dir() -> Path:
+    """Where the pretrained entries are read: the checkout's (or torch.hub clone's) ``cards/`` when
+    it holds any ``config.json``, else the index packaged with an installed lipzoo."""
+    if CARDS_DIR.is_dir() and any(CARDS_DIR.glob(f"*/{CONFIG_FILENAME}")):
+        return CARDS_DIR
+    return PACKAGED_INDEX
+
+
+def _load_index() -> dict[str, PretrainedEntry]:
+    root = index_dir()
+    entries = load_pretrained_dir(root, strict=False)
+    if root == PACKAGED_INDEX:  # metadata only: the weights are never next to it
+        entries = {n: replace(e, folder=None) for n, e in entries.items()}
+    return entries
+
+
+#: pretrained entries, ``{architecture}.{dataset}`` -> :class:`PretrainedEntry`, read at import
+#: from :func:`index_dir` (malformed files are skipped with a warning)
+PRETRAINED: dict[str, PretrainedEntry] = _load_index()
 
 
 def register_pretrained(entry: PretrainedEntry, overwrite: bool = False) -> PretrainedEntry:
@@ -256,6 +408,51 @@ def get_pretrained(name: str) -> PretrainedEntry:
             "lists the pretrained entries")) from None
 
 
+#: the data set whose weights ``create_model(ARCH, pretrained=True)`` and torch.hub's ``ARCH(pretrained=True)``
+#: load when an architecture has several pretrained entries, by family
+DEFAULT_DATASETS = {"convnet": "fashion_mnist", "tconvnet": "tiny_imagenet"}
+
+
+def default_pretrained(arch: str) -> PretrainedEntry:
+    """The pretrained entry an architecture name stands for (like timm's default tag).
+
+    The entry ``{arch}.{DEFAULT_DATASETS[family]}`` if registered, else the architecture's only
+    entry; otherwise :class:`UnknownModelError` lists the entries to choose from.
+    """
+    a = get_architecture(arch)
+    if a.name != arch:
+        raise UnknownModelError(f"{arch!r} is not an architecture name; see lipzoo.list_models()")
+    default = f"{arch}.{DEFAULT_DATASETS[a.family]}"
+    if default in PRETRAINED:
+        return PRETRAINED[default]
+    tags = sorted(n for n, e in PRETRAINED.items() if e.architecture == arch)
+    if len(tags) == 1:
+        return PRETRAINED[tags[0]]
+    if not tags:
+        raise UnknownModelError(f"no pretrained weights are registered for {arch}; `lipzoo list --pretrained` lists "
+                                "the pretrained models (or build it untrained with pretrained=False)")
+    raise UnknownModelError(f"{arch} has {len(tags)} pretrained entries and none is the default ({default}); "
+                            f"name one: {', '.join(tags)}")
+
+
+def data_config(model: "str | nn.Module") -> DataConfig:
+    """What a pretrained model takes: its :class:`DataConfig` (``.transform()`` prepares images).
+
+    ``model``: a pretrained name, an architecture name (its default entry, see
+    :func:`default_pretrained`) or a model returned by ``create_model(..., pretrained=True)``.
+    """
+    if isinstance(model, nn.Module):
+        entry = getattr(model, "pretrained_entry", None)
+        if entry is None:
+            raise ValueError("data_config needs a model loaded with pretrained=True (or its name); this one has "
+                             "no pretrained entry: it takes whatever data you built it for")
+        return entry.data
+    if not isinstance(model, str):
+        raise ValueError(f"data_config takes a model name or a pretrained model, got {type(model).__name__}")
+    return (PRETRAINED[model] if model in PRETRAINED else
+            default_pretrained(model) if "." not in model else get_pretrained(model)).data
+
+
 def model_info(name: str) -> dict:
     """What the registry knows of an architecture or a pretrained entry, as a JSON-able dict."""
     if name in PRETRAINED:
@@ -275,8 +472,8 @@ def create_model(
     name: str,
     pretrained: bool = False,
     *,
-    num_classes: int = 10,
-    in_chans: int = 3,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
     input_mean: tuple[float, ...] | None = None,
     device: str | None = None,
     revision: str | None = None,
@@ -297,13 +494,25 @@ def create_model(
     checkout, ``$LIPZOO_WEIGHTS``), the Hugging Face cache, or downloaded at the pinned
     ``revision``; their sha256 is checked before loading (:class:`lipzoo.hub.ChecksumError`),
     the state dict is loaded strictly, and the model is returned in eval mode on ``device``.
-    The data config (channels, classes, mean) comes from the entry, so it takes [0, 1] images.
+    The data config (channels, classes, mean) comes from the entry, so it takes [0, 1] images
+    (:func:`data_config` and ``DataConfig.transform()`` prepare native images, e.g. 28x28).
+    An architecture name with ``pretrained=True`` loads its default entry (:func:`default_pretrained`).
+    With pretrained weights, ``num_classes``, ``in_chans`` and ``input_mean`` may only repeat the
+    entry's values: a different head or stem is refused with ``ValueError`` (no head is reset;
+    build the architecture with ``pretrained=False`` and copy the weights you want instead).
+
+    Without weights the defaults are ``num_classes=10``, ``in_chans=3`` and no mean shift.
     """
     if pretrained or "." in name or weights is not None:
         from .hub import load_pretrained
 
+        if pretrained and weights is None and name in ARCHITECTURES:
+            name = default_pretrained(name).name
         return load_pretrained(name, device=device, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only, weights=weights, **layer_kwargs)
+                               local_files_only=local_files_only, weights=weights, num_classes=num_classes,
+                               in_chans=in_chans, input_mean=input_mean, **layer_kwargs)
     arch = get_architecture(name)
-    model = ConvNet(arch.config(num_classes=num_classes, in_chans=in_chans, input_mean=input_mean), **layer_kwargs)
+    config = arch.config(num_classes=10 if num_classes is None else num_classes,
+                         in_chans=3 if in_chans is None else in_chans, input_mean=input_mean)
+    model = ConvNet(config, **layer_kwargs)
     return model.to(device) if device is not None else model

@@ -362,3 +362,219 @@ def test_olah_interrupted_download_leaves_nothing_usable(served, hub, env, monke
         lipzoo.create_model(served.name, pretrained=True, local_files_only=True)
     monkeypatch.setenv("LIPZOO_HF_ENDPOINT", hub.endpoint)  # the server is back: the download completes
     _reference_output(served, lipzoo.create_model(served.name, pretrained=True))
+
+
+# --- a malformed card never breaks the import ---------------------------------------------------------
+BAD_CONFIGS = {
+    "convnet_xs_bcop.fashion_mnist": (b"{not json", "is not valid JSON"),
+    "convnet_xs_sll.fashion_mnist": (None, "field data.'in_chans' must be int, got '1'"),
+    "convnet_xs_lot.fashion_mnist": (None, "field 'metrics' must be dict or null, got 'high'"),
+    "convnet_xs_soc.fashion_mnist": (None, "field data.'mean'[0] has the wrong type: 'x'"),
+    "convnet_xs_cpl.fashion_mnist": (b"\xff\xfe", "is not UTF-8 text"),
+}
+
+
+def _bad_cards(root: Path, good: PretrainedEntry) -> Path:
+    """``root/cards`` with one good card (``good``) and the malformed ones of BAD_CONFIGS."""
+    cards = root / "cards"
+    copy_folder(good.folder, cards / good.name)
+    cfg = json.loads((good.folder / "config.json").read_text())
+    broken = {"convnet_xs_sll.fashion_mnist": lambda c: c["data"].update(in_chans="1"),
+              "convnet_xs_lot.fashion_mnist": lambda c: c.update(metrics="high"),
+              "convnet_xs_soc.fashion_mnist": lambda c: c["data"].update(mean=["x"])}
+    for name, (raw, _) in BAD_CONFIGS.items():
+        (cards / name).mkdir(parents=True)
+        if raw is None:
+            c = json.loads(json.dumps(cfg)) | {"name": name, "architecture": name.split(".")[0]}
+            broken[name](c)
+            raw = json.dumps(c).encode()
+        (cards / name / "config.json").write_bytes(raw)
+    return cards
+
+
+def test_malformed_configs_are_skipped_with_one_line_warnings(tiny, tmp_path):
+    cards = _bad_cards(tmp_path, tiny)
+    with pytest.warns(lipzoo.registry.RegistryWarning) as caught:
+        entries = load_pretrained_dir(cards, strict=False)
+    assert list(entries) == [tiny.name]
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == len(BAD_CONFIGS) and all("\n" not in m for m in messages)
+    for name, (_, what) in BAD_CONFIGS.items():
+        assert any(str(cards / name / "config.json") in m and what in m for m in messages), (name, messages)
+    with pytest.raises(RegistryError):  # strict (the default, used by `lipzoo card`) still refuses
+        load_pretrained_dir(cards)
+
+
+def test_import_and_cli_help_survive_malformed_cards(tiny, tmp_path):
+    """A copy of the package next to a cards/ folder with broken configs: import and --help work."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(ROOT / "lipzoo", tmp_path / "lipzoo", ignore=shutil.ignore_patterns("__pycache__"))
+    _bad_cards(tmp_path, tiny)
+    code = ("import lipzoo, sys; print('PRETRAINED', lipzoo.list_models(pretrained=True)); "
+            "print('FILE', lipzoo.__file__); from lipzoo.cli import main; main(['--help'])")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"FILE {tmp_path / 'lipzoo'}" in out.stdout and f"PRETRAINED ['{tiny.name}']" in out.stdout
+    assert "Usage:" in out.stdout and "download" in out.stdout
+    for name, (_, what) in BAD_CONFIGS.items():
+        assert f"cards/{name}/config.json" in out.stderr and what in out.stderr, (name, out.stderr[-3000:])
+
+
+# --- architecture names, data config, heads -----------------------------------------------------------
+BUNDLED = "convnet_xs_aol.fashion_mnist"
+
+
+def test_architecture_name_with_pretrained_loads_its_default_entry(registered, env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the bundled weights come from the checkout's cards/
+    model = lipzoo.create_model("convnet_xs_aol", pretrained=True)
+    assert model.pretrained_entry.name == BUNDLED  # two entries: the family's default data set wins
+    ref = lipzoo.create_model(BUNDLED, pretrained=True)
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(model(x), ref(x))
+    monkeypatch.delitem(PRETRAINED, BUNDLED)
+    with pytest.raises(WeightsNotFoundError):  # the only entry left is the test one (not downloadable offline)
+        lipzoo.create_model("convnet_xs_aol", pretrained=True)
+    monkeypatch.setitem(PRETRAINED, "convnet_xs_aol.mnist", with_name(registered, "convnet_xs_aol.mnist"))
+    with pytest.raises(lipzoo.UnknownModelError, match=r"2 pretrained entries .*convnet_xs_aol\.fashion_mnist_test, "
+                                                       r"convnet_xs_aol\.mnist"):
+        lipzoo.create_model("convnet_xs_aol", pretrained=True)
+    with pytest.raises(lipzoo.UnknownModelError, match="no pretrained weights are registered for convnet_s_sll"):
+        lipzoo.create_model("convnet_s_sll", pretrained=True)
+
+
+def test_pretrained_refuses_a_different_head_or_stem(registered, env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # refused before anything is looked up
+    for kw, shown in [({"num_classes": 5}, "num_classes=5"), ({"in_chans": 3}, "in_chans=3"),
+                      ({"input_mean": (0.5,)}, "input_mean=(0.5,)")]:
+        with pytest.raises(ValueError, match=rf"{re.escape(shown)} does not fit the pretrained weights of "
+                                             rf"{re.escape(registered.name)}"):
+            lipzoo.create_model(registered.name, pretrained=True, **kw)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        lipzoo.create_model("convnet_xs_aol", pretrained=True, num_classes=5)
+    model = lipzoo.create_model(BUNDLED, pretrained=True, num_classes=10, in_chans=1)  # the entry's own values
+    assert model.num_classes == 10 and model.in_chans == 1
+    assert lipzoo.create_model("convnet_xs_aol").in_chans == 3  # untrained defaults are unchanged
+
+
+def _write_idx(path: Path, array) -> None:
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def test_data_config_transform_matches_the_data_loader_on_idx_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lipzoo.data import load_tensors, read_idx
+
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (6, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 6))
+    raw = read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")  # (6, 28, 28) uint8: the files as published
+    expected, _ = load_tensors("fashion_mnist", "test", root=tmp_path)  # what models are trained/evaluated on
+    cfg = lipzoo.data_config(BUNDLED)
+    assert (cfg.in_chans, cfg.input_size, cfg.num_classes) == (1, 32, 10)
+    assert lipzoo.data_config("convnet_xs_aol") == cfg  # an architecture name: its default entry
+    tf = cfg.transform()
+    assert torch.equal(tf(raw), expected)  # a numpy batch
+    one = tf(Image.fromarray(raw[2]))  # a PIL image
+    assert one.shape == (1, 32, 32) and one.dtype == torch.float32 and torch.equal(one, expected[2])
+    assert torch.equal(tf(torch.from_numpy(raw[3])), expected[3])  # a uint8 tensor (H, W)
+    assert torch.equal(tf(torch.from_numpy(raw).float() / 255), expected)  # floats in [0, 1]
+    assert torch.equal(tf(expected), expected)  # already at the model size
+    for bad, what in [(raw.astype(np.float32), r"float images must lie in \[0, 1\]"),
+                      (np.zeros((3, 28, 28, 3), np.uint8), "1-channel images"),
+                      (np.zeros((29, 29), np.uint8), "cannot be zero-padded evenly"),
+                      (np.zeros((40, 40), np.uint8), "takes 32x32 images"), ("img.png", "expected a PIL image")]:
+        with pytest.raises(ValueError, match=what):
+            tf(bad)
+    model = lipzoo.create_model(BUNDLED, pretrained=True)
+    assert lipzoo.data_config(model) == cfg and model.pretrained_entry.transforms() == tf
+    assert torch.equal(model(tf(raw)), model(expected))
+    with pytest.raises(ValueError, match="pretrained=True"):
+        lipzoo.data_config(lipzoo.create_model("convnet_xs_aol"))
+
+
+# --- the HF cache: eviction stays inside it -----------------------------------------------------------
+def test_eviction_never_follows_a_link_out_of_the_cache(registered, env, monkeypatch, tmp_path, no_load):
+    outside = tmp_path / "precious.safetensors"
+    outside.write_bytes(b"a file of the user's, not lipzoo's")
+    snap = prefill_cache(env, registered, b"placeholder")
+    snap.resolve().unlink()
+    snap.unlink()
+    snap.symlink_to(outside)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ChecksumError):
+        lipzoo.create_model(registered.name, pretrained=True)
+    assert outside.read_bytes() == b"a file of the user's, not lipzoo's"
+    assert not snap.is_symlink()  # the link itself (inside the cache) is gone, so it is not used again
+    inside_dir = tmp_path / "linked-cache"  # a cache folder reached through a link is still the cache
+    inside_dir.symlink_to(env, target_is_directory=True)
+    data = bytearray((registered.folder / "model.safetensors").read_bytes())
+    data[7] ^= 1
+    snap = prefill_cache(env, registered, bytes(data))
+    blob = snap.resolve()
+    with pytest.raises(ChecksumError, match="deleted from the cache"):
+        lipzoo.create_model(registered.name, pretrained=True, cache_dir=inside_dir)
+    assert not blob.exists()
+
+
+# --- download of weights that are already in the checkout ----------------------------------------------
+def test_cli_download_offline_reports_checkout_copy(env):
+    r = CliRunner().invoke(cli, ["download", BUNDLED, "--json"], env={"HF_HUB_OFFLINE": "1"})
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)[0]
+    assert row["status"] == "ok" and row["source"] == "mirror"
+    assert Path(row["path"]) == ROOT / "cards" / BUNDLED / "model.safetensors"
+    r = CliRunner().invoke(cli, ["download", BUNDLED], env={"HF_HUB_OFFLINE": "1"})
+    assert r.exit_code == 0 and "sha256 verified, mirror" in r.output
+
+
+# --- a folder re-published while it is read --------------------------------------------------------------
+def test_loading_while_republished_gives_old_or_new_never_torn(tmp_path, env, monkeypatch):
+    import threading
+
+    from lipzoo._io import atomic_write_bytes
+
+    a, b = make_checkpoint(tmp_path / "a", seed=1), make_checkpoint(tmp_path / "b", seed=2)
+    assert a.sha256 != b.sha256
+    folder = copy_folder(a.folder, tmp_path / "live" / a.name)
+    versions = [((e.folder / "model.safetensors").read_bytes(), (e.folder / "config.json").read_bytes()) for e in (a, b)]
+    states = {e.sha256: load_pretrained(e.name, weights=e.folder).state_dict() for e in (a, b)}
+    stop, swaps = threading.Event(), []
+
+    def publisher() -> None:  # as save_pretrained does: weights renamed into place, then config.json
+        while not stop.is_set():
+            weights, config = versions[len(swaps) % 2]
+            atomic_write_bytes(folder / "model.safetensors", weights)
+            atomic_write_bytes(folder / "config.json", config)
+            swaps.append(1)
+            stop.wait(0.05)  # a re-publish every few loads, not a file that never settles
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    seen = []
+    try:
+        monkeypatch.setitem(PRETRAINED, a.name, PretrainedEntry.from_folder(folder))  # like an entry of cards/
+        monkeypatch.setenv("LIPZOO_WEIGHTS", str(folder.parent))
+        for i in range(30):
+            model = lipzoo.create_model(str(folder) if i % 2 else a.name, pretrained=True)
+            sha = model.pretrained_entry.sha256
+            state = model.state_dict()  # the weights are those of the entry they were checked with:
+            assert all(torch.equal(v, state[k]) for k, v in states[sha].items())
+            seen.append(sha)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(swaps) > 20 and set(seen) == set(states), "the publisher did not run alongside the reader"
