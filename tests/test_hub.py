@@ -490,8 +490,8 @@ def test_data_config_transform_matches_the_data_loader_on_idx_images(tmp_path):
     assert torch.equal(tf(raw), expected)  # a numpy batch
     one = tf(Image.fromarray(raw[2]))  # a PIL image
     assert one.shape == (1, 32, 32) and one.dtype == torch.float32 and torch.equal(one, expected[2])
-    assert torch.equal(tf(torch.from_numpy(raw[3])), expected[3])  # a uint8 tensor (H, W)
-    assert torch.equal(tf(torch.from_numpy(raw).float() / 255), expected)  # floats in [0, 1]
+    assert torch.equal(tf(torch.tensor(raw[3])), expected[3])  # a uint8 tensor (H, W)
+    assert torch.equal(tf(torch.tensor(raw).float() / 255), expected)  # floats in [0, 1]
     assert torch.equal(tf(expected), expected)  # already at the model size
     for bad, what in [(raw.astype(np.float32), r"float images must lie in \[0, 1\]"),
                       (np.zeros((3, 28, 28, 3), np.uint8), "1-channel images"),

@@ -53,3 +53,11 @@ def test_torch_hub_load_pretrained_offline_from_mirror(tmp_path, monkeypatch):
     assert not model.training and torch.equal(model(x), ref(x))
     with pytest.raises(lipzoo.UnknownModelError):
         torch.hub.load(str(ROOT), "convnet_xs_aol", source="local", pretrained=True, dataset="cifar10")
+
+
+def test_pretrained_entrypoint_refuses_another_head(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="num_classes=5 does not fit the pretrained weights of convnet_xs_aol.fashion_mnist"):
+        torch.hub.load(str(ROOT), "convnet_xs_aol", source="local", pretrained=True, num_classes=5)
+    model = torch.hub.load(str(ROOT), "convnet_xs_aol", source="local", pretrained=True)  # the bundled weights
+    assert model.pretrained_entry.name == "convnet_xs_aol.fashion_mnist" and model.num_classes == 10
