@@ -121,7 +121,8 @@ def list_cmd(pattern: str, layer: str | None, pretrained: bool, as_json: bool) -
         _echo_json([model_info(n) for n in names])
         return
     for n in names:
-        click.echo(n)
+        status = model_info(n).get("status") if pretrained else None
+        click.echo(f"{n}  [{status}]" if status else n)
     if not names:
         click.echo("(no model matches)" if not pretrained else "(no pretrained weights registered yet)", err=True)
 
@@ -465,8 +466,10 @@ def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> N
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "cards_root", type=click.Path(file_okay=False), default=None,
               help="Folder of the model folders (default: cards/ of this checkout).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing model folder; publish a run that fails the gate, marked 'undertrained'.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def publish_cmd(run_dirs, cards_root, as_json) -> None:
+def publish_cmd(run_dirs, cards_root, force, as_json) -> None:
     """Publish finished, evaluated runs as cards/<name>/ (weights, config.json with their sha256, card)."""
     from .cards import write_cards
     from .publish import RunError, publish_run
@@ -474,10 +477,11 @@ def publish_cmd(run_dirs, cards_root, as_json) -> None:
     rows = []
     for run in run_dirs:
         try:
-            entry = publish_run(run, cards_root)
+            entry = publish_run(run, cards_root, force=force)
         except RunError as e:
             raise click.ClickException(str(e)) from None
-        rows.append({"run": run, "name": entry.name, "folder": str(entry.folder), "sha256": entry.sha256})
+        rows.append({"run": run, "name": entry.name, "folder": str(entry.folder), "sha256": entry.sha256,
+                     "status": entry.status})
         if not as_json:
             click.echo(f"published {run} -> {entry.folder} (sha256 {entry.sha256[:12]}...)")
     if cards_root:  # the index of the folder published into
@@ -688,7 +692,8 @@ def verify_cmd(names, revision, cache_dir, as_json) -> None:
 @click.option("--message", default=None, help="Commit message.")
 def push_cmd(name, repo_id, folder, branch, private, message) -> None:
     """Upload a model folder (card, config.json, weights) through huggingface_hub and pin the new commit."""
-    from .hub import HubError, push
+    from .hub import HubError
+    from .publish import push_entry as push
 
     try:
         commit = push(name, repo_id, folder=folder, branch=branch, private=private, commit_message=message)

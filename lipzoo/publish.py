@@ -11,25 +11,44 @@ The data flow of the zoo (house design, principle 3)::
 copies numbers from the run's files into ``config.json`` (through
 :func:`lipzoo.save_pretrained`) and renders the card, so every number on a card was written by
 the code that measured it, with the hardware it was measured on.
+
+Publishing is all or nothing: the name is checked and the publish gate applied before anything
+is written, the whole model folder (weights, config.json, records, learning curve, card) is
+built in a temporary folder beside the target and renamed into place, and an existing folder is
+replaced only with ``force``. The temporary folder sits two levels below the cards folder, where
+the registry (which reads ``<cards>/*/config.json``) never looks, so ``import lipzoo`` works at
+every moment, also after an interrupted publish.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
+import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from ._io import atomic_write_text
+from .cards import CURVE_FILENAME
 
-__all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "RunError"]
+__all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "publish_gate", "push_entry",
+           "RunError", "CURVE_FILENAME", "CHANCE_FACTOR"]
 
 EVAL_FILENAME = "eval.json"
 #: the run's record files copied next to the published weights (the sources of the card's numbers)
 RECORDS = ("run.json", "metrics.jsonl", EVAL_FILENAME)
 CHECK_N = 1000  #: the first this many images of the split are also scored on their own (``check``)
+#: a run whose test clean accuracy is at most this many times chance (1 / classes) is not published
+CHANCE_FACTOR = 1.5
+GATE_EPS_KEY = f"{36 / 255:.6g}"  #: the certified accuracy that an optional ``publish_floor`` bounds
+FLOOR_KEY = "publish_floor"
 
 
 class RunError(ValueError):
@@ -40,6 +59,16 @@ def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise RunError(f"{path} does not exist: {what}")
     return json.loads(path.read_text())
+
+
+def _recipe_dict(run: Path) -> dict:
+    try:
+        raw = yaml.safe_load((run / "recipe.yaml").read_text())
+    except yaml.YAMLError as e:
+        raise RunError(f"{run / 'recipe.yaml'} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise RunError(f"{run / 'recipe.yaml'} holds a {type(raw).__name__}; expected a mapping of recipe fields")
+    return raw
 
 
 def load_run_model(run_dir: str | os.PathLike) -> tuple[nn.Module, "object"]:
@@ -55,7 +84,9 @@ def load_run_model(run_dir: str | os.PathLike) -> tuple[nn.Module, "object"]:
     if not weights.is_file():
         raise RunError(f"{run} holds no model.safetensors yet (unfinished run? resume it with "
                        f"`lipzoo train {run / 'recipe.yaml'} --out {run} --resume`)")
-    recipe = Recipe.load(run / "recipe.yaml")
+    raw = _recipe_dict(run)
+    raw.pop(FLOOR_KEY, None)  # a publishing option, not a training field
+    recipe = Recipe.from_dict(raw, source=str(run / "recipe.yaml"))
     model = build_model(recipe)
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval(), recipe
@@ -116,36 +147,170 @@ def evaluate_run(
 
 
 def _epochs(run: Path) -> list[dict]:
+    from .plots import PlotError, read_epochs
+
     path = run / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    try:
+        return read_epochs(path) if path.is_file() else []
+    except PlotError as e:
+        raise RunError(str(e)) from None
 
 
+def check_name(name: str, architecture: str, dataset: str, source: str = "recipe") -> None:
+    """Raise :class:`RunError` unless ``name`` is ``<architecture>.<dataset>``, optionally followed by
+    ``_<budget>`` (lowercase letters, digits, ``_``): the only names that are safe folder names
+    and that the registry accepts for the recipe's architecture and data set."""
+    base = f"{architecture}.{dataset}"
+    if not isinstance(name, str) or not (name == base or re.fullmatch(re.escape(base) + r"_[a-z0-9][a-z0-9_]*", name)):
+        raise RunError(f"{source}: name {name!r} must be {base!r} (the recipe's architecture.dataset), optionally "
+                       f"followed by '_<budget>' in lowercase letters, digits and '_'; fix the recipe's `name:`")
+
+
+def publish_gate(clean_accuracy: float, certified_accuracy: dict, num_classes: int, *, certifies: bool = True,
+                 floor: float | None = None) -> list[str]:
+    """Why a run should not be published (an empty list: it may be).
+
+    - clean accuracy at most :data:`CHANCE_FACTOR` x chance (``1 / num_classes``): near chance;
+    - with ``floor`` (a fraction) and ``certifies`` (a Lipschitz layer; the unconstrained
+      ``standard`` layer has no certificate, so no floor applies): certified accuracy at 36/255
+      (``certified_accuracy[GATE_EPS_KEY]``) below ``floor``, or not measured.
+    """
+    reasons = []
+    limit = CHANCE_FACTOR / num_classes
+    if clean_accuracy <= limit:
+        reasons.append(f"test clean accuracy {100 * clean_accuracy:.2f}% is near chance "
+                       f"(<= {CHANCE_FACTOR:g} x 1/{num_classes} = {100 * limit:.2f}%)")
+    if floor is not None and certifies:
+        got = certified_accuracy.get(GATE_EPS_KEY)
+        if not isinstance(got, (int, float)):
+            reasons.append(f"no certified accuracy at 36/255 was measured, so the {FLOOR_KEY} "
+                           f"{100 * floor:.2f}% cannot be checked")
+        elif got < floor:
+            reasons.append(f"certified accuracy at 36/255 {100 * got:.2f}% is below the {FLOOR_KEY} {100 * floor:.2f}%")
+    return reasons
+
+
+def _floor(ev: dict, raw_recipe: dict, run: Path) -> float | None:
+    """The optional ``publish_floor`` of a run: eval.json's, else recipe.yaml's; a fraction in [0, 1]."""
+    for source, d in ((run / EVAL_FILENAME, ev), (run / "recipe.yaml", raw_recipe)):
+        if FLOOR_KEY in d and d[FLOOR_KEY] is not None:
+            v = d[FLOOR_KEY]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise RunError(f"{source}: {FLOOR_KEY} must be a fraction between 0 and 1 (e.g. 0.4), got {v!r}")
+            return float(v)
+    return None
+
+
+def _training_hardware(record: dict, ev: dict) -> dict | None:
+    """The run's training hardware, with the CPU model name where one is known: the run record's, else
+    the evaluation's when that ran on the same platform and processor (lipzoo evaluate records it)."""
+    hw = record.get("hardware")
+    if not isinstance(hw, dict):
+        return hw
+    hw = dict(hw)
+    evhw = ev.get("hardware") if isinstance(ev.get("hardware"), dict) else {}
+    if not hw.get("cpu_model") and evhw.get("cpu_model") and all(
+            evhw.get(k) == hw.get(k) for k in ("platform", "cpu")):
+        hw["cpu_model"] = evhw["cpu_model"]
+    return hw
+
+
+# --- folder-level replacement -------------------------------------------------------------------
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the complete folder ``staged`` at ``target`` (same file system) by renaming.
+
+    A missing ``target`` is created by one rename. An existing one is swapped atomically where the
+    system can, else moved aside first and put back if the second rename fails; the old folder
+    ends up at ``staged``'s path, for the caller to delete.
+    """
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if _exchange(staged, target):
+        return
+    aside = staged.with_name(staged.name + ".old")
+    os.rename(target, aside)
+    try:
+        os.rename(staged, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    os.rename(aside, staged)
+
+
+def _staging(root: Path, name: str) -> Path:
+    """A fresh temporary folder ``root/.<name>.<random>/``; model folders are built inside it."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+
+
+# --- publish ------------------------------------------------------------------------------------
 def publish_run(
     run_dir: str | os.PathLike,
     cards_root: str | os.PathLike | None = None,
     *,
     recipe_path: str | None = None,
     notes: str | None = None,
+    force: bool = False,
 ) -> "object":
     """Publish a finished, evaluated run as ``cards_root/<name>/`` and render its card.
 
+    Before anything is written: the recipe's name must be ``<architecture>.<dataset>`` (optionally
+    ``_<budget>``; :func:`check_name`), eval.json must be of this run, and the run must pass
+    :func:`publish_gate` (``publish_floor``: from eval.json, else recipe.yaml); a folder of that
+    name must not exist yet. ``force`` overrides the last two: a gated run is then published with
+    ``status: undertrained`` (shown on its card and in the index) and an existing folder replaced.
+    Any failure raises :class:`RunError` (or the underlying error) and leaves ``cards_root``
+    as it was.
+
     Numbers come only from the run's files: ``eval.json`` (test-split certificates, audit,
     inference cost), ``run.json`` (training wall time, hardware, commit) and ``metrics.jsonl``
-    (images/s per epoch, the last epoch's validation figures). ``recipe_path``: the recipe file
-    to name on the card (default ``recipes/<dataset>/<architecture>.yaml``). The run's
-    :data:`RECORDS` files are copied into the folder too. Returns the entry.
+    (images/s per epoch, the last epoch's validation figures, the learning curve
+    :data:`CURVE_FILENAME`). ``recipe_path``: the recipe file to name on the card (default
+    ``recipes/<dataset>/<architecture>.yaml``). The run's :data:`RECORDS` files are copied into
+    the folder too. Returns the entry (its ``folder`` is the published folder).
     """
     from .cards import write_card
+    from .data import dataset_info
     from .hub import save_pretrained
-    from .registry import CARDS_DIR
+    from .layers import LAYERS
+    from .plots import PlotError, learning_curve
+    from .registry import ARCHITECTURES, CARDS_DIR
 
     run = Path(run_dir)
     model, recipe = load_run_model(run)
+    check_name(recipe.name, recipe.architecture, recipe.dataset, source=str(run / "recipe.yaml"))
     record = _read_json(run / "run.json", "the run has not finished")
     if not record.get("complete"):
         raise RunError(f"{run} is not complete ({record.get('epochs_done')}/{record.get('epochs')} epochs); resume it")
     ev = _read_json(run / EVAL_FILENAME, f"evaluate it first: `lipzoo evaluate {run}`")
+    for key in ("name", "architecture", "dataset"):
+        if ev.get(key) != getattr(recipe, key):
+            raise RunError(f"{run / EVAL_FILENAME} is of {key} {ev.get(key)!r}, but the recipe says "
+                           f"{getattr(recipe, key)!r}; evaluate the run again: `lipzoo evaluate {run}`")
     cert = ev["certification"]
+    certifies = LAYERS[ARCHITECTURES[recipe.architecture].layer].lipschitz
+    reasons = publish_gate(float(cert["clean_accuracy"]), cert.get("certified_accuracy") or {},
+                           dataset_info(recipe.dataset).num_classes, certifies=certifies,
+                           floor=_floor(ev, _recipe_dict(run), run))
+    if reasons and not force:
+        raise RunError(f"refusing to publish {recipe.name}: {'; '.join(reasons)}. Train it longer, or pass --force "
+                       "to publish it marked 'undertrained'")
+    root = Path(cards_root) if cards_root is not None else CARDS_DIR
+    target = root / recipe.name
+    if target.exists() and not force:
+        raise RunError(f"{target} already exists; pass --force to replace that model folder with this run")
+
     epochs = _epochs(run)
     seen = sum(e["images_per_s"] * e["epoch_time_s"] for e in epochs)
     epoch_time = sum(e["epoch_time_s"] for e in epochs)
@@ -158,7 +323,7 @@ def publish_run(
     timing = {"train_time_s": record["wall_time_s"], "epochs": record["epochs_done"],
               "train_images": int(round(seen)), "batch_size": recipe.batch_size,
               "train_images_per_s": seen / epoch_time if epoch_time else None,
-              "hardware": record.get("hardware")}
+              "hardware": _training_hardware(record, ev)}
     inf = ev.get("inference") or {}
     if inf.get("status") == "ok":
         timing |= {"inference_images_per_s": inf["infer_images_per_s"], "peak_memory_mb": inf["train_peak_mib"],
@@ -171,11 +336,108 @@ def publish_run(
             "torch_version": record.get("torch"), "budget": recipe.budget}
     if notes or recipe.notes:
         prov["notes"] = notes or recipe.notes
-    root = Path(cards_root) if cards_root is not None else CARDS_DIR
-    entry = save_pretrained(model, root / recipe.name, dataset=recipe.dataset, metrics=metrics, timing=timing,
-                            provenance=prov, recipe=recipe_path, layer_kwargs=recipe.layer_options)
-    for f in RECORDS:  # the measurement files travel with the weights: every card number has its source file
-        if (run / f).is_file():
-            atomic_write_text(root / recipe.name / f, (run / f).read_text())
-    write_card(entry, root)
-    return entry
+    if reasons:
+        prov["status_reasons"] = reasons
+
+    staging = _staging(root, recipe.name)
+    try:
+        folder = staging / recipe.name
+        entry = save_pretrained(model, folder, dataset=recipe.dataset, name=recipe.name, metrics=metrics, timing=timing,
+                                provenance=prov, recipe=recipe_path, layer_kwargs=recipe.layer_options)
+        if reasons:
+            from .hub import write_config
+
+            entry = replace(entry, status="undertrained")
+            write_config(entry, folder)
+        for f in RECORDS:  # the measurement files travel with the weights: every card number has its source file
+            if (run / f).is_file():
+                shutil.copyfile(run / f, folder / f)
+        if epochs:
+            try:
+                learning_curve(epochs, folder / CURVE_FILENAME, title=f"{recipe.name}: learning curve",
+                               certified=certifies)
+            except PlotError:
+                pass  # records without any plottable quantity: the card then shows no curve
+        write_card(entry, staging)
+        replace_folder(folder, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return replace(entry, folder=target)
+
+
+# --- push ---------------------------------------------------------------------------------------
+def push_entry(
+    name: str,
+    repo_id: str | None = None,
+    *,
+    folder: str | os.PathLike | None = None,
+    branch: str = "main",
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a model folder (README.md, config.json, weights) to the Hub repo ``repo_id`` and pin it.
+
+    Checks first (the folder holds ``name``, the weights match config.json's sha256, ``repo_id``
+    is ``ORG/NAME``), then uploads a temporary copy whose config.json and card name ``repo_id``.
+    Only after the upload succeeded is the folder replaced (as a whole, by renaming) with that
+    copy, config.json now also pinning the new commit as the revision. A failed upload raises
+    :class:`lipzoo.hub.HubError` and leaves the folder untouched. Returns the commit id.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .cards import CARD_FILENAME, render_card
+    from .hub import ChecksumError, HubError, _transport_errors, hf_endpoint, sha256_file, write_config
+    from .registry import CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
+
+    folder = Path(folder) if folder is not None else (PRETRAINED[name].folder if name in PRETRAINED else None) \
+        or CARDS_DIR / name
+    try:
+        entry = PretrainedEntry.from_folder(folder)
+    except RegistryError as e:
+        raise HubError(str(e)) from None
+    if entry.name != name:
+        raise HubError(f"{folder} holds {entry.name!r}, not {name!r}")
+    weights = folder / entry.filename
+    if not weights.is_file() or sha256_file(weights) != entry.sha256:
+        raise ChecksumError(f"{weights} is missing or does not match the sha256 in {folder / CONFIG_FILENAME}; "
+                            "re-save it with lipzoo.save_pretrained")
+    repo_id = repo_id or entry.repo_id
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id):
+        raise HubError(f"repo id must be ORG/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}")
+    staging = _staging(folder.parent, folder.name)
+    try:
+        new = staging / folder.name
+        new.mkdir()
+        for f in folder.iterdir():  # everything else travels unchanged (records, learning curve)
+            if f.is_file():
+                try:
+                    os.link(f, new / f.name)
+                except OSError:
+                    shutil.copy2(f, new / f.name)
+        entry = replace(entry, hf_repo_id=repo_id, folder=new)
+        for f in (CONFIG_FILENAME, CARD_FILENAME):
+            (new / f).unlink(missing_ok=True)  # hard links: rewrite as new files, never through the link
+        write_config(entry, new)
+        atomic_write_text(new / CARD_FILENAME, render_card(entry))
+        api = HfApi(endpoint=hf_endpoint(), token=token)
+        try:
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(new), revision=branch, repo_type="model",
+                                     commit_message=commit_message or f"lipzoo: upload {name}",
+                                     allow_patterns=[CARD_FILENAME, CONFIG_FILENAME, entry.filename])
+        except (HfHubHTTPError, *_transport_errors()) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise HubError(f"upload of {name} to {repo_id} at {hf_endpoint()} failed ({first}); "
+                           f"{folder} was left unchanged") from None
+        commit = info.oid
+        entry = replace(entry, revision=commit)
+        write_config(entry, new)  # the revision is not on the card, so the card stays fresh
+        replace_folder(new, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    entry = replace(entry, folder=folder)
+    if name in PRETRAINED:
+        PRETRAINED[name] = entry
+    return commit

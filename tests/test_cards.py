@@ -8,9 +8,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from lipzoo.cards import entrypoint_doc, render_card, render_index, write_cards
+from lipzoo.cards import entrypoint_doc, metrics_summary, render_card, render_index, write_cards
 from lipzoo.cli import main as cli
-from lipzoo.registry import CARDS_DIR, PRETRAINED, PretrainedEntry
+from lipzoo.registry import CARDS_DIR, PRETRAINED, PretrainedEntry, RegistryError
 
 from hubtools import copy_folder, make_checkpoint
 
@@ -44,8 +44,8 @@ def test_card_body_tables_usage_reproduce_citations(entry):
     assert "| training time | 1.50 h (5400 s) |" in text and "| hardware | NVIDIA H100, cuda |" in text
     assert "| peak memory (training) | 812 MiB |" in text
     assert f'lipzoo.create_model("{entry.name}", pretrained=True)' in text
-    assert 'torch.hub.load("lipzoo/lipzoo", "convnet_xs_aol", pretrained=True, dataset="fashion_mnist")' in text
-    assert f'hf_hub_download("lipzoo/{entry.name}", "model.safetensors")' in text
+    assert ('torch.hub.load("path/to/lipzoo", "convnet_xs_aol", source="local", pretrained=True, '
+            'dataset="fashion_mnist")') in text
     assert "lipzoo train recipes/fashion_mnist/convnet_xs_aol.yaml" in text
     assert "Prach, Bernd and Brau, Fabio and Buttazzo, Giorgio and Lampert, Christoph H." in text and "CVPR" in text
     assert "Prach & Lampert, ECCV 2022" in text and "Almost-Orthogonal Layers" in text
@@ -147,7 +147,7 @@ def test_card_of_imported_weights_shows_reported_numbers_bound_and_provenance():
     entry = _imported_entry(upper=1.4686381)
     text = render_card(entry)
     assert render_card(entry) == text  # deterministic
-    reported = text.split("### Reported by the authors")[1].split("## Training time")[0]
+    reported = text.split("### Reported by the authors")[1].split("## Training cost")[0]
     assert "| 0 (clean accuracy) | 74.90% |" in reported and "| 36/255 | 62.50% |" in reported
     assert "| 72/255 | 48.50% |" in reported and "| 1 | 4.20% |" in reported
     assert "| epochs | 14957 |" in reported and "| run id | `20230822_081440.7` |" in reported
@@ -175,7 +175,8 @@ def test_card_bound_sentence_only_above_one_and_measured_numbers_beside_reported
     assert "Its logits are 1-Lipschitz in l2" in within
     measured = within.split("### Measured by lipzoo")[1].split("### Lipschitz bound")[0]
     assert "| 0 (clean accuracy) | 70.00% |" in measured and "| 36/255 | 50.00% |" in measured
-    assert "Lipschitz bound L = 1.5; 50 test images" in measured and "Not measured" not in measured
+    assert "Measured on CIFAR-10 (50 test images)." in measured and "Not measured" not in measured
+    assert "The certified accuracies measured by lipzoo above were computed with L = 1.5." in within
     assert "| 36/255 | 62.50% |" in within.split("### Reported by the authors")[1]
     unaudited = render_card(_imported_entry(upper=None))
     assert "Not audited yet: `lipzoo audit convnet_xs_cpl.cifar10_1llc`" in unaudited and "L <=" not in unaudited
@@ -202,3 +203,88 @@ def test_save_pretrained_does_not_invent_a_recipe(tmp_path):
     assert entry.recipe is None and json.loads((tmp_path / "m" / "config.json").read_text())["recipe"] is None
     text = render_card(entry)
     assert "No recipe is recorded for these weights." in text and "lipzoo train" not in text
+
+
+# --- what a card claims: only working commands, one L rule, the baseline, status, hardware, cost ----
+def _with(entry: PretrainedEntry, **changes) -> PretrainedEntry:
+    cfg = entry.as_dict()
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = cfg[key] | value
+        else:
+            cfg[key] = value
+    return PretrainedEntry.from_dict(cfg, "test config", folder=entry.folder)
+
+
+def test_card_shows_only_commands_that_work(entry):
+    text = render_card(entry)  # no Hub repo recorded
+    assert entry.hf_repo_id is None
+    assert "pip install lipzoo" not in text and "hf_hub_download" not in text and "lipzoo download" not in text
+    assert "`pip install -e .`" in text and 'source="local"' in text
+    pushed = render_card(_with(entry, hub={"repo_id": "someorg/x.y", "revision": None, "filename": "model.safetensors"}))
+    assert 'hf_hub_download("someorg/x.y", "model.safetensors")' in pushed and f"lipzoo download {entry.name}" in pushed
+
+
+def test_card_states_the_lipschitz_rule_once_and_the_l_it_used(entry):
+    audited = _with(entry, metrics={"lipschitz_bound": 1.0, "audit": {"lipschitz_upper": 0.858558, "ok": True}})
+    text = render_card(audited)
+    assert text.count("L = max(1, ") == 1 and "L <= 0.858558" in text
+    assert "computed with L = 1." in text and "Lipschitz bound L = 1" not in text
+    bound = text.split("### Lipschitz bound")[1].split("## ")[0]
+    assert bound.index("max(1, ") < bound.index("L <= 0.858558") < bound.index("computed with L = 1.")
+
+
+def test_standard_card_is_the_unconstrained_baseline_without_certificate():
+    from hubtools import METRICS
+
+    cfg = _imported_entry(upper=45.56).as_dict() | {"name": "convnet_xs_standard.cifar10",
+                                                    "architecture": "convnet_xs_standard", "provenance": {}}
+    cfg["metrics"] |= METRICS | {"lipschitz_bound": 45.56}
+    del cfg["metrics"]["reported"]
+    std = PretrainedEntry.from_dict(cfg, "standard config")
+    text = render_card(std)
+    assert "certifiably robust" not in text and "unconstrained baseline" in text and "no certificate" in text
+    measured = text.split("### Measured by lipzoo")[1].split("### Lipschitz bound")[0]
+    assert "| 36/255 | n/a (no certificate) |" in measured and "62.00%" not in measured
+    assert "| 0 (clean accuracy) | 81.00% |" in measured
+    assert "max(1, " not in text and "L <= 45.56" in text
+    meta = _front_matter(text)
+    names = [m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]]
+    assert names == ["Clean accuracy"] and "certified-robustness" not in meta["tags"]
+    row = next(ln for ln in render_index([std]).splitlines() if ln.startswith("| [convnet_xs_standard"))
+    assert "| n/a | n/a |" in row and "62.00%" not in row
+    assert "no certificate" in metrics_summary(std) and "36/255" not in metrics_summary(std)
+
+
+def test_undertrained_entry_is_marked_on_card_and_index(entry):
+    bad = _with(entry, status="undertrained", provenance={"status_reasons": ["test clean accuracy 11.00% is near chance"]})
+    body = render_card(bad).split(f"# {entry.name}\n\n", 1)[1]
+    assert body.startswith("> **Warning: undertrained.** Published with `--force` although test clean accuracy "
+                           "11.00% is near chance.")
+    assert f"[{entry.name}]({entry.name}/README.md) **UNDERTRAINED** |" in render_index([bad])
+    assert "Warning" not in render_card(entry) and "UNDERTRAINED**" not in render_index([entry])
+    with pytest.raises(RegistryError, match="status must be one of"):
+        _with(entry, status="bogus")
+
+
+def test_hardware_is_the_cpu_model_name_never_the_kernel_string(entry):
+    kernel = "Linux-6.18.44-fc-v1045-x86_64-with-glibc2.36"
+    hw = {"platform": kernel, "cpu": "x86_64", "cpu_threads": 4, "device": "cpu"}
+    named = render_card(_with(entry, timing={"hardware": hw | {"cpu_model": "AMD EPYC 9654"}}))
+    assert "| hardware | AMD EPYC 9654, 4 threads, cpu |" in named and "- trained on: AMD EPYC 9654, 4 threads, cpu" in named
+    unnamed = render_card(_with(entry, timing={"hardware": hw}))
+    assert "| hardware | CPU model not recorded (x86_64), 4 threads, cpu |" in unnamed
+    assert kernel not in named + unnamed and kernel not in render_index([_with(entry, timing={"hardware": hw})])
+
+
+def test_training_cost_section_and_learning_curve_reference(entry, tmp_path):
+    from lipzoo.cards import CURVE_FILENAME
+
+    text = render_card(entry)
+    cost = text.split("## Training cost")[1].split("## Usage")[0]
+    assert "- wall-clock time: 90.0 min (5400 s), 3 epochs" in cost and "- training throughput: 12,000 images/s" in cost
+    assert "learning curve" not in cost  # no picture in the folder
+    folder = copy_folder(entry.folder, tmp_path / entry.name)
+    (folder / CURVE_FILENAME).write_bytes(b"png")
+    with_curve = render_card(PretrainedEntry.from_folder(folder))
+    assert f"![learning curve]({CURVE_FILENAME})" in with_curve.split("## Training cost")[1].split("## Usage")[0]
