@@ -342,7 +342,7 @@ def _certify_bound(model, lipschitz: float | None) -> tuple[float, float, str]:
     if lipschitz is None:
         lip = max(1.0, audited)
         why = ("audited on this machine; at least 1" if audited >= 1.0
-               else f"audited on this machine: {audited:.8g}, raised to 1 (never below 1)")
+               else f"audited on this machine: {audited:.8g}; raised to 1, never below 1")
         return lip, audited, why
     if lipschitz < audited:
         raise click.BadParameter(
@@ -438,7 +438,7 @@ def train_cmd(recipe, out_dir, device, resume, data_root) -> None:
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images (quick looks).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, type=DeviceType())
 @click.option("--speed/--no-speed", default=True, show_default=True,
               help="Also measure inference images/s and peak memory (lipzoo bench's method).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -630,12 +630,8 @@ def _pretrained_names(patterns: tuple[str, ...], default_all: bool) -> list[str]
 def download_cmd(names, revision, cache_dir, force, as_json) -> None:
     """Fetch pretrained weights NAME... (wildcards allowed) into the HF cache, verifying their sha256."""
     from .hub import HubError, download
-    from .registry import UnknownModelError
 
-    try:
-        chosen = _pretrained_names(names, default_all=False)
-    except UnknownModelError as e:
-        raise click.ClickException(str(e)) from None
+    chosen = _pretrained_names(names, default_all=False)  # an unknown name: one line, exit 2
     rows, failed = [], 0
     for n in chosen:
         try:
@@ -662,12 +658,8 @@ def download_cmd(names, revision, cache_dir, force, as_json) -> None:
 def verify_cmd(names, revision, cache_dir, as_json) -> None:
     """sha256 of the local copies of NAME... (default: every entry); exit 1 on any mismatch."""
     from .hub import verify
-    from .registry import UnknownModelError
 
-    try:
-        chosen = _pretrained_names(names, default_all=True)
-    except UnknownModelError as e:
-        raise click.ClickException(str(e)) from None
+    chosen = _pretrained_names(names, default_all=True)  # an unknown name: one line, exit 2
     rows = [verify(n, revision=revision, cache_dir=cache_dir) for n in chosen]
     if as_json:
         _echo_json(rows)

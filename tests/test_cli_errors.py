@@ -258,3 +258,15 @@ def test_budget_shows_what_it_is_timing(tmp_path):
     assert res.exit_code == 0, res.output
     assert "timing" in res.stderr and "tiny" in res.stderr and "1/1" in res.stderr
     assert "epochs" in res.stdout
+
+
+@pytest.mark.parametrize("command", ["download", "verify"])
+def test_unknown_pretrained_name_is_a_usage_error_everywhere(command):
+    res = CliRunner().invoke(cli, [command, "convnet_xs_aoll.fashion_mnist"], catch_exceptions=False)
+    line = _one_line_error(res, 2)
+    assert "convnet_xs_aoll.fashion_mnist" in line
+
+
+def test_evaluate_rejects_an_unknown_device(tmp_path):
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--device", "tpu"], catch_exceptions=False)
+    assert "'--device'" in _one_line_error(res, 2)
