@@ -38,6 +38,9 @@ def _message(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class CLIError(click.ClickException):
     """A library error shown as one line, with the exit status of its kind."""
 
@@ -79,6 +82,9 @@ class LipzooGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as e:
+            if isinstance(e, _NO_ARGS_IS_HELP):  # `lipzoo` alone: the help text, as click shows it
+                e.show()
+                sys.exit(e.exit_code)
             ctx = getattr(e, "ctx", None)
             where = getattr(e, "command_path", None) or (ctx.command_path if ctx is not None else None) or "lipzoo"
             msg = _one_line(e.format_message())

@@ -270,3 +270,8 @@ def test_unknown_pretrained_name_is_a_usage_error_everywhere(command):
 def test_evaluate_rejects_an_unknown_device(tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--device", "tpu"], catch_exceptions=False)
     assert "'--device'" in _one_line_error(res, 2)
+
+
+def test_no_command_still_shows_the_full_help():
+    res = CliRunner().invoke(cli, [], catch_exceptions=False)
+    assert "Commands:" in res.output and len(_lines(res.output)) > 10
