@@ -1,8 +1,13 @@
-"""THE single source of truth: every architecture (and, later, every pretrained entry).
+"""THE single source of truth: every architecture and every pretrained entry.
 
 Architectures are named ``{family}_{size}_{layer}``: family ``convnet`` (32x32 inputs, 5 blocks)
 or ``tconvnet`` (64x64 inputs, 6 blocks), size ``xs|s|m|l`` and a layer id of
 :mod:`lipzoo.layers`. hubconf, the CLI, cards, benchmarks and tests enumerate this module.
+
+Pretrained entries ``{architecture}.{dataset}`` are the ``cards/<name>/config.json`` files. A
+checkout (or torch.hub clone) reads them in place; an installed wheel reads the byte copies its
+build packaged as ``lipzoo/_index/<name>/config.json`` (:func:`index_dir`). A malformed file is
+skipped with a warning, so it never breaks ``import lipzoo``.
 """
 
 from __future__ import annotations
