@@ -175,15 +175,20 @@ def main() -> None:
         "profile": {},
         "smoke": {},
     }
+    out = Path(args.out) / f"sandwich-gradients-{slug(result['cpu'])}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every stage, so a stopped run keeps what it measured
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
     for name in args.configs.split(","):
         arch, kw = CONFIGS[name]
         result["profile"][name] = depth_profile(build(arch, kw, args.seed), xb, yb)
+        save()
     for name in filter(None, args.smoke.split(",")):
         arch, kw = CONFIGS[name]
         result["smoke"][name] = smoke(arch, kw, args.seed, xtr, ytr, xte, yte, args.steps, args.batch_size, args.lr)
-    out = Path(args.out) / f"sandwich-gradients-{slug(result['cpu'])}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+        save()
     print(out)
 
 

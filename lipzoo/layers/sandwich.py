@@ -28,15 +28,16 @@ uniformly in +-1/sqrt(fan_in). Each such layer is strongly contractive at init: 
 ``2 A^T D B`` (D the ReLU's 0/1 slopes) shrinks a random direction by a constant factor well
 below 1, so the 27 layers of ConvNet-XS attenuate the backward signal geometrically and the first
 layer's gradient vanishes (the vanishing gradients 1LipschitzLayersCompared reports for Sandwich;
-``scripts/sandwich_gradients.py`` measures the per-layer gain and gradient norms). A Sandwich layer can only be norm
-preserving where its ReLU is active and ``2 A^T B`` is orthogonal, i.e. ``A A^T = B B^T = I / 2``.
+``scripts/sandwich_gradients.py`` measures the per-layer gain and gradient norms). A Sandwich
+layer can only be norm preserving where its ReLU is active and ``2 A^T B`` is orthogonal, i.e.
+``A A^T = B B^T = I / 2``.
 The DEFAULT ``init="identity"`` puts it exactly there: ``W = [0, -(sqrt(2) - 1) E]`` (E the
 (partial) identity of the channels, as the centre tap of the kernel; alpha = ||W_hat||_F as
 before), whose Cayley transform is ``A = I / sqrt(2)``, ``B = E / sqrt(2)``, so the layer is
-``y = ReLU(x + b)``; the bias is drawn in (0, 1/sqrt(fan_in)) (the paper's bound, positive), so
-every unit with a non-negative input, i.e. every unit after the first layer's (MaxMin and the
-layer's own ReLU keep signals non-negative), is active and the layer is the identity map plus a
-shift: gain 1, like AOL's Dirac initialisation. This only chooses a starting point: the map from
+``y = ReLU(x + b)``. The bias is drawn in (0, 1/sqrt(fan_in)) (the paper's bound, made positive):
+inputs after the first layer are non-negative (ReLU and MaxMin keep them so), so every unit is
+active, also on all-zero channels (with b <= 0 their ReLU slope would be 0 and they would never
+get a gradient), and the layer is the identity map plus a shift: gain 1, like AOL's Dirac init. This only chooses a starting point: the map from
 parameters to the function, and so the 1-Lipschitz proof above, is unchanged.
 ``init="paper"`` (the default with ``paper_compatible=True``) is the paper's initialisation.
 
