@@ -22,6 +22,12 @@ class InputError(ValueError):
     """A tensor given to a lipzoo layer or model is not what it expects."""
 
 
+def inspectable(x: torch.Tensor) -> bool:
+    """Whether a data-dependent check on ``x`` may run: not while torch.compile traces (it would break
+    the graph) and not on a torch.func-transformed tensor (vmap/jvp have no single value to test)."""
+    return not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def check_input(
     x: torch.Tensor,
     *,
@@ -47,7 +53,7 @@ def check_input(
         raise InputError(
             f"{name} expects {channels} input {what}, got {x.shape[1]} (input shape {tuple(x.shape)})"
         )
-    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
+    if check_finite and x.numel() and inspectable(x) and not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} got NaN or Inf values in its input; inputs must be finite")
 
 

@@ -44,10 +44,26 @@ class _ComplexMatmul(torch.autograd.Function):
     same gradients (``G @ b^H``, ``a^H @ G``).
     """
 
+    generate_vmap_rule = True  # usable under torch.func transforms
+
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a, b)
+    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.matmul(_dense(a), _dense(b))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def jvp(ctx, da: torch.Tensor | None, db: torch.Tensor | None) -> torch.Tensor:
+        a, b = ctx.saved_tensors
+        out = 0
+        if da is not None:
+            out = out + torch.matmul(_dense(da), _dense(b))
+        if db is not None:
+            out = out + torch.matmul(_dense(a), _dense(db))
+        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -123,8 +139,11 @@ POWER_START_SEED = 20240701  # seed of the fixed start vector of the power itera
 
 def power_start_vector(w: torch.Tensor) -> torch.Tensor:
     """The fixed pseudo-random start (..., m, 1) of the power iteration on a (..., m, n) stack."""
-    gen = torch.Generator().manual_seed(POWER_START_SEED)
-    return torch.randn(*w.shape[:-1], 1, generator=gen).to(device=w.device, dtype=w.dtype)
+    # a constant, not a random draw: made outside any torch.func transform (vmap refuses random ops)
+    with torch._C._DisableFuncTorch():
+        gen = torch.Generator().manual_seed(POWER_START_SEED)
+        start = torch.randn(*w.shape[:-1], 1, generator=gen)
+    return start.to(device=w.device, dtype=w.dtype)
 
 
 @torch.no_grad()

@@ -19,11 +19,24 @@ class _MaxMinPairs(torch.autograd.Function):
     Jacobian power iteration needs it).
     """
 
+    generate_vmap_rule = True  # torch.func.vmap / jacrev / jacfwd work through it
+
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        keep = a >= b
+        return torch.stack([torch.where(keep, a, b), torch.where(keep, b, a)], dim=2)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        a, b = inputs
         keep = a >= b
         ctx.save_for_backward(keep)
-        return torch.stack([torch.where(keep, a, b), torch.where(keep, b, a)], dim=2)
+        ctx.save_for_forward(keep)
+
+    @staticmethod
+    def jvp(ctx, da: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+        (keep,) = ctx.saved_tensors
+        return torch.stack([torch.where(keep, da, db), torch.where(keep, db, da)], dim=2)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -37,7 +50,7 @@ def maxmin(x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     even = c - (c % 2)
     a, b = x[:, :even].unflatten(1, (even // 2, 2)).unbind(2)
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.is_grad_enabled() and (x.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         out = _MaxMinPairs.apply(a, b)
     else:
         out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2)

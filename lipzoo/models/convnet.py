@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..layers import InputError, LipschitzModule, MaxMin, check_input, get_layer
+from ..layers._base import inspectable
 from ..layers.structural import Centering, FirstChannels, ZeroChannelConcatenation
 
 __all__ = ["ConvNet", "ConvNetConfig", "SIZES"]
@@ -117,7 +118,7 @@ class ConvNet(nn.Sequential):
                 f"{self.config.num_blocks} downsampling steps halve the size each time; native size "
                 f"{self.input_size}x{self.input_size}), got {h}x{wd}"
             )
-        if x.numel() and not bool(torch.isfinite(x).all()):
+        if x.numel() and inspectable(x) and not bool(torch.isfinite(x).all()):
             raise InputError(f"{name} got NaN or Inf values in its input; inputs must be finite")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
