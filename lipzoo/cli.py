@@ -422,7 +422,9 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--data-root", default=None, help="Folder with the data set (else $LIPZOO_DATA / system paths).")
-def train_cmd(recipe, out_dir, device, resume, data_root) -> None:
+@click.option("--checkpoint-every", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="Seconds of training between mid-epoch checkpoints (a checkpoint also ends every epoch).")
+def train_cmd(recipe, out_dir, device, resume, data_root, checkpoint_every) -> None:
     """Train the zoo entry described by RECIPE (a YAML file); works under torchrun for DDP."""
     from .data import DatasetNotFoundError
     from .training import DivergenceError, Recipe, RecipeError, train
@@ -433,7 +435,7 @@ def train_cmd(recipe, out_dir, device, resume, data_root) -> None:
         raise click.ClickException(str(e)) from None
     out = Path(out_dir or Path("runs") / r.name)
     try:
-        record = train(r, out, device=device, resume=resume, data_root=data_root)
+        record = train(r, out, device=device, resume=resume, data_root=data_root, checkpoint_every_s=checkpoint_every)
     except (DivergenceError, FileExistsError, DatasetNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps({k: record[k] for k in ("name", "epochs_done", "complete", "wall_time_s")} | {"out": str(out)}))

@@ -113,22 +113,52 @@ class Recipe:
         path = Path(path)
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
-        with open(path) as f:
-            return cls.from_dict(yaml.safe_load(f), source=str(path))
+        try:
+            with open(path) as f:
+                d = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where is not None else ""
+            raise RecipeError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', None) or e}); "
+                              f"expected a mapping of recipe fields") from None
+        return cls.from_dict(d, source=str(path))
 
     def validate(self, source: str = "recipe") -> None:
+        """Raise :class:`RecipeError` naming the first field whose type or value is invalid."""
         from .registry import get_architecture
 
+        for name, kinds, what in _FIELD_TYPES:
+            v = getattr(self, name)
+            if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+                raise RecipeError(f"{source}: {name} must be {what}, got {v!r} ({type(v).__name__})")
+        for name in ("lr", "weight_decay", "momentum", "loss_offset", "loss_temperature"):
+            if not math.isfinite(getattr(self, name)):
+                raise RecipeError(f"{source}: {name} must be a finite number, got {getattr(self, name)!r}")
         get_architecture(self.architecture)
         dataset_info(self.dataset)
+        eps_ok = all(isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e >= 0
+                     for e in self.eval_eps)
+        ra = self.rand_augment
         checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.schedule in ("onecycle", "constant"), "schedule must be 'onecycle' or 'constant'"),
-            (self.schedule_step in ("epoch", "batch"), "schedule_step must be 'epoch' or 'batch'"),
-            (self.loss_temperature > 0, "loss_temperature must be > 0"),
+            (self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size}"),
+            (self.schedule in ("onecycle", "constant"), f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}"),
+            (self.schedule_step in ("epoch", "batch"), f"schedule_step must be 'epoch' or 'batch', got {self.schedule_step!r}"),
+            (self.loss_temperature > 0, f"loss_temperature must be > 0, got {self.loss_temperature}"),
+            (self.loss_offset >= 0, f"loss_offset must be >= 0, got {self.loss_offset}"),
+            (self.crop_padding >= 0, f"crop_padding must be an integer >= 0, got {self.crop_padding}"),
+            (self.seed >= 0, f"seed must be an integer >= 0, got {self.seed}"),
+            (self.val_size >= 0, f"val_size must be an integer >= 0 (0: validate on the test split), got {self.val_size}"),
+            (self.train_limit is None or self.train_limit >= 1,
+             f"train_limit must be null (all images) or an integer >= 1, got {self.train_limit}"),
+            (self.val_limit is None or self.val_limit >= 1,
+             f"val_limit must be null (all images) or an integer >= 1, got {self.val_limit}"),
+            (eps_ok, f"eval_eps must be a list of finite radii >= 0, got {self.eval_eps!r}"),
+            (ra is None or (isinstance(ra, list) and len(ra) == 2 and all(isinstance(i, int) and i >= 0 for i in ra)),
+             f"rand_augment must be null or [num_ops, magnitude] (two integers >= 0), got {ra!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -139,6 +169,22 @@ class Recipe:
 
     def dump(self, path: str | os.PathLike) -> None:
         atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_INT, _NUM, _OPT_INT = (int,), (int, float), (int, type(None))
+#: (field, accepted types, how to say it) for every recipe field; bool is only accepted where listed
+_FIELD_TYPES: list[tuple[str, tuple[type, ...], str]] = [
+    ("name", (str,), "a string"), ("architecture", (str,), "a string"), ("dataset", (str,), "a string"),
+    ("epochs", _INT, "an integer"), ("lr", _NUM, "a number"), ("weight_decay", _NUM, "a number"),
+    ("batch_size", _INT, "an integer"), ("momentum", _NUM, "a number"), ("nesterov", (bool,), "true or false"),
+    ("schedule", (str,), "a string"), ("schedule_step", (str,), "a string"), ("loss_offset", _NUM, "a number"),
+    ("loss_temperature", _NUM, "a number"), ("crop_padding", _INT, "an integer"), ("hflip", (bool,), "true or false"),
+    ("rand_augment", (list, type(None)), "null or a list"), ("seed", _INT, "an integer"),
+    ("val_size", _INT, "an integer"), ("train_limit", _OPT_INT, "null or an integer"),
+    ("val_limit", _OPT_INT, "null or an integer"), ("eval_eps", (list,), "a list of numbers"),
+    ("layer_options", (dict,), "a mapping"), ("compile", (bool,), "true or false"),
+    ("budget", (dict, type(None)), "null or a mapping"), ("notes", (str,), "a string"),
+]
 
 
 # --- loss -------------------------------------------------------------------------------------
@@ -252,7 +298,11 @@ def save_checkpoint(path: Path, model: nn.Module, opt, sched, epoch: int, *, bat
         tensors["rng.data"] = generator.get_state()
         meta["batch"] = str(batch)
         meta["partial"] = json.dumps(partial or {})
-    atomic_save_safetensors(tensors, path, meta)
+    try:
+        atomic_save_safetensors(tensors, path, meta)
+    except OSError as e:
+        raise CheckpointError(f"cannot write the checkpoint {path} ({e.strerror or e}); the previous checkpoint "
+                              f"is kept: free space or fix the folder, then resume") from None
 
 
 class CheckpointError(RuntimeError):
@@ -422,6 +472,7 @@ def train(
     """
     if not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
+    recipe.validate(recipe.name)
     out = Path(out_dir)
     rank, world = _dist_info()
     if rank != 0:
@@ -500,8 +551,8 @@ def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, prog
             loss = offset_cross_entropy(z, yb, recipe.loss_offset, recipe.loss_temperature)
             if not torch.isfinite(loss):
                 raise DivergenceError(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, batch {b + 1}; the last good checkpoint "
-                    f"({ckpt_path}) is kept. Lower the learning rate ({recipe.lr}) and resume."
+                    f"loss became {float(loss)} at epoch {epoch + 1}, batch {b + 1}; {_kept(ckpt_path)}. "
+                    f"Lower the learning rate ({recipe.lr})."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -535,7 +586,7 @@ def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, prog
         if best_train_acc > 2 * chance and train_acc <= 1.2 * chance:
             raise DivergenceError(
                 f"training accuracy collapsed to chance ({train_acc:.3f}) at epoch {epoch + 1} after reaching "
-                f"{best_train_acc:.3f}; the last good checkpoint ({ckpt_path}) is kept"
+                f"{best_train_acc:.3f}; {_kept(ckpt_path)}"
             )
         best_train_acc = max(best_train_acc, train_acc)
         if is_main:
@@ -549,8 +600,18 @@ def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, prog
                            f"cert36 {cert.get(f'{36 / 255:.6g}', float('nan')):.3f} "
                            f"{metrics['images_per_s']:.0f} img/s")
         last = metrics
+    if not last and is_main and metrics_path.is_file():  # nothing left to train: report the last finished epoch
+        done = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+        last = done[-1] if done else {}
     return _finish(recipe, out, model, at.epoch if not last else last["epoch"] + 1, last, wall0, device, world,
                    is_main)
+
+
+def _kept(ckpt_path: Path) -> str:
+    """What a stopped run leaves behind, said truthfully."""
+    if ckpt_path.exists():
+        return f"the last good checkpoint ({ckpt_path}) is kept"
+    return "no checkpoint was written yet (nothing to resume)"
 
 
 def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, last: dict, wall0: float,
@@ -571,10 +632,15 @@ def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, l
         # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
         record["lipschitz_upper"] = float(audit(model, lower=False).upper)
         sd = _unwrap(model).state_dict()
-        atomic_save_safetensors(sd, out / "model.safetensors", {
-            "architecture": recipe.architecture, "dataset": recipe.dataset, "lipzoo_version": __version__,
-            "format": "pt"})
-        atomic_write_text(out / "run.json", json.dumps(record, indent=2))
+        try:
+            atomic_save_safetensors(sd, out / "model.safetensors", {
+                "architecture": recipe.architecture, "dataset": recipe.dataset, "lipzoo_version": __version__,
+                "format": "pt"})
+            atomic_write_text(out / "run.json", json.dumps(record, indent=2))
+        except OSError as e:
+            (out / "model.safetensors").unlink(missing_ok=True)  # a finished run is model + record, or neither
+            raise CheckpointError(f"cannot write the finished model into {out} ({e.strerror or e}); the last "
+                                  f"checkpoint is kept: free space, then resume to write it") from None
     elif is_main:
         atomic_write_text(out / "run.json", json.dumps(record | {"wall_time_s_before_resume": record["wall_time_s"]},
                                                        indent=2))

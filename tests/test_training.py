@@ -170,7 +170,7 @@ def test_a_run_directory_is_locked_while_training(tmp_path):
 def test_divergence_guard_keeps_the_last_good_checkpoint(tmp_path):
     data = synthetic()
     r = tiny_recipe(architecture="convnet_xs_standard", lr=1e12, schedule="constant", epochs=4)
-    with pytest.raises(DivergenceError, match="last good checkpoint"):
+    with pytest.raises(DivergenceError, match="last good checkpoint|no checkpoint was written yet"):
         train(r, tmp_path / "run", data=data, progress=False)
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
     if ckpt.exists():  # every checkpoint written is finite
