@@ -2,14 +2,23 @@
 
 For a model whose logits are L-Lipschitz in l2, the difference of two logits is
 sqrt(2) * L-Lipschitz, so a prediction whose top-two margin exceeds sqrt(2) * L * eps cannot be
-changed by any perturbation of l2 norm <= eps. Margins are taken in float64 from the model's
-float32 logits; a relative slack (``ROUNDOFF_SLACK`` times the largest logit magnitude, plus
-an absolute 1e-6) is subtracted from every margin to absorb the float32 round-off of the
-forward pass, so a certificate is never granted on a margin that round-off could create.
+changed by any perturbation of l2 norm <= eps.
+
+What is certified is the network evaluated in float64 (by default: :func:`certify` runs a float64
+copy of the model, weights recomputed in float64 from the parameters), with L the bound
+:func:`lipzoo.audit` proves for that network ON THIS MACHINE (:func:`resolve_bound`; a smaller
+given L is refused, and L is never below 1). The float64 forward pass leaves a round-off of about
+1e-13 of the logit scale; a relative slack (``ROUNDOFF_SLACK`` times the largest logit magnitude,
+plus an absolute 1e-6) is subtracted from every margin, orders of magnitude more than that, so a
+certificate is never granted on a margin that round-off could create. (The same slack also covers
+most of the float32 round-off of the deployed float32 network, but for float32 it is an
+empirical margin, not a proof: use ``precision="float64"``, the default, for certificates.)
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 import numbers
 from collections.abc import Callable, Iterable
@@ -19,7 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_EPS", "eps_key", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack",
+from ._provenance import cpu_model
+from .audit import audit
+
+__all__ = ["DEFAULT_EPS", "eps_key", "Bound", "resolve_bound", "as_float64", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack",
            "empirical_robust_accuracy", "check_eps", "check_labels", "check_lipschitz", "check_images_range"]
 
 #: the paper's radii: 36/255, 72/255, 108/255 and 1.0 (exact fractions, not the paper's rounded decimals)
@@ -131,15 +143,21 @@ class CertificationResult:
     certified_accuracy: dict[float, float]
     radii: torch.Tensor = field(repr=False)
     predictions: torch.Tensor = field(repr=False)
+    bound: "Bound | None" = None
+    precision: str = "float64"
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "n": self.n,
             "lipschitz_bound": self.lipschitz,
             "clean_accuracy": self.clean_accuracy,
-            "certified_accuracy": {f"{e:.6g}": a for e, a in self.certified_accuracy.items()},
+            "certified_accuracy": {eps_key(e): a for e, a in self.certified_accuracy.items()},
             "median_radius": float(self.radii.median()) if self.n else 0.0,
+            "precision": self.precision,
         }
+        if self.bound is not None:
+            out |= {"lipschitz_audited": self.bound.audited, "lipschitz_reason": self.bound.reason}
+        return out
 
     def table(self) -> str:
         rows = [f"{'eps':>12} | {'accuracy':>9}", "-" * 25, f"{'clean':>12} | {100 * self.clean_accuracy:8.2f}%"]
@@ -150,6 +168,79 @@ class CertificationResult:
         return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The Lipschitz constant a certificate divides by, and why.
+
+    ``value`` = max(1, given or audited) and never below ``audited``, the guaranteed upper bound
+    :func:`lipzoo.audit` proved for the evaluated network on this machine (``machine``).
+    """
+
+    value: float
+    audited: float
+    reason: str
+    machine: str
+
+
+_PROVEN: dict[tuple[str, str, str], float] = {}  # (weights digest, input shape, machine) -> audited bound
+
+
+def _digest(model: nn.Module) -> str:
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for k, t in model.state_dict().items():
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()
+
+
+def proven_upper(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> float:
+    """The guaranteed upper Lipschitz bound of ``model`` (at inputs of ``input_shape`` (C, H, W),
+    default the model's native input) as computed on this machine: audited once per weights, shape
+    and machine in this process (a changed weight is a new digest, so it is never stale)."""
+    key = (_digest(model), str(input_shape), cpu_model())
+    if key not in _PROVEN:
+        _PROVEN[key] = float(audit(model, input_shape=input_shape, lower=False).upper)
+    return _PROVEN[key]
+
+
+def resolve_bound(model: nn.Module, lipschitz: float | None = None,
+                  input_shape: tuple[int, ...] | None = None) -> Bound:
+    """The L to certify ``model`` with: the audited bound (at least 1), or a given ``lipschitz``
+    that is at least the audited bound (``ValueError`` naming both numbers otherwise).
+
+    A model the audit cannot analyse (not built from lipzoo layers) needs a given ``lipschitz``;
+    it is then used as given (at least 1), and the reason says that it was not audited.
+    """
+    machine = cpu_model()
+    lip = None if lipschitz is None else check_lipschitz(lipschitz)
+    try:
+        audited = proven_upper(model, input_shape)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        if lip is None:
+            raise ValueError(f"cannot audit {type(model).__name__} ({e}); pass lipschitz= a bound you have "
+                             f"proven for it") from None
+        return Bound(max(1.0, lip), float("nan"), f"given; not audited ({type(model).__name__} is not "
+                     f"analysable by lipzoo.audit)", machine)
+    if lip is None:
+        if audited >= 1.0:
+            return Bound(audited, audited, "audited on this machine; at least 1", machine)
+        return Bound(1.0, audited, f"audited on this machine: {audited:.8g}; raised to 1, never below 1", machine)
+    if lip < audited:
+        raise ValueError(f"lipschitz={lip!r} is below the bound proven for these weights on this machine "
+                         f"({audited!r}); certificates with it would be unsound: omit it or give a value >= {audited!r}")
+    return Bound(max(1.0, lip), audited, f"given; audited on this machine: {audited:.8g}"
+                 + ("; raised to 1" if lip < 1 else ""), machine)
+
+
+def as_float64(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` in eval mode (the model itself is left as it is)."""
+    if all(p.dtype == torch.float64 for p in model.parameters() if p.is_floating_point()):
+        return model
+    return copy.deepcopy(model).double().eval()
+
+
 @torch.no_grad()
 def certify(
     model: nn.Module,
@@ -157,17 +248,21 @@ def certify(
     labels: torch.Tensor,
     eps: float | Iterable[float] = DEFAULT_EPS,
     *,
-    lipschitz: float = 1.0,
+    lipschitz: float | None = None,
     batch_size: int = 256,
     device: str | torch.device | None = None,
     progress: bool = False,
+    precision: str = "float64",
 ) -> CertificationResult:
     """Clean and certified accuracy of ``model`` on ``(images, labels)`` at each radius in ``eps``.
 
-    A point counts as certified at ``e`` only when its float64 margin (less the round-off slack)
-    exceeds ``sqrt(2) * L * e``. ``lipschitz`` must be a bound proven for these weights (see
-    :func:`lipzoo.audit`); values below 1 are raised to 1 (an audit may prove less, but
-    certification never assumes a better constant than 1).
+    ``precision="float64"`` (default) evaluates a float64 copy of the model and certifies that
+    network; ``"float32"`` evaluates the model as it is (faster; the round-off slack is then an
+    empirical margin, not a proof). A point counts as certified at ``e`` only when its margin
+    (less the round-off slack) exceeds ``sqrt(2) * L * e``, with L from :func:`resolve_bound`:
+    the bound audited for the evaluated network on this machine (at least 1), or the given
+    ``lipschitz`` if it is not below that bound (``ValueError`` otherwise). The result says
+    which L was used and why (``result.bound``).
 
     Raises ``ValueError`` (before any forward pass) for: ``eps`` that is negative, NaN or
     infinite; ``lipschitz`` that is not finite and > 0; labels that are not integers, not 1-D,
@@ -175,30 +270,40 @@ def certify(
     outside [0, 1]; ``batch_size < 1``. Shape, dtype and NaN checks of the images are the model's.
     """
     eps = check_eps(eps)
-    lip = max(1.0, check_lipschitz(lipschitz))
+    if lipschitz is not None:
+        check_lipschitz(lipschitz)
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     batch_size = _check_batch_size(batch_size)
     check_labels(labels, getattr(model, "num_classes", None), len(images))
     check_images_range(images)
     if device is None:
         device = next(model.parameters()).device
-    was_training = model.training
+    given, was_training = model, model.training
+    model = as_float64(model) if precision == "float64" else model
     model.eval()
+    bound = resolve_bound(model, lipschitz, tuple(images.shape[1:]) if images.ndim == 4 else None)
+    lip = bound.value
+    dtype = torch.float64 if precision == "float64" else None
     radii, preds = [], []
     with tqdm(total=len(images), desc="certify", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device)
+            if dtype is not None and x.is_floating_point():
+                x = x.to(dtype)
             y = labels[start : start + batch_size].to(device)
             z = model(x)
             radii.append(certified_radius(z, y, lip).cpu())
             preds.append(z.argmax(dim=1).cpu())
             bar.update(len(x))
-    model.train(was_training)
+    given.train(was_training)
     r = torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64)
     p = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     n = len(r)
     clean = float((p == labels.cpu()).double().mean()) if n else 0.0
     cert = {float(e): float((r > e).double().mean()) if n else 0.0 for e in eps}
-    return CertificationResult(n=n, lipschitz=lip, clean_accuracy=clean, certified_accuracy=cert, radii=r, predictions=p)
+    return CertificationResult(n=n, lipschitz=lip, clean_accuracy=clean, certified_accuracy=cert, radii=r,
+                               predictions=p, bound=bound, precision=precision)
 
 
 def pgd_attack(

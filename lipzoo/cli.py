@@ -337,27 +337,18 @@ def _load_model_for_eval(name: str, dataset: str | None, seed: int, as_json: boo
 
 def _certify_bound(model, lipschitz: float | None) -> tuple[float, float, str]:
     """``(L, audited, why)``: the bound certification uses, the upper bound the audit proves for
-    these weights on this machine, and a sentence saying which L was used and why.
+    the certified (float64) network on this machine, and a sentence saying which L was used and why.
 
     L is never below the audited bound nor below 1; a ``--lipschitz`` below the audited bound is
     refused (certificates with it would be unsound on this machine).
     """
-    from .audit import audit
+    from .certify import as_float64, resolve_bound
 
-    audited = float(audit(model, lower=False).upper)
-    if lipschitz is None:
-        lip = max(1.0, audited)
-        why = ("audited on this machine; at least 1" if audited >= 1.0
-               else f"audited on this machine: {audited:.8g}; raised to 1, never below 1")
-        return lip, audited, why
-    if lipschitz < audited:
-        raise click.BadParameter(
-            f"{lipschitz!r} is below the Lipschitz bound proven for these weights on this machine, {audited!r}; "
-            f"certificates with it would be unsound. Omit --lipschitz (the audited bound is used) or give a value "
-            f">= {audited!r}", param_hint="'--lipschitz'")
-    lip = max(1.0, lipschitz)
-    why = f"given with --lipschitz; audited on this machine: {audited:.8g}" + ("; raised to 1" if lipschitz < 1 else "")
-    return lip, audited, why
+    try:
+        b = resolve_bound(as_float64(model), lipschitz)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--lipschitz'") from None
+    return b.value, b.audited, b.reason
 
 
 def _dataset_choice() -> click.Choice:

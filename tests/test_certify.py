@@ -105,7 +105,7 @@ def test_certify_rejects_bad_eps(eps):
 
 def test_certify_accepts_a_single_radius():
     x, y = _batch()
-    assert set(certify(_Slice(), x, y, eps=0.1).certified_accuracy) == {0.1}
+    assert set(certify(_Slice(), x, y, eps=0.1, lipschitz=1.0).certified_accuracy) == {0.1}
 
 
 @pytest.mark.parametrize("lip", [0.0, -1.0, float("inf"), float("-inf"), "1"])
@@ -138,3 +138,57 @@ def test_nan_images_are_left_to_the_models_own_check():
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(lipzoo.InputError, match="NaN"):
         certify(model, x, torch.tensor([0, 1]))
+
+
+# --- the bound and the float64 network ------------------------------------------------------------
+def _tiny(layer: str = "aol", seed: int = 0):
+    import lipzoo
+
+    torch.manual_seed(seed)
+    return lipzoo.create_model(f"convnet_xs_{layer}", num_classes=10, in_chans=1).eval()
+
+
+def test_certify_uses_the_bound_audited_here_for_the_float64_network_and_says_so():
+    from lipzoo.audit import audit
+    from lipzoo.certify import as_float64
+
+    model = _tiny("standard")  # unconstrained: its audited bound is far above 1
+    x, y = torch.rand(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    res = certify(model, x, y)
+    proven = float(audit(as_float64(model), lower=False).upper)
+    assert res.precision == "float64" and res.bound.audited == proven > 1
+    assert res.lipschitz == proven and "audited on this machine" in res.bound.reason
+    assert res.as_dict()["lipschitz_audited"] == proven
+    with pytest.raises(ValueError, match="below the bound proven"):
+        certify(model, x, y, lipschitz=proven / 2)  # a smaller L would give unsound certificates
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+
+
+def test_a_lipschitz_model_is_certified_with_at_least_one():
+    model = _tiny("aol")
+    x, y = torch.rand(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    res = certify(model, x, y)
+    assert res.lipschitz == 1.0 and res.bound.audited <= 1 + 1e-4
+    assert certify(model, x, y, lipschitz=3.0).lipschitz == 3.0
+
+
+def test_float64_round_off_is_far_below_the_slack():
+    """Two evaluation orders of the float64 network differ by round-off only: far below the slack."""
+    from lipzoo.certify import ROUNDOFF_SLACK, as_float64
+
+    for layer in ("cayley", "lot", "soc"):
+        m64 = as_float64(_tiny(layer))
+        x = torch.rand(6, 1, 32, 32, dtype=torch.float64)
+        with torch.no_grad():
+            batched = m64(x)
+            single = torch.cat([m64(x[i : i + 1]) for i in range(len(x))])
+        scale = batched.abs().amax(dim=1)
+        assert float(((batched - single).abs().amax(dim=1) / scale).max()) < 1e-3 * ROUNDOFF_SLACK, layer
+
+
+def test_a_model_the_audit_cannot_analyse_needs_a_given_bound():
+    x, y = _batch()
+    with pytest.raises(ValueError, match="cannot audit _Slice.*pass lipschitz="):
+        certify(_Slice(), x, y)
+    res = certify(_Slice(), x, y, lipschitz=2.0)
+    assert res.lipschitz == 2.0 and "not audited" in res.bound.reason
