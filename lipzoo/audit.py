@@ -57,9 +57,7 @@ from tqdm.auto import tqdm
 
 from .layers import LipschitzModule, MaxMin
 from .layers._linalg import conv_kernel_fft, gram_bound
-from .layers.aol import AOLConv2d
 from .layers.bro import BROConv2d
-from .layers.bcop import BCOPConv2d
 from .layers.cayley import CayleyConv2d
 from .layers.cpl import CPLConv2d, CPLLinear
 from .layers.lot import LOTConv2d

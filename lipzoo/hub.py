@@ -56,7 +56,7 @@ from .registry import (
 __all__ = [
     "HubError", "ChecksumError", "WeightsNotFoundError", "DownloadError", "Resolved",
     "hf_endpoint", "is_offline", "weights_mirrors", "cache_path", "sha256_file",
-    "resolve_weights", "find_local", "read_verified", "load_pretrained", "download", "verify", "save_pretrained", "push",
+    "resolve_weights", "find_local", "read_verified", "load_pretrained", "download", "verify", "save_pretrained",
     "hub_entrypoint",
 ]
 
@@ -590,54 +590,6 @@ def write_config(entry: PretrainedEntry, directory: str | os.PathLike) -> Path:
     atomic_write_text(path, json.dumps(entry.as_dict(), indent=2) + "\n")
     path.chmod(0o644)  # published files: readable by all (the temporary file was private)
     return path
-
-
-def push(
-    name: str,
-    repo_id: str | None = None,
-    *,
-    folder: str | os.PathLike | None = None,
-    branch: str = "main",
-    private: bool = False,
-    token: str | None = None,
-    commit_message: str | None = None,
-) -> str:
-    """Upload the model folder (README.md, config.json, weights) to ``repo_id`` and pin the new commit.
-
-    Refuses when the weights do not match config.json. The repo id is recorded in config.json and
-    the card re-rendered before the upload; after it the commit id is recorded as the entry's
-    revision (which the card does not show, so it stays fresh). Returns the commit id.
-    """
-    from huggingface_hub import HfApi
-
-    from .cards import write_card
-
-    folder = Path(folder) if folder is not None else (PRETRAINED[name].folder if name in PRETRAINED else None) \
-        or CARDS_DIR / name
-    entry = PretrainedEntry.from_folder(folder)
-    if entry.name != name:
-        raise HubError(f"{folder} holds {entry.name!r}, not {name!r}")
-    weights = folder / entry.filename
-    if not weights.is_file() or sha256_file(weights) != entry.sha256:
-        raise ChecksumError(f"{weights} is missing or does not match the sha256 in {folder / CONFIG_FILENAME}; "
-                            "re-save it with lipzoo.save_pretrained")
-    repo_id = repo_id or entry.repo_id
-    if "/" not in repo_id:
-        raise HubError(f"repo id must be ORG/NAME, got {repo_id!r}")
-    entry = replace(entry, hf_repo_id=repo_id)
-    write_config(entry, folder)
-    write_card(entry, folder.parent)
-    api = HfApi(endpoint=hf_endpoint(), token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch, repo_type="model",
-                             commit_message=commit_message or f"lipzoo: upload {name}",
-                             allow_patterns=["README.md", CONFIG_FILENAME, entry.filename])
-    commit = info.oid
-    entry = replace(entry, revision=commit)
-    write_config(entry, folder)
-    if name in PRETRAINED:
-        PRETRAINED[name] = entry
-    return commit
 
 
 # --- torch.hub ----------------------------------------------------------------------------------

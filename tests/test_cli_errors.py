@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,7 @@ needs_data = pytest.mark.skipif(not _fashion_mnist_available(), reason="real Fas
 def test_certify_rejects_bad_options_in_one_line(args, option):
     res = CliRunner().invoke(cli, ["certify", "convnet_xs_aol", "--limit", "4", *args])
     line = _one_line_error(res, 2)
-    assert f"Invalid value for '{option}'" in line and f"--help" in line, line
+    assert f"Invalid value for '{option}'" in line and "--help" in line, line
 
 
 def test_negative_eps_is_never_reported_as_certified():

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lipzoo
 from lipzoo.layers import InputError
 from lipzoo.layers._linalg import gram_bound
 from lipzoo.layers.soc import (
