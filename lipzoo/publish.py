@@ -49,6 +49,7 @@ CHECK_N = 1000  #: the first this many images of the split are also scored on th
 CHANCE_FACTOR = 1.5
 GATE_EPS_KEY = f"{36 / 255:.6g}"  #: the certified accuracy that an optional ``publish_floor`` bounds
 FLOOR_KEY = "publish_floor"
+CLEAN_FLOOR_KEY = "publish_clean_floor"
 
 
 class RunError(ValueError):
@@ -167,19 +168,23 @@ def check_name(name: str, architecture: str, dataset: str, source: str = "recipe
 
 
 def publish_gate(clean_accuracy: float, certified_accuracy: dict, num_classes: int, *, certifies: bool = True,
-                 floor: float | None = None) -> list[str]:
+                 floor: float | None = None, clean_floor: float | None = None) -> list[str]:
     """Why a run should not be published (an empty list: it may be).
 
     - clean accuracy at most :data:`CHANCE_FACTOR` x chance (``1 / num_classes``): near chance;
     - with ``floor`` (a fraction) and ``certifies`` (a Lipschitz layer; the unconstrained
       ``standard`` layer has no certificate, so no floor applies): certified accuracy at 36/255
-      (``certified_accuracy[GATE_EPS_KEY]``) below ``floor``, or not measured.
+      (``certified_accuracy[GATE_EPS_KEY]``) below ``floor``, or not measured;
+    - with ``clean_floor`` (a fraction): clean accuracy below it (the recipe's quality line).
     """
     reasons = []
     limit = CHANCE_FACTOR / num_classes
     if clean_accuracy <= limit:
         reasons.append(f"test clean accuracy {100 * clean_accuracy:.2f}% is near chance "
                        f"(<= {CHANCE_FACTOR:g} x 1/{num_classes} = {100 * limit:.2f}%)")
+    elif clean_floor is not None and clean_accuracy < clean_floor:
+        reasons.append(f"test clean accuracy {100 * clean_accuracy:.2f}% is below the {CLEAN_FLOOR_KEY} "
+                       f"{100 * clean_floor:.2f}%")
     if floor is not None and certifies:
         got = certified_accuracy.get(GATE_EPS_KEY)
         if not isinstance(got, (int, float)):
@@ -190,13 +195,13 @@ def publish_gate(clean_accuracy: float, certified_accuracy: dict, num_classes: i
     return reasons
 
 
-def _floor(ev: dict, raw_recipe: dict, run: Path) -> float | None:
-    """The optional ``publish_floor`` of a run: eval.json's, else recipe.yaml's; a fraction in [0, 1]."""
+def _floor(ev: dict, raw_recipe: dict, run: Path, key: str = FLOOR_KEY) -> float | None:
+    """The optional floor ``key`` of a run: eval.json's, else recipe.yaml's; a fraction in [0, 1]."""
     for source, d in ((run / EVAL_FILENAME, ev), (run / "recipe.yaml", raw_recipe)):
-        if FLOOR_KEY in d and d[FLOOR_KEY] is not None:
-            v = d[FLOOR_KEY]
+        if key in d and d[key] is not None:
+            v = d[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise RunError(f"{source}: {FLOOR_KEY} must be a fraction between 0 and 1 (e.g. 0.4), got {v!r}")
+                raise RunError(f"{source}: {key} must be a fraction between 0 and 1 (e.g. 0.4), got {v!r}")
             return float(v)
     return None
 
@@ -302,7 +307,8 @@ def publish_run(
     certifies = LAYERS[ARCHITECTURES[recipe.architecture].layer].lipschitz
     reasons = publish_gate(float(cert["clean_accuracy"]), cert.get("certified_accuracy") or {},
                            dataset_info(recipe.dataset).num_classes, certifies=certifies,
-                           floor=_floor(ev, _recipe_dict(run), run))
+                           floor=_floor(ev, _recipe_dict(run), run),
+                           clean_floor=_floor(ev, _recipe_dict(run), run, CLEAN_FLOOR_KEY))
     if reasons and not force:
         raise RunError(f"refusing to publish {recipe.name}: {'; '.join(reasons)}. Train it longer, or pass --force "
                        "to publish it marked 'undertrained'")

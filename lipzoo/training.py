@@ -90,6 +90,8 @@ class Recipe:
     eval_eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS))
     layer_options: dict[str, Any] = field(default_factory=dict)
     compile: bool = False  # run the training forward through torch.compile (same function; see lipzoo bench --compile)
+    publish_floor: float | None = None  # lipzoo publish refuses (without --force) below this certified acc. at 36/255
+    publish_clean_floor: float | None = None  # ... and below this clean accuracy
     budget: dict[str, Any] | None = None  # how the epochs were derived from a wall-clock budget
     notes: str = ""
 
@@ -157,6 +159,10 @@ class Recipe:
             (self.val_limit is None or self.val_limit >= 1,
              f"val_limit must be null (all images) or an integer >= 1, got {self.val_limit}"),
             (eps_ok, f"eval_eps must be a list of finite radii >= 0, got {self.eval_eps!r}"),
+            (self.publish_floor is None or 0 <= self.publish_floor <= 1,
+             f"publish_floor must be null or a fraction in [0, 1], got {self.publish_floor}"),
+            (self.publish_clean_floor is None or 0 <= self.publish_clean_floor <= 1,
+             f"publish_clean_floor must be null or a fraction in [0, 1], got {self.publish_clean_floor}"),
             (ra is None or (isinstance(ra, list) and len(ra) == 2 and all(isinstance(i, int) and i >= 0 for i in ra)),
              f"rand_augment must be null or [num_ops, magnitude] (two integers >= 0), got {ra!r}"),
         ]
@@ -184,6 +190,8 @@ _FIELD_TYPES: list[tuple[str, tuple[type, ...], str]] = [
     ("val_limit", _OPT_INT, "null or an integer"), ("eval_eps", (list,), "a list of numbers"),
     ("layer_options", (dict,), "a mapping"), ("compile", (bool,), "true or false"),
     ("budget", (dict, type(None)), "null or a mapping"), ("notes", (str,), "a string"),
+    ("publish_floor", (int, float, type(None)), "null or a fraction"),
+    ("publish_clean_floor", (int, float, type(None)), "null or a fraction"),
 ]
 
 

@@ -316,3 +316,10 @@ def test_push_records_repo_id_and_revision_only_after_the_upload(tmp_path, monke
     assert (folder / "README.md").read_text() == seen["card"]
     assert write_card(entry, folder.parent, check=True).status == "fresh"
     assert sorted(p.name for p in folder.parent.iterdir()) == ["README.md", folder.name]  # no temporary left
+
+
+def test_publish_gate_clean_floor():
+    cert = {GATE_EPS_KEY: 0.8}
+    assert publish_gate(0.86, cert, 10, clean_floor=0.85) == []
+    (why,) = publish_gate(0.84, cert, 10, clean_floor=0.85)
+    assert "84.00% is below the publish_clean_floor 85.00%" in why
