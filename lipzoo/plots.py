@@ -60,7 +60,8 @@ def _eps_key(eps: float) -> str:
 def collect_accuracies(runs_dir: str | os.PathLike | None = "runs", *, eps: float = CERT_EPS,
                        registry: bool = True) -> tuple[dict[tuple[str, str], Accuracy], list[str]]:
     """``{(architecture, dataset): Accuracy}`` from the registry and finished runs, and notes on
-    what was skipped (unfinished or unreadable runs)."""
+    what was skipped (unfinished or unreadable runs, entries marked undertrained: a model below
+    its quality line says nothing about what its layer can reach)."""
     from .training import Recipe, RecipeError
 
     key, found, notes = _eps_key(eps), {}, []
@@ -86,6 +87,9 @@ def collect_accuracies(runs_dir: str | os.PathLike | None = "runs", *, eps: floa
         from .registry import PRETRAINED
 
         for entry in PRETRAINED.values():
+            if entry.status == "undertrained":  # below its quality line: not a property of its layer
+                notes.append(f"skipped undertrained entry {entry.name}")
+                continue
             m = entry.metrics
             cert = (m.get("certified_accuracy") or {}).get(key)
             if m.get("clean_accuracy") is not None or cert is not None:

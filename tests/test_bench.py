@@ -272,3 +272,19 @@ def test_cli_plot(tmp_path):
     assert out["bench"].endswith(".csv") and os.path.isfile(out["radar"]["path"]) and os.path.isfile(out["pareto"]["path"])
     res = CliRunner().invoke(main, ["plot", "--results", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "lipzoo bench" in res.output
+
+
+def test_undertrained_registry_entries_are_not_drawn_as_layer_results(monkeypatch):
+    from dataclasses import replace
+
+    from lipzoo.registry import PRETRAINED
+
+    name = next(iter(PRETRAINED))
+    fine = replace(PRETRAINED[name], status=None)
+    monkeypatch.setitem(PRETRAINED, name, fine)
+    accs, _ = collect_accuracies(None)
+    assert (fine.architecture, fine.dataset) in accs
+    monkeypatch.setitem(PRETRAINED, name, replace(fine, status="undertrained"))
+    accs, notes = collect_accuracies(None)
+    assert (fine.architecture, fine.dataset) not in accs or accs[(fine.architecture, fine.dataset)].source != f"registry {name}"
+    assert any(name in n and "undertrained" in n for n in notes)
