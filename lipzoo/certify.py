@@ -4,9 +4,9 @@ For a model whose logits are L-Lipschitz in l2, the difference of two logits is
 sqrt(2) * L-Lipschitz, so a prediction whose top-two margin exceeds sqrt(2) * L * eps cannot be
 changed by any perturbation of l2 norm <= eps.
 
-What is certified is the network evaluated in float64 (by default: :func:`certify` runs a float64
-copy of the model, weights recomputed in float64 from the parameters), with L the bound
-:func:`lipzoo.audit` proves for that network ON THIS MACHINE (:func:`resolve_bound`; a smaller
+What is certified is the network evaluated in float64 (by default: :func:`certify` materialises the
+effective weights exactly as the model computes them and runs them in float64, see
+:func:`as_float64`), with L the bound :func:`lipzoo.audit` proves for those weights ON THIS MACHINE (:func:`resolve_bound`; a smaller
 given L is refused, and L is never below 1). The float64 forward pass leaves a round-off of about
 1e-13 of the logit scale; a relative slack (``ROUNDOFF_SLACK`` times the largest logit magnitude,
 plus an absolute 1e-6) is subtracted from every margin, orders of magnitude more than that, so a
@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ._provenance import cpu_model
 from .audit import audit
+from .export import to_plain
 
 __all__ = ["DEFAULT_EPS", "eps_key", "Bound", "resolve_bound", "as_float64", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack",
            "empirical_robust_accuracy", "check_eps", "check_labels", "check_lipschitz", "check_images_range"]
@@ -234,11 +235,27 @@ def resolve_bound(model: nn.Module, lipschitz: float | None = None,
                  + ("; raised to 1" if lip < 1 else ""), machine)
 
 
-def as_float64(model: nn.Module) -> nn.Module:
-    """A float64 copy of ``model`` in eval mode (the model itself is left as it is)."""
+def _double(module: nn.Module) -> nn.Module:
+    """Cast every floating parameter/buffer to float64 and every complex one to complex128."""
+    return module._apply(lambda t: t.to(torch.complex128) if t.is_complex()
+                         else (t.double() if t.is_floating_point() else t))
+
+
+def as_float64(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The network ``model`` computes, evaluated in float64 (the model itself is left as it is).
+
+    The effective weights are materialised as ``model`` computes them (``lipzoo.to_plain``, in the
+    model's dtype) and only then cast to float64, so the float64 network has exactly the weights
+    the audit bounds and that a float32 deployment uses: the two differ by forward round-off only.
+    Modules ``to_plain`` cannot convert are copied and cast as they are.
+    """
     if all(p.dtype == torch.float64 for p in model.parameters() if p.is_floating_point()):
         return model
-    return copy.deepcopy(model).double().eval()
+    try:
+        plain = to_plain(model, input_shape=input_shape, circular="fft")
+    except (TypeError, ValueError, NotImplementedError):
+        plain = copy.deepcopy(model)
+    return _double(plain).eval()
 
 
 @torch.no_grad()
@@ -280,9 +297,12 @@ def certify(
     if device is None:
         device = next(model.parameters()).device
     given, was_training = model, model.training
-    model = as_float64(model) if precision == "float64" else model
+    if callable(getattr(model, "check_input", None)):
+        model.check_input(images)  # the model's own checks (shape, dtype, NaN) before any work
+    shape = tuple(images.shape[1:]) if images.ndim == 4 else None
     model.eval()
-    bound = resolve_bound(model, lipschitz, tuple(images.shape[1:]) if images.ndim == 4 else None)
+    bound = resolve_bound(model, lipschitz, shape)  # the weights as the model computes them, bounded in float64
+    model = as_float64(model, shape) if precision == "float64" else model
     lip = bound.value
     dtype = torch.float64 if precision == "float64" else None
     radii, preds = [], []

@@ -342,10 +342,10 @@ def _certify_bound(model, lipschitz: float | None) -> tuple[float, float, str]:
     L is never below the audited bound nor below 1; a ``--lipschitz`` below the audited bound is
     refused (certificates with it would be unsound on this machine).
     """
-    from .certify import as_float64, resolve_bound
+    from .certify import resolve_bound
 
     try:
-        b = resolve_bound(as_float64(model), lipschitz)
+        b = resolve_bound(model, lipschitz)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--lipschitz'") from None
     return b.value, b.audited, b.reason

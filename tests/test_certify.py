@@ -150,12 +150,11 @@ def _tiny(layer: str = "aol", seed: int = 0):
 
 def test_certify_uses_the_bound_audited_here_for_the_float64_network_and_says_so():
     from lipzoo.audit import audit
-    from lipzoo.certify import as_float64
 
     model = _tiny("standard")  # unconstrained: its audited bound is far above 1
     x, y = torch.rand(16, 1, 32, 32), torch.randint(0, 10, (16,))
     res = certify(model, x, y)
-    proven = float(audit(as_float64(model), lower=False).upper)
+    proven = float(audit(model, lower=False).upper)
     assert res.precision == "float64" and res.bound.audited == proven > 1
     assert res.lipschitz == proven and "audited on this machine" in res.bound.reason
     assert res.as_dict()["lipschitz_audited"] == proven

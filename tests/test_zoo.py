@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import lipzoo
@@ -65,3 +66,23 @@ def test_zoo_model_loads_verified_passes_the_audit_and_reproduces_its_check(name
     assert abs(res.clean_accuracy - check["clean_accuracy"]) <= tol
     for k, v in zip(check["certified_accuracy"], res.certified_accuracy.values()):
         assert abs(v - check["certified_accuracy"][k]) <= tol, k
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize("name", ZOO)
+def test_certified_margins_carry_round_off_far_below_the_slack(name):
+    """Certificates use the float64 network: two evaluation orders of it (batch 256 vs 16) differ by
+    round-off only, which must be orders of magnitude below the slack subtracted from every margin.
+    The float32 network's margins (what a float32 deployment computes) stay within a few slacks."""
+    from lipzoo.certify import ROUNDOFF_SLACK, as_float64, margins
+
+    model = lipzoo.create_model(name, pretrained=True)
+    m64 = as_float64(model)
+    images, labels = lipzoo.data.load_tensors("fashion_mnist", "test", limit=256)
+    with torch.no_grad():
+        big = m64(images.double())
+        small = torch.cat([m64(images[i : i + 16].double()) for i in range(0, len(images), 16)])
+        z32 = model(images).double()
+    scale = big.abs().amax(dim=1)
+    assert float(((margins(big, labels) - margins(small, labels)).abs() / scale).max()) < 1e-3 * ROUNDOFF_SLACK
+    assert float(((margins(z32, labels) - margins(big, labels)).abs() / scale).max()) < 10 * ROUNDOFF_SLACK
