@@ -22,6 +22,7 @@ import hashlib
 import math
 import numbers
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -183,7 +184,7 @@ class Bound:
     machine: str
 
 
-_PROVEN: dict[tuple[str, str, str], float] = {}  # (weights digest, input shape, machine) -> audited bound
+_PROVEN: dict[tuple[str, str, str], Any] = {}  # (weights digest, input shape, machine) -> AuditResult
 
 
 def _digest(model: nn.Module) -> str:
@@ -196,14 +197,21 @@ def _digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def proven_upper(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> float:
-    """The guaranteed upper Lipschitz bound of ``model`` (at inputs of ``input_shape`` (C, H, W),
-    default the model's native input) as computed on this machine: audited once per weights, shape
-    and machine in this process (a changed weight is a new digest, so it is never stale)."""
-    key = (_digest(model), str(input_shape), cpu_model())
+def proven_audit(model: nn.Module, input_shape: tuple[int, ...] | None = None):
+    """``lipzoo.audit(model, lower=False)`` at inputs of ``input_shape`` (C, H, W; default the
+    model's native input), computed on this machine once per weights, shape and machine in this
+    process (a changed weight is a new digest, so it is never stale)."""
+    if input_shape is None and hasattr(model, "in_chans") and hasattr(model, "input_size"):
+        input_shape = (model.in_chans, model.input_size, model.input_size)  # one key for the native input
+    key = (_digest(model), str(None if input_shape is None else tuple(input_shape)), cpu_model())
     if key not in _PROVEN:
-        _PROVEN[key] = float(audit(model, input_shape=input_shape, lower=False).upper)
+        _PROVEN[key] = audit(model, input_shape=input_shape, lower=False)
     return _PROVEN[key]
+
+
+def proven_upper(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> float:
+    """The guaranteed upper Lipschitz bound of :func:`proven_audit`."""
+    return float(proven_audit(model, input_shape).upper)
 
 
 def resolve_bound(model: nn.Module, lipschitz: float | None = None,

@@ -16,15 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from lipzoo.cli import main as cli
 from lipzoo.training import CheckpointError, Recipe, RecipeError, train
 
-from test_training import synthetic, tiny_recipe, write_fake_fashion
+from test_training import resume_and_compare_with_a_straight_run, synthetic, tiny_recipe, write_fake_fashion
 
 GOOD = ("name: a\narchitecture: convnet_xs_aol\ndataset: fashion_mnist\nepochs: 1\nlr: 0.1\n"
         "weight_decay: 0\n")
@@ -128,14 +126,7 @@ def test_a_run_killed_mid_epoch_resumes_mid_epoch_to_the_same_weights(tmp_path, 
     cut = _checkpoint_batch(ckpt)
     assert 5 <= cut < 32, f"killed at batch {cut} of 32"
     assert not (tmp_path / "killed" / "model.safetensors").exists()
-    res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    monkeypatch.setenv("LIPZOO_DATA", str(data_dir))
-    train(r, tmp_path / "straight", progress=False)
-    a = load_file(tmp_path / "killed" / "model.safetensors")
-    b = load_file(tmp_path / "straight" / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    resume_and_compare_with_a_straight_run(cmd, env, r, tmp_path, data_dir, monkeypatch)
     m = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in m] == [0]
 

@@ -211,15 +211,20 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it could be killed"
+    resume_and_compare_with_a_straight_run(cmd, env, r, tmp_path, data_dir, monkeypatch)
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(12))
+
+
+def resume_and_compare_with_a_straight_run(cmd, env, recipe, tmp_path, data_dir, monkeypatch) -> None:
+    """`cmd --resume` the killed run in tmp_path/killed; its weights must equal an uninterrupted run's."""
     res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     monkeypatch.setenv("LIPZOO_DATA", str(data_dir))
-    train(r, tmp_path / "straight", progress=False)
+    train(recipe, tmp_path / "straight", progress=False)
     a = load_file(tmp_path / "killed" / "model.safetensors")
     b = load_file(tmp_path / "straight" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(12))
 
 
 def test_ddp_two_cpu_processes_match_a_single_process(tmp_path, monkeypatch):
