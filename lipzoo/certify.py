@@ -230,7 +230,7 @@ def resolve_bound(model: nn.Module, lipschitz: float | None = None,
         if lip is None:
             raise ValueError(f"cannot audit {type(model).__name__} ({e}); pass lipschitz= a bound you have "
                              f"proven for it") from None
-        return Bound(max(1.0, lip), float("nan"), f"given; not audited ({type(model).__name__} is not "
+        return Bound(max(1.0, lip), float("nan"), f"given (--lipschitz / lipschitz=); not audited ({type(model).__name__} is not "
                      f"analysable by lipzoo.audit)", machine)
     if lip is None:
         if audited >= 1.0:
@@ -239,7 +239,7 @@ def resolve_bound(model: nn.Module, lipschitz: float | None = None,
     if lip < audited:
         raise ValueError(f"lipschitz={lip!r} is below the bound proven for these weights on this machine "
                          f"({audited!r}); certificates with it would be unsound: omit it or give a value >= {audited!r}")
-    return Bound(max(1.0, lip), audited, f"given; audited on this machine: {audited:.8g}"
+    return Bound(max(1.0, lip), audited, f"given (--lipschitz / lipschitz=); audited on this machine: {audited:.8g}"
                  + ("; raised to 1" if lip < 1 else ""), machine)
 
 

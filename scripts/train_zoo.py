@@ -10,7 +10,7 @@ For each layer (a driver over lipzoo.training; no logic of its own):
    record and the search into ``recipes/fashion_mnist/convnet_xs_<layer>.yaml``;
 4. train that recipe into ``<out>/convnet_xs_<layer>`` (resumable: run the script again).
 
-``--workers N`` runs N layers at once, each pinned to its own CPU core with ``--threads`` torch
+``--workers N`` runs N layers at once, each pinned to ``--threads`` CPU cores of its own with that many torch
 threads (default: one core and one thread per worker), so every layer sees the same device.
 The test split is never touched here: ``lipzoo evaluate`` and ``lipzoo publish`` come after.
 
@@ -25,6 +25,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,6 +63,12 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
     planned = str((base.budget or {}).get("zoo", ""))
     if planned and (planned.endswith("--epochs") == bool(args.epochs)):  # planned earlier in this mode: (re)train
         final = base
+        if args.epochs and args.epochs != base.epochs:  # a longer (or shorter) run of the same searched recipe
+            final = replace(base, epochs=args.epochs,
+                            notes=re.sub(r"\b%d epochs\b" % base.epochs, f"{args.epochs} epochs",
+                                         re.sub(r"--epochs %d\b" % base.epochs, f"--epochs {args.epochs}",
+                                                base.notes or "")))
+            final.dump(path)
     elif args.epochs:
         final = plan_converge(base, args)
         final.dump(path)
@@ -212,7 +219,8 @@ def main() -> None:
     while queue or running:
         while queue and len(running) < args.workers:
             layer, slot = queue.pop(0), [i for i in range(args.workers) if i not in {v[1] for v in running.values()}][0]
-            core = cores[slot % len(cores)]
+            # each worker gets --threads cores of its own (wrapping round when there are too few)
+            core = ",".join(str(cores[(slot * args.threads + k) % len(cores)]) for k in range(args.threads))
             cmd = [sys.executable, __file__, "--one", layer] + [a for a in sys.argv[1:]]
             log = open(Path(args.out) / f"{layer.replace(':', '-')}.log", "a")
             proc = subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -195,8 +195,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import signal
     import time
 
-    data_dir = write_fake_fashion(tmp_path / "data")
-    r = tiny_recipe(epochs=12)
+    data_dir = write_fake_fashion(tmp_path / "data", n_train=32)
+    r = tiny_recipe(epochs=8, val_limit=16, architecture="convnet_xs_standard", lr=0.01)  # mechanics only
     recipe = tmp_path / "r.yaml"
     r.dump(recipe)
     env = dict(os.environ, LIPZOO_DATA=str(data_dir), OMP_NUM_THREADS="1")
@@ -212,7 +212,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     proc.wait()
     assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it could be killed"
     resume_and_compare_with_a_straight_run(cmd, env, r, tmp_path, data_dir, monkeypatch)
-    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(12))
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(8))
 
 
 def resume_and_compare_with_a_straight_run(cmd, env, recipe, tmp_path, data_dir, monkeypatch) -> None:
@@ -249,15 +249,15 @@ def test_ddp_two_cpu_processes_match_a_single_process(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_smoke_training_on_real_fashion_mnist(tmp_path):
-    """~2,000 real images, a short CPU budget: far above chance, certified, attack never beats a certificate."""
-    r = tiny_recipe(epochs=4, batch_size=64, lr=0.05, schedule_step="batch", train_limit=2000, val_limit=500)
+    """1,200 real images, three short epochs: far above chance, certified, attack never beats a certificate."""
+    r = tiny_recipe(epochs=3, batch_size=32, lr=0.01, schedule_step="batch", train_limit=1200, val_limit=200)
     r.dump(tmp_path / "recipe.yaml")
     res = CliRunner().invoke(cli, ["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(cli, ["certify", str(tmp_path / "run"), "--limit", "500", "--json"])
+    res = CliRunner().invoke(cli, ["certify", str(tmp_path / "run"), "--limit", "300", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
-    assert out["clean_accuracy"] > 0.5, out  # chance is 0.1
+    assert out["clean_accuracy"] > 0.4, out  # chance is 0.1
     assert out["certified_accuracy"][f"{36 / 255:.6g}"] > 0.2, out
     # the attack must never flip a certified point
     from lipzoo.data import load_tensors
