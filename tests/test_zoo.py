@@ -71,14 +71,14 @@ def test_zoo_model_loads_verified_passes_the_audit_and_reproduces_its_check(name
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
 @pytest.mark.parametrize("name", ZOO)
 def test_certified_margins_carry_round_off_far_below_the_slack(name):
-    """Certificates use the float64 network: two evaluation orders of it (batch 256 vs 16) differ by
+    """Certificates use the float64 network: two evaluation orders of it (batch 64 vs 16) differ by
     round-off only, which must be orders of magnitude below the slack subtracted from every margin.
     The float32 network's margins (what a float32 deployment computes) stay within a few slacks."""
     from lipzoo.certify import ROUNDOFF_SLACK, as_float64, margins
 
     model = lipzoo.create_model(name, pretrained=True)
     m64 = as_float64(model)
-    images, labels = lipzoo.data.load_tensors("fashion_mnist", "test", limit=256)
+    images, labels = lipzoo.data.load_tensors("fashion_mnist", "test", limit=64)
     with torch.no_grad():
         big = m64(images.double())
         small = torch.cat([m64(images[i : i + 16].double()) for i in range(0, len(images), 16)])
