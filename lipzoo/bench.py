@@ -27,6 +27,11 @@ family's native size, 3 channels, 10 classes):
     through the ratio to standard. ``--no-memory`` skips it (one subprocess per model).
 - **trainable parameters**.
 
+Every model is measured once per asked-for precision (``precision`` column; ``--precision
+fp32,bf16``): with ``bf16`` the forward passes (training, inference, plain inference) run under
+bf16 autocast as a recipe with ``precision: bf16`` trains (weights, their parametrisation and
+the loss stay float32), and its ratios are to the ``standard`` row of the same precision.
+
 Warm-up steps are excluded; every time is the median of ``repeats`` timed steps; on CUDA the
 device is synchronised around every timed step. ``standard`` is always measured in the same run
 and every figure is also given as ``<figure>_vs_standard`` (value / the standard model's value
@@ -97,8 +102,10 @@ CSV_COLUMNS = (
      "train_peak_mib", "infer_peak_mib", "memory_method"]
     + [EPOCH_PREFIX + d for d in DATASETS]
     + [f"{f}_vs_standard" for f in RATIO_FIGURES]
-    + ["epoch_s_vs_standard", "warmup", "repeats", "compiled", "compile_s", "note", "error"]
+    + ["epoch_s_vs_standard", "warmup", "repeats", "compiled", "compile_s", "note", "error", "precision"]
 )
+#: ``--precision`` choices: "bf16" runs the forward passes under bf16 autocast (weights stay float32)
+PRECISIONS = ("fp32", "bf16")
 MIB = 2**20
 
 
@@ -137,6 +144,7 @@ class BenchResult:
     compile_s: float | None = None  # seconds of the first (compiling) training step, not in the timings
     note: str = ""
     error: str | None = None
+    precision: str = "fp32"  # "bf16": forward passes (training, inference, plain) under bf16 autocast
 
     # backwards-compatible names (the ``bench`` table of earlier versions)
     @property
@@ -252,14 +260,23 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
+def _autocast(precision: str, device: str):
+    """The context of a timed forward pass: the training recipes' (:func:`lipzoo.training.training_autocast`)."""
+    from .training import training_autocast
+
+    return training_autocast(precision, device)
+
+
 def _measure(
     name: str, *, batch_size: int, device: str, in_chans: int, warmup: int, repeats: int,
-    memory: str | None, plain: bool, deadline: float | None, compile: bool = False,
+    memory: str | None, plain: bool, deadline: float | None, compile: bool = False, precision: str = "fp32",
 ) -> dict:
     """The figures of one architecture, measured in this process (raises on OOM or time-out).
 
     ``compile``: the forward passes go through ``torch.compile``; the first call of each (the
     compilation) runs untimed before the warm-up, the training one's time is ``compile_s``.
+    ``precision="bf16"``: every forward pass runs under bf16 autocast (the weights, their
+    parametrisation and the loss stay float32), as a recipe with ``precision: bf16`` trains.
     """
     size = get_architecture(name).input_size
     x = torch.rand(batch_size, in_chans, size, size, device=device)
@@ -271,7 +288,7 @@ def _measure(
         fwd = torch.compile(model) if compile else model
 
         def infer(m=fwd) -> None:
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(precision, device):
                 m(x)
 
         if compile:
@@ -302,7 +319,9 @@ def _measure(
 
         def train_step() -> None:
             opt.zero_grad(set_to_none=True)
-            fwd(x).sum().backward()
+            with _autocast(precision, device):
+                z = fwd(x)
+            z.float().sum().backward()
             opt.step()
 
         if compile:
@@ -316,9 +335,10 @@ def _measure(
     return out
 
 
-def _memory_subprocess(name: str, *, batch_size: int, in_chans: int, timeout: float) -> dict:
+def _memory_subprocess(name: str, *, batch_size: int, in_chans: int, timeout: float, precision: str = "fp32") -> dict:
     """CPU peak memory of one architecture, measured in a fresh interpreter (see the module doc)."""
-    args = json.dumps({"name": name, "batch_size": batch_size, "in_chans": in_chans, "threads": torch.get_num_threads()})
+    args = json.dumps({"name": name, "batch_size": batch_size, "in_chans": in_chans, "threads": torch.get_num_threads(),
+                       "precision": precision})
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run([sys.executable, "-m", "lipzoo.bench", "--memory-worker", args], capture_output=True,
                           text=True, timeout=timeout, env=env)
@@ -334,7 +354,8 @@ def _memory_subprocess(name: str, *, batch_size: int, in_chans: int, timeout: fl
 def _memory_worker(args: str) -> None:
     a = json.loads(args)
     torch.set_num_threads(a["threads"])
-    kw = dict(batch_size=a["batch_size"], device="cpu", in_chans=a["in_chans"], plain=False, deadline=None)
+    kw = dict(batch_size=a["batch_size"], device="cpu", in_chans=a["in_chans"], plain=False, deadline=None,
+              precision=a.get("precision", "fp32"))
     # a first, unmeasured pass of the same model: the resident set also counts the pages of the
     # torch libraries that each kernel touches the first time (about 150 MiB), which are not the model's
     _measure(a["name"], warmup=0, repeats=1, memory=None, **kw)
@@ -354,6 +375,7 @@ def bench_model(
     plain: bool = True,
     max_seconds: float | None = 300.0,
     compile: bool = False,
+    precision: str = "fp32",
 ) -> BenchResult:
     """All figures of one architecture (no ratios: :func:`bench_layers` adds those).
 
@@ -361,11 +383,14 @@ def bench_model(
     ``plain=False`` skips the inference of ``to_plain``. ``max_seconds`` bounds the time spent on
     this model (``None``: no bound); a model over it gets ``status = "too_slow"``.
     ``compile=True`` times the ``torch.compile``d model (the compilation itself is ``compile_s``;
-    peak memory is still that of the eager model).
+    peak memory is still that of the eager model). ``precision="bf16"`` measures everything with the
+    forward passes under bf16 autocast (see :func:`_measure`).
     """
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     arch = get_architecture(name)
     res = BenchResult(model=arch.name, family=arch.family, layer=arch.layer, size=arch.size, device=device,
-                      batch_size=batch_size, warmup=warmup, repeats=repeats, compiled=compile)
+                      batch_size=batch_size, warmup=warmup, repeats=repeats, compiled=compile, precision=precision)
     cuda = device.startswith("cuda")
     method = None
     notes: list[str] = []
@@ -376,7 +401,8 @@ def bench_model(
         elif memory and _cpu_memory_supported():
             method = "cpu_peak_rss"
             timeout = max_seconds if max_seconds is not None else None
-            mem = _memory_subprocess(arch.name, batch_size=batch_size, in_chans=in_chans, timeout=timeout)
+            mem = _memory_subprocess(arch.name, batch_size=batch_size, in_chans=in_chans, timeout=timeout,
+                                     precision=precision)
             res.train_peak_mib, res.infer_peak_mib = mem["train_peak_mib"], mem["infer_peak_mib"]
         elif memory:
             notes.append("CPU peak memory needs Linux /proc/self/clear_refs; not measured")
@@ -384,7 +410,7 @@ def bench_model(
         deadline = None if max_seconds is None else t_start + max_seconds
         out = _measure(arch.name, batch_size=batch_size, device=device, in_chans=in_chans, warmup=warmup,
                        repeats=repeats, memory=method if cuda else None, plain=plain, deadline=deadline,
-                       compile=compile)
+                       compile=compile, precision=precision)
     except subprocess.TimeoutExpired:
         res.status, res.error = "too_slow", f"memory measurement ran over --max-seconds {max_seconds:g}"
     except _TooSlow as e:
@@ -429,7 +455,11 @@ def _select_layers(layer_pattern: str) -> list[str]:
     return [BASELINE] + [lid for lid in chosen if lid != BASELINE]
 
 
-def _check_args(sizes, device: str, batch_size: int, warmup: int, repeats: int) -> None:
+def _check_args(sizes, device: str, batch_size: int, warmup: int, repeats: int,
+                precisions: tuple[str, ...] = ("fp32",)) -> None:
+    bad_prec = [p for p in precisions if p not in PRECISIONS]
+    if bad_prec or not precisions:
+        raise BenchError(f"unknown precision(s) {bad_prec or list(precisions)!r}; expected some of {', '.join(PRECISIONS)}")
     bad = [s for s in sizes if s not in SIZES]
     if bad or not sizes:
         raise BenchError(f"unknown size(s) {bad or sizes!r}; expected some of {', '.join(SIZES)}")
@@ -447,10 +477,11 @@ def _check_args(sizes, device: str, batch_size: int, warmup: int, repeats: int) 
 
 
 def add_ratios(results: list[BenchResult]) -> None:
-    """Fill ``ratios`` of every result from the standard model of the same family, size and batch."""
-    base = {(r.family, r.size, r.batch_size, r.device): r for r in results if r.layer == BASELINE and r.status == "ok"}
+    """Fill ``ratios`` of every result from the standard model of the same family, size, batch and precision."""
+    base = {(r.family, r.size, r.batch_size, r.device, r.precision): r
+            for r in results if r.layer == BASELINE and r.status == "ok"}
     for r in results:
-        b = base.get((r.family, r.size, r.batch_size, r.device))
+        b = base.get((r.family, r.size, r.batch_size, r.device, r.precision))
         r.ratios = {}
         for f in RATIO_FIGURES:
             v, bv = getattr(r, f), getattr(b, f) if b else None
@@ -473,30 +504,35 @@ def bench_layers(
     max_seconds: float | None = 300.0,
     progress: bool = True,
     compile: bool = False,
+    precisions: tuple[str, ...] = ("fp32",),
 ) -> list[BenchResult]:
     """Benchmark every matching layer at every size, always with ``standard`` in the same run.
 
-    ``layer_pattern``: shell wildcards, comma-separated (``"aol,s*"``). Per size, ``standard`` is
-    measured first; the other layers follow in the table's order. Ratios to it are filled in.
+    ``layer_pattern``: shell wildcards, comma-separated (``"aol,s*"``). Per size and precision,
+    ``standard`` is measured first; the other layers follow in the table's order. Ratios to it
+    (of the same precision) are filled in. ``precisions``: some of :data:`PRECISIONS`, each a row
+    per model ("bf16": forward passes under bf16 autocast).
 
-    Before the first model one untimed training and inference pass of it runs: the process's
-    first kernels pay one-off costs (library pages, oneDNN primitive caches, thread pools) that
-    would otherwise slow whichever model happens to be measured first and skew every ratio.
+    Before the first model one untimed training and inference pass of it runs (per precision):
+    the process's first kernels pay one-off costs (library pages, oneDNN primitive caches, thread
+    pools) that would otherwise slow whichever model happens to be measured first and skew every ratio.
     """
-    sizes = tuple(sizes)
-    _check_args(sizes, device, batch_size, warmup, repeats)
+    sizes, precisions = tuple(sizes), tuple(precisions)
+    _check_args(sizes, device, batch_size, warmup, repeats, precisions)
     layers = _select_layers(layer_pattern)
-    jobs = [f"{family}_{s}_{lid}" for s in sizes for lid in layers]
-    for name in jobs:
+    jobs = [(f"{family}_{s}_{lid}", p) for s in sizes for p in precisions for lid in layers]
+    for name, _ in jobs:
         get_architecture(name)  # an unknown family fails here, before anything is measured
     results: list[BenchResult] = []
-    _measure(jobs[0], batch_size=batch_size, device=device, in_chans=3, warmup=1, repeats=1, memory=None,
-             plain=False, deadline=None)  # the process warm-up (see above), never recorded
+    for p in precisions:  # the process warm-up (see above), never recorded
+        _measure(jobs[0][0], batch_size=batch_size, device=device, in_chans=3, warmup=1, repeats=1, memory=None,
+                 plain=False, deadline=None, precision=p)
     bar = tqdm(jobs, desc="bench", unit="model", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
+    for name, p in bar:
+        bar.set_postfix_str(name if len(precisions) == 1 else f"{name} {p}")
         results.append(bench_model(name, batch_size=batch_size, device=device, warmup=warmup, repeats=repeats,
-                                   memory=memory, plain=plain, max_seconds=max_seconds, compile=compile))
+                                   memory=memory, plain=plain, max_seconds=max_seconds, compile=compile,
+                                   precision=p))
     add_ratios(results)
     return results
 
@@ -554,7 +590,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
         if missing:
             raise BenchError(f"{path} is not a lipzoo benchmark file (missing columns {missing})")
         rows = list(reader)
-    text_cols = {"model", "family", "layer", "size", "device", "status", "memory_method", "note", "error"}
+    text_cols = {"model", "family", "layer", "size", "device", "status", "memory_method", "note", "error", "precision"}
     out = []
     for row in rows:
         typed: dict = {}
@@ -588,14 +624,16 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """A fixed-width text table (the human form of ``lipzoo bench``)."""
-    head = (f"{'model':<24} {'params':>10} {'train img/s':>11} {'x std':>6} {'infer img/s':>11} {'x std':>6} "
-            f"{'plain img/s':>11} {'train MiB':>9} {'x std':>6} {'infer MiB':>9}  status")
+    """A fixed-width text table (the human form of ``lipzoo bench``); a ``prec`` column when any row is not fp32."""
+    prec = any(r.precision != "fp32" for r in results)
+    head = (f"{'model':<24} {'prec ' if prec else ''}{'params':>10} {'train img/s':>11} {'x std':>6} "
+            f"{'infer img/s':>11} {'x std':>6} {'plain img/s':>11} {'train MiB':>9} {'x std':>6} {'infer MiB':>9}  status")
     rows = [head, "-" * len(head)]
     for r in results:
         q = r.ratios
         rows.append(
-            f"{r.model:<24} {_fmt(r.params, ',d'):>10} {_fmt(r.train_images_per_s, '.1f'):>11} "
+            f"{r.model:<24} {f'{r.precision:<4} ' if prec else ''}{_fmt(r.params, ',d'):>10} "
+            f"{_fmt(r.train_images_per_s, '.1f'):>11} "
             f"{_fmt(q.get('train_images_per_s_vs_standard'), '.2f'):>6} {_fmt(r.infer_images_per_s, '.1f'):>11} "
             f"{_fmt(q.get('infer_images_per_s_vs_standard'), '.2f'):>6} {_fmt(r.plain_images_per_s, '.1f'):>11} "
             f"{_fmt(r.train_peak_mib, '.1f'):>9} {_fmt(q.get('train_peak_mib_vs_standard'), '.2f'):>6} "

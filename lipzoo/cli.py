@@ -578,19 +578,24 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
                    "checkout's committed results).")
 @click.option("--compile", "compile_", is_flag=True,
               help="Time the torch.compile'd models (the compilation is reported as compile_s, not timed).")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="Comma-separated: fp32, bf16 (forward passes under bf16 autocast); a row per model and precision, "
+                   "ratios to standard of the same precision.")
 @click.option("--no-save", is_flag=True, help="Print only; write no results file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats, max_seconds, memory, plain,
-              compile_, out_dir, no_save, as_json) -> None:
+              compile_, precisions, out_dir, no_save, as_json) -> None:
     """Speed (training, inference, plain inference), peak memory and parameters per layer and size,
     each also as a ratio to the standard ConvNet of the same size measured in the same run."""
     from .bench import DEFAULT_OUT, BenchError, bench_layers, format_table, hardware_fingerprint, save_results
 
     size_list = tuple(s.strip() for s in sizes.split(",") if s.strip())
+    precision_list = tuple(dict.fromkeys(p.strip().lower() for p in precisions.split(",") if p.strip()))
     try:
         results = bench_layers(layer_pattern, size_list, family=family, batch_size=batch_size, device=device,
                                warmup=warmup, repeats=repeats, memory=memory, plain=plain,
-                               max_seconds=max_seconds or None, progress=not as_json, compile=compile_)
+                               max_seconds=max_seconds or None, progress=not as_json, compile=compile_,
+                               precisions=precision_list)
     except BenchError as e:
         raise click.UsageError(str(e)) from None
     hw = hardware_fingerprint(device)

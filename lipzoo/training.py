@@ -16,13 +16,14 @@ exactly the batches an uninterrupted run would have seen: on CPU the final weigh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ __all__ = [
 
 PAPER_OFFSET = 2 * math.sqrt(2) * 36 / 255  # 0.3993: the paper's margin offset
 PAPER_TEMPERATURE = 0.25
+#: training precisions of a recipe: "bf16" runs the training forward under bf16 autocast
+PRECISIONS = ("fp32", "bf16")
 
 
 class RecipeError(ValueError):
@@ -90,6 +93,7 @@ class Recipe:
     eval_eps: list[float] = field(default_factory=lambda: list(DEFAULT_EPS))
     layer_options: dict[str, Any] = field(default_factory=dict)
     compile: bool = False  # run the training forward through torch.compile (same function; see lipzoo bench --compile)
+    precision: str = "fp32"  # "bf16": training forward under bf16 autocast (evaluation, certification, audit: float32/64)
     publish_floor: float | None = None  # lipzoo publish refuses (without --force) below this certified acc. at 36/255
     publish_clean_floor: float | None = None  # ... and below this clean accuracy
     budget: dict[str, Any] | None = None  # how the epochs were derived from a wall-clock budget
@@ -149,6 +153,7 @@ class Recipe:
             (self.batch_size >= 1, f"batch_size must be an integer >= 1, got {self.batch_size}"),
             (self.schedule in ("onecycle", "constant"), f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}"),
             (self.schedule_step in ("epoch", "batch"), f"schedule_step must be 'epoch' or 'batch', got {self.schedule_step!r}"),
+            (self.precision in PRECISIONS, f"precision must be 'fp32' or 'bf16', got {self.precision!r}"),
             (self.loss_temperature > 0, f"loss_temperature must be > 0, got {self.loss_temperature}"),
             (self.loss_offset >= 0, f"loss_offset must be >= 0, got {self.loss_offset}"),
             (self.crop_padding >= 0, f"crop_padding must be an integer >= 0, got {self.crop_padding}"),
@@ -188,11 +193,21 @@ _FIELD_TYPES: list[tuple[str, tuple[type, ...], str]] = [
     ("rand_augment", (list, type(None)), "null or a list"), ("seed", _INT, "an integer"),
     ("val_size", _INT, "an integer"), ("train_limit", _OPT_INT, "null or an integer"),
     ("val_limit", _OPT_INT, "null or an integer"), ("eval_eps", (list,), "a list of numbers"),
-    ("layer_options", (dict,), "a mapping"), ("compile", (bool,), "true or false"),
+    ("layer_options", (dict,), "a mapping"), ("compile", (bool,), "true or false"), ("precision", (str,), "a string"),
     ("budget", (dict, type(None)), "null or a mapping"), ("notes", (str,), "a string"),
     ("publish_floor", (int, float, type(None)), "null or a fraction"),
     ("publish_clean_floor", (int, float, type(None)), "null or a fraction"),
 ]
+
+
+def training_autocast(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The context of a training forward: bf16 autocast on ``device``'s type for ``"bf16"``, else nothing.
+
+    Only the training step uses it; evaluation, certification and the audit never do. The layers
+    compute their weights with autocast disabled (see :mod:`lipzoo.layers._base`)."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # --- loss -------------------------------------------------------------------------------------
@@ -412,8 +427,23 @@ def run_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _recipe_defaults() -> dict:
+    """The default value of every recipe field that has one."""
+    out = {}
+    for f in fields(Recipe):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def recipe_changes(old: dict, new: dict) -> list[str]:
-    """Names of the recipe fields that differ between two recipe dicts (``notes`` does not count)."""
+    """Names of the recipe fields that differ between two recipe dicts (``notes`` does not count).
+
+    A field missing from either (a recipe.yaml written before the field existed) counts as its default."""
+    defaults = _recipe_defaults()
+    old, new = defaults | old, defaults | new
     keys = (set(old) | set(new)) - {"notes"}
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
@@ -555,7 +585,9 @@ def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, prog
             if world > 1:
                 xb, yb = xb[rank::world], yb[rank::world]
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            z = net(xb)
+            with training_autocast(recipe.precision, device):
+                z = net(xb)
+            z = z.float()  # the loss (and the batch statistics) in float32
             loss = offset_cross_entropy(z, yb, recipe.loss_offset, recipe.loss_temperature)
             if not torch.isfinite(loss):
                 raise DivergenceError(
@@ -679,7 +711,9 @@ def estimate_epochs(
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = offset_cross_entropy(net(x), y, recipe.loss_offset, recipe.loss_temperature)
+        with training_autocast(recipe.precision, device):
+            z = net(x)
+        loss = offset_cross_entropy(z.float(), y, recipe.loss_offset, recipe.loss_temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

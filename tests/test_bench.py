@@ -187,6 +187,31 @@ def test_cli_bench_json(tmp_path):
     assert os.path.isfile(out["file"]) and read_results(out["file"])[0]["model"] == "convnet_xs_standard"
 
 
+def test_cli_bench_precision_rows_for_fp32_and_bf16(tmp_path):
+    res = CliRunner().invoke(main, ["bench", "--layer", "aol", "--size", "xs", "--batch-size", "2", "--warmup", "0",
+                                    "--repeats", "1", "--no-memory", "--precision", "fp32,bf16", "--out", str(tmp_path),
+                                    "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)["results"]
+    assert [(r["model"], r["precision"]) for r in rows] == [
+        ("convnet_xs_standard", "fp32"), ("convnet_xs_aol", "fp32"), ("convnet_xs_standard", "bf16"), ("convnet_xs_aol", "bf16")]
+    for r in rows:
+        assert list(r) == CSV_COLUMNS and r["status"] == "ok", r
+        for k in ("train_batch_s", "train_images_per_s", "infer_images_per_s", "train_images_per_s_vs_standard"):
+            assert math.isfinite(r[k]) and r[k] > 0, (r["model"], r["precision"], k)
+    std, aol = rows[2], rows[3]  # bf16 ratios are to the bf16 standard row
+    assert std["train_images_per_s_vs_standard"] == 1.0
+    assert aol["train_images_per_s_vs_standard"] == pytest.approx(aol["train_images_per_s"] / std["train_images_per_s"],
+                                                                  rel=1e-4)
+    saved = read_results(json.loads(res.output)["file"])
+    assert [r["precision"] for r in saved] == ["fp32", "fp32", "bf16", "bf16"]
+
+
+def test_cli_bench_bad_precision():
+    res = CliRunner().invoke(main, ["bench", "--size", "xs", "--precision", "fp32,fp16", "--no-save"])
+    assert res.exit_code == 2 and "unknown precision" in res.output and "bf16" in res.output
+
+
 def test_cli_bench_bad_size():
     res = CliRunner().invoke(main, ["bench", "--size", "xs,huge", "--no-save"])
     assert res.exit_code == 2 and "unknown size" in res.output

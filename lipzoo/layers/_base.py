@@ -6,16 +6,37 @@ that function is called on every forward. In eval mode its result is cached, key
 identity and version counter of every parameter and buffer, so any in-place change (an
 optimizer step, ``load_state_dict``, ``.to(device)``) invalidates the cache automatically and
 no stale weight can ever be used. ``train()`` drops the cache as well.
+
+The weight is always computed in the parameters' own precision: ``effective_weight`` runs
+``compute_weight`` with autocast disabled, so under a mixed-precision (e.g. bf16) autocast only
+the convolutions and matrix products applied to activations run in reduced precision, never the
+parametrisation (orthogonalisation, FFTs, norm bounds, rescalings), and the eval cache never
+holds a reduced-precision weight.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Hashable
 
 import torch
 from torch import nn
 
-__all__ = ["LipschitzModule", "check_input", "InputError", "as_size", "check_kernel_size", "check_square", "spatial_size"]
+__all__ = ["LipschitzModule", "check_input", "InputError", "as_size", "check_kernel_size", "check_square", "spatial_size",
+           "full_precision"]
+
+#: device types on which torch.autocast exists (looked up once per type; filled for cpu/cuda here so
+#: that a torch.compile trace never has to ask)
+_AUTOCAST_DEVICES: dict[str, bool] = {t: torch.amp.is_autocast_available(t) for t in ("cpu", "cuda")}
+
+
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled on ``device_type`` (a no-op where autocast does not exist,
+    e.g. ``meta``): weight parametrisations run inside it in the parameters' own dtype."""
+    ok = _AUTOCAST_DEVICES.get(device_type)
+    if ok is None:
+        ok = _AUTOCAST_DEVICES[device_type] = torch.amp.is_autocast_available(device_type)
+    return torch.autocast(device_type=device_type, enabled=False) if ok else contextlib.nullcontext()
 
 
 class InputError(ValueError):
@@ -91,16 +112,24 @@ class LipschitzModule(nn.Module):
             p.requires_grad for p in self.parameters(recurse=False)
         )
 
+    def _device_type(self) -> str:
+        for t in self.parameters(recurse=False):
+            return t.device.type
+        for t in self.buffers(recurse=False):
+            return t.device.type
+        return "cpu"
+
     def effective_weight(self, size: tuple[int, int] | None = None) -> Any:
-        """``compute_weight(size)``, cached in eval mode while no parameter has changed."""
+        """``compute_weight(size)`` with autocast disabled, cached in eval mode while no parameter has changed."""
         if self.training or self._needs_grad():
             self._weight_cache.clear()
-            return self.compute_weight(size)
+            with full_precision(self._device_type()):
+                return self.compute_weight(size)
         key: Hashable = (size, self._state_key())
         hit = self._weight_cache.get("entry")
         if hit is not None and hit[0] == key:
             return hit[1]
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(self._device_type()):
             value = self.compute_weight(size)
         self._weight_cache.clear()
         self._weight_cache["entry"] = (key, value)

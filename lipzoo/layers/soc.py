@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, InputError, LipschitzModule
+from ._base import check_kernel_size, full_precision, InputError, LipschitzModule
 from ._linalg import gram_bound
 
 __all__ = [
@@ -252,7 +252,8 @@ class SOCConv2d(LipschitzModule):
         self.total_iters += 1
         if iters == 0:
             return
-        new = fantastic_four_iterations(skew_filter(self.random_conv_filter), self._vectors(), iters)
+        with full_precision(self.random_conv_filter.device.type):  # part of the weight: never in bf16
+            new = fantastic_four_iterations(skew_filter(self.random_conv_filter), self._vectors(), iters)
         for name in VECTOR_NAMES:
             getattr(self, name).copy_(new[name])
 
