@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, InputError, LipschitzModule
-from ._linalg import gram_bound
+from ._linalg import gram_bound, taylor_exp_conv2d
+from ._norms import taylor_tail_bound
 
 __all__ = [
     "SOCConv2d",
@@ -70,28 +71,6 @@ _TINY = 1e-12
 def skew_filter(m: torch.Tensor) -> torch.Tensor:
     """``(M - M*) / 2`` with ``M*`` = channel transpose + spatial flip: a skew-symmetric conv kernel."""
     return 0.5 * (m - m.transpose(0, 1).flip(2, 3))
-
-
-def taylor_tail_bound(terms: int, radius: float = 1.0) -> float:
-    """A guaranteed upper bound on ``sum_{i > terms} radius^i / i!`` for ``0 <= radius <= 1``.
-
-    ``r^(T+1)/(T+1)! * sum_j (r/(T+2))^j = r^(T+1)/(T+1)! * (T+2)/(T+2-r)``; it bounds
-    ``||exp(A) - S_T(A)||`` for any operator with ``||A|| <= radius``.
-    """
-    if not 0.0 <= radius <= 1.0:
-        raise ValueError(f"radius must be in [0, 1], got {radius}")
-    t = int(terms)
-    return radius ** (t + 1) / math.factorial(t + 1) * (t + 2) / (t + 2 - radius)
-
-
-def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torch.Tensor:
-    """``sum_{i=0}^{terms} L^i x / i!`` with ``L`` the zero-padded 'same' convolution by ``kernel``."""
-    pad = kernel.shape[-1] // 2
-    z = term = x
-    for i in range(1, terms + 1):
-        term = F.conv2d(term, kernel, padding=pad) / float(i)
-        z = z + term
-    return z
 
 
 def _normalize(t: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
