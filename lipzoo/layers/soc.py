@@ -47,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, InputError, LipschitzModule
+from ._base import check_kernel_size, InputError, LipschitzModule, map_size, MatrixLayer
 from ._linalg import gram_bound, taylor_exp_conv2d
-from ._norms import taylor_tail_bound
+from ._norms import skew_taylor_bound, taylor_tail_bound, zero_padded_bound
+from ._plain import TaylorExpConv2d
 
 __all__ = [
     "SOCConv2d",
@@ -263,6 +264,45 @@ class SOCConv2d(LipschitzModule):
             z = z + self.bias.view(1, -1, 1, 1)
         return z
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """The norm of the truncated series ``scale * S_T(L_n)`` on the (stride-folded) ``shape`` maps.
+
+        ``rho`` bounds ``||L_n||`` (the zero-padded conv bound, see
+        :func:`~lipzoo.layers._norms.zero_padded_bound`). Where ``L_n`` is checked to be exactly
+        skew-adjoint, ``S_T(L_n)`` is normal with norm ``max_{|l| <= rho} |S_T(i l)|``
+        (:func:`~lipzoo.layers._norms.skew_taylor_bound`: a dense grid with a second-derivative
+        remainder, and ``1 + tail(T, rho)`` when rho <= 1); else ``sum_i rho^i / i!``. Times the
+        layer's output scale. Channel padding is an isometry and the channel slice a projection.
+        """
+        kernel = self.effective_weight().detach()
+        n_h, n_w = map_size(shape)
+        n_h, n_w = n_h // self.stride, n_w // self.stride
+        terms = self.train_terms if self.training else self.eval_terms
+        skew = bool(torch.equal(kernel, -kernel.transpose(0, 1).flip(2, 3)))
+        scale = self.taylor_scale(terms)
+
+        def series_bound(r: float) -> float:
+            if skew:
+                return skew_taylor_bound(terms, r)
+            return sum(r**i / math.factorial(i) for i in range(terms + 1))
+
+        # a cheap ||L_n|| bound that already certifies the layer (<= 1) skips the exact dense norm
+        rho, rho_how = zero_padded_bound(kernel, n_h, n_w, enough=lambda r: scale * series_bound(r) <= 1.0)
+        series = series_bound(rho)
+        if skew:
+            method = "skew: max |S_T(i l)| for |l| <= ||L_n||"
+        else:
+            method = "sum ||L_n||^i / i! (kernel not skew)"
+        detail = {"rho": rho, "rho_method": rho_how, "terms": terms, "scale": scale}
+        return scale * series, method, float(gram_bound(kernel.double())), detail
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """A TaylorExpConv2d with the eval-mode kernel ``L_n``, ``eval_terms`` terms and the output scale
+        (the terms are not folded into one kernel: a composition of zero-padded convolutions is not one)."""
+        return TaylorExpConv2d(self.effective_weight(), self.bias, terms=self.eval_terms,
+                               scale=self.taylor_scale(self.eval_terms), in_channels=self.in_channels,
+                               out_channels=self.out_channels, stride=self.stride)
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         if self.stride != 1:
@@ -275,7 +315,7 @@ class SOCConv2d(LipschitzModule):
         return s
 
 
-class SOCLinear(LipschitzModule):
+class SOCLinear(MatrixLayer):
     """Dense SOC: ``exp(A)`` of the skew-symmetric ``A = (W - W^T) / 2``, plus a bias.
 
     ``torch.linalg.matrix_exp`` (scaling and squaring) is accurate to round-off for any ``||A||``,
