@@ -164,14 +164,15 @@ def test_zero_padded_dense_norm_is_exact_and_tighter(c_in, c_out, k, n):
 
 def test_zero_padded_dense_norm_threshold_and_bad_input(monkeypatch):
     audit_mod = importlib.import_module("lipzoo.audit")
+    norms_mod = importlib.import_module("lipzoo.layers._norms")  # where the threshold is read
 
     w = torch.randn(2, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     exact = audit_mod.zero_padded_conv_norm(w, 4, 4)
     circ = circular_conv_norm(w, 6, 6)
     assert exact < circ * (1 - 1e-3)  # a 4x4 map: the circular bound is visibly loose
-    monkeypatch.setattr(audit_mod, "DENSE_EXACT_MAX", 2 * 4 * 4 - 1)  # just below this operator's size
+    monkeypatch.setattr(norms_mod, "DENSE_EXACT_MAX", 2 * 4 * 4 - 1)  # just below this operator's size
     assert zero_padded_conv_bound(w, 4, 4) == min(circ, float(gram_bound(w)))
-    monkeypatch.setattr(audit_mod, "DENSE_EXACT_MAX", 2 * 4 * 4)
+    monkeypatch.setattr(norms_mod, "DENSE_EXACT_MAX", 2 * 4 * 4)
     assert zero_padded_conv_bound(w, 4, 4) == pytest.approx(exact, rel=1e-8)
     with pytest.raises(ValueError, match="odd kernel sizes"):
         audit_mod.zero_padded_conv_norm(torch.randn(2, 2, 2, 2), 4, 4)
@@ -181,7 +182,7 @@ def test_zero_padded_dense_norm_threshold_and_bad_input(monkeypatch):
 
 def test_paper_cpl_at_4x4_audits_at_one(monkeypatch):
     """The paper's power-iteration step uses the zero-padded norm: exact at 4x4, the old bound is loose."""
-    audit_mod = importlib.import_module("lipzoo.audit")
+    norms_mod = importlib.import_module("lipzoo.layers._norms")  # where the threshold is read
 
     torch.manual_seed(0)
     m = CPLConv2d(4, 4, 3, input_size=4, paper_compatible=True, val_niter=100).eval()
@@ -190,7 +191,7 @@ def test_paper_cpl_at_4x4_audits_at_one(monkeypatch):
     assert 1.0 <= upper <= 1 + 1e-3
     true = float(singular_values(m, (4, 4, 4), residual=True, points=2).max())
     assert true <= upper + 1e-5
-    monkeypatch.setattr(audit_mod, "DENSE_EXACT_MAX", 0)  # the circular (n + k - 1) bound only
+    monkeypatch.setattr(norms_mod, "DENSE_EXACT_MAX", 0)  # the circular (n + k - 1) bound only
     old, _, _, _ = layer_bound(m, (4, 4, 4))
     assert old > 1 + 1e-2
 

@@ -1,4 +1,5 @@
-"""Common machinery of lipzoo's layers: input checks and the eval-mode weight cache.
+"""Common machinery of lipzoo's layers: input checks, the eval-mode weight cache, and the protocol
+every layer implements for the audit and the exporter.
 
 Every Lipschitz layer derives its effective weight from ONE pure function of its parameters,
 ``compute_weight(size)``. In training mode (or whenever gradients w.r.t. parameters are needed)
@@ -12,6 +13,13 @@ The weight is always computed in the parameters' own precision: ``effective_weig
 the convolutions and matrix products applied to activations run in reduced precision, never the
 parametrisation (orthogonalisation, FFTs, norm bounds, rescalings), and the eval cache never
 holds a reduced-precision weight.
+
+Each layer family also owns, in its own file, the two things :mod:`lipzoo.audit` and
+:mod:`lipzoo.export` need, so those stay generic: ``norm_bound(shape)``, its GUARANTEED l2
+operator-norm (Lipschitz) bound at an input shape, and ``plain(shape, circular)``, its
+materialised plain-torch form. Two common forms come with both: :class:`MatrixLayer` (one dense
+matrix) and :class:`KernelConv` (one explicit circular kernel). Parameter-free pieces that are
+isometries, projections or permutations derive from :class:`OneLipschitz`.
 """
 
 from __future__ import annotations
@@ -22,8 +30,29 @@ from typing import Any, Hashable
 import torch
 from torch import nn
 
-__all__ = ["LipschitzModule", "check_input", "InputError", "as_size", "check_kernel_size", "check_square", "spatial_size",
-           "full_precision"]
+from ._linalg import gram_bound
+from ._norms import circular_conv_norm, matrix_norm
+from ._plain import plain_circular_conv, plain_linear
+
+__all__ = [
+    "LipschitzModule",
+    "MatrixLayer",
+    "KernelConv",
+    "OneLipschitz",
+    "ONE_LIPSCHITZ_METHOD",
+    "check_input",
+    "InputError",
+    "as_size",
+    "check_kernel_size",
+    "check_square",
+    "map_size",
+    "spatial_size",
+    "full_precision",
+]
+
+#: the method text of the bound 1 of a parameter-free isometry, projection or permutation
+ONE_LIPSCHITZ_METHOD = "1 (isometry, projection or permutation)"
+
 
 #: device types on which torch.autocast exists (looked up once per type; filled for cpu/cuda here so
 #: that a torch.compile trace never has to ask)
@@ -83,7 +112,9 @@ class LipschitzModule(nn.Module):
 
     Subclasses implement ``compute_weight(self, size)`` (``size`` is the spatial size of the input
     for layers whose effective weight depends on it, else ``None``) and call
-    ``self.effective_weight(size)`` inside ``forward``.
+    ``self.effective_weight(size)`` inside ``forward``; and, for the audit and the exporter,
+    :meth:`norm_bound` and :meth:`plain` (or derive from :class:`MatrixLayer` /
+    :class:`KernelConv`, which implement both for their form).
     """
 
     #: whether forward() validates its input (the models switch this off for inner layers and
@@ -160,13 +191,93 @@ class LipschitzModule(nn.Module):
                 object.__setattr__(new, k, copy.deepcopy(v, memo))
         return new
 
+    # --- the audit's and the exporter's protocol ------------------------------------------------
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """A GUARANTEED upper bound on this layer's l2 Lipschitz constant for inputs of ``shape``.
+
+        ``shape``: one input without the batch dimension, ``(C, H, W)`` or ``(features,)``.
+        Returns ``(upper, method, gram, detail)``: ``upper`` bounds ``||f(x) - f(y)|| / ||x - y||``
+        for ALL inputs ``x != y`` of that shape, for the function the layer computes in eval mode
+        (its materialised ``effective_weight``; the number is computed in float64 from it, so it
+        holds for the exact arithmetic of that weight, not for float round-off in the forward);
+        ``method`` says in words how it was obtained (e.g. "exact circular norm (FFT)"); ``gram``
+        is the size-independent Schur-test bound where the layer has a kernel, else None;
+        ``detail`` holds the intermediate numbers of the proof (JSON-serialisable). Raises
+        :class:`lipzoo.layers._norms.BoundError` where the parameters are outside what the proof
+        needs. Called by :func:`lipzoo.audit.layer_bound` with the shape the layer sees in the model.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not declare a guaranteed norm bound")
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """This layer's plain form: fixed plain torch modules computing the same function (eval mode).
+
+        The modules hold the materialised eval-mode weight (the output of the layer's own pure
+        ``compute_weight``) without gradient, so the plain form equals the layer on inputs of
+        ``shape`` (up to float round-off where the computation differs, e.g. a folded step size).
+        ``shape``: one input without the batch dimension; it may be None when the layer is not
+        ``size_dependent``. ``circular``: how per-frequency (FFT) operators are materialised:
+        ``"fft"`` (precomputed per-frequency matrices), ``"kernel"`` (one full-size ``nn.Conv2d``,
+        exportable to ONNX) or ``"auto"`` (the kernel only where its support is small); layers
+        without such operators ignore it. Called by :func:`lipzoo.export.to_plain`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not declare a plain form")
+
     def _check(self, x: torch.Tensor, channels: int | None, ndim: tuple[int, ...] = (4,)) -> None:
         if self.check_inputs:
             check_input(x, channels=channels, ndim=ndim, name=type(self).__name__)
 
 
+class MatrixLayer(LipschitzModule):
+    """A dense layer ``y = W x + b`` whose effective weight is one (out, in) matrix ``W`` (``self.bias``: b or None).
+
+    Its bound is the EXACT spectral norm of ``W`` (float64 SVD); its plain form one ``nn.Linear``.
+    """
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        return matrix_norm(self.effective_weight()), "exact spectral norm", None, {}
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        return plain_linear(self.effective_weight(), self.bias)
+
+
+class KernelConv(LipschitzModule):
+    """A convolution whose effective weight is one (out, in, k, k) kernel (odd k), applied as a circular
+    'same' cross-correlation plus ``self.bias``.
+
+    Its bound is the EXACT norm of that circular operator on the input grid, ``max_f
+    sigma_max(W_hat(f))`` over all frequencies (float64 FFT; a kernel larger than the grid is
+    folded onto it), with the size-independent ``gram_bound`` (Schur test) reported beside it; its
+    plain form one ``nn.Conv2d`` with circular padding.
+    """
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        k = self.effective_weight()
+        return circular_conv_norm(k, *map_size(shape)), "exact circular norm (FFT)", float(gram_bound(k.detach().double())), {}
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        return plain_circular_conv(self.effective_weight(), self.bias)
+
+
+class OneLipschitz:
+    """Mixin of parameter-free modules that are isometries, projections or permutations of their input.
+
+    Such a module declares, by deriving from this class, that its l2 Lipschitz constant is at most
+    1 for every input shape; :meth:`norm_bound` returns exactly that. They are plain torch already:
+    the exporter keeps them as they are.
+    """
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``(1.0, method, None, {})``: GUARANTEED 1 for inputs of every shape (see the class)."""
+        return 1.0, ONE_LIPSCHITZ_METHOD, None, {}
+
+
 def spatial_size(x: torch.Tensor) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
+
+
+def map_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The spatial size (H, W) of an input shape (..., H, W)."""
+    return int(shape[-2]), int(shape[-1])
 
 
 def as_size(size: tuple[int, int] | int | None, default: tuple[int, int] | None = None) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ __all__ = [
     "fft_conv2d",
     "circular_pad",
     "matmul",
+    "taylor_exp_conv2d",
 ]
 
 
@@ -243,3 +244,13 @@ def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torc
 
 def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(x, (pad, pad, pad, pad), mode="circular") if pad else x
+
+
+def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torch.Tensor:
+    """``sum_{i=0}^{terms} L^i x / i!`` with ``L`` the zero-padded 'same' convolution by ``kernel``."""
+    pad = kernel.shape[-1] // 2
+    z = term = x
+    for i in range(1, terms + 1):
+        term = F.conv2d(term, kernel, padding=pad) / float(i)
+        z = z + term
+    return z

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._base import OneLipschitz
+
 __all__ = ["MaxMin", "maxmin"]
 
 
@@ -60,12 +62,13 @@ def maxmin(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class MaxMin(nn.Module):
+class MaxMin(OneLipschitz, nn.Module):
     """Pairs channels (2i, 2i+1) and writes (max, min) back into the same positions.
 
     Works on (N, C) and (N, C, H, W) input. With an odd channel count the last channel passes
     through unchanged. Each pair is sorted, a permutation, so the map is 1-Lipschitz in l2 and
-    preserves gradient norms (also at ties: the gradient follows the permutation chosen).
+    preserves gradient norms (also at ties: the gradient follows the permutation chosen). Its
+    ``norm_bound`` is 1 (:class:`~lipzoo.layers._base.OneLipschitz`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule, check_kernel_size
+from ._base import KernelConv, MatrixLayer, check_kernel_size
 from ._linalg import circular_pad
 from .bcop import bjorck, norm_bound
 
@@ -80,7 +80,7 @@ def aoc_kernel(ortho: torch.Tensor, in_channels: int, out_channels: int, kernel_
     return kernel
 
 
-class AOCConv2d(LipschitzModule):
+class AOCConv2d(KernelConv):
     """Adaptive orthogonal convolution, stride 1, circular padding ``k // 2`` (orthogonal).
 
     Trainable: ``param_matrices`` (2k, c, c // 2) (c = max(in, out)), each initialised
@@ -135,7 +135,7 @@ class AOCConv2d(LipschitzModule):
         )
 
 
-class AOCLinear(LipschitzModule):
+class AOCLinear(MatrixLayer):
     """Dense orthogonal layer (orthogonium's ``OrthoLinear``): Bjorck-orthonormalised weight, soundly rescaled.
 
     ``weight`` (out, in) starts orthogonal; the layer applies ``bjorck(weight, bjorck_iters)``

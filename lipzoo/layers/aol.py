@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, LipschitzModule
+from ._base import check_kernel_size, KernelConv, MatrixLayer
 from ._linalg import circular_pad, gram_row_sums
 
 __all__ = ["AOLConv2d", "AOLLinear", "aol_rescale"]
@@ -28,7 +28,7 @@ def aol_rescale(weight: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return weight * d.view(shape)
 
 
-class AOLConv2d(LipschitzModule):
+class AOLConv2d(KernelConv):
     """AOL convolution with circular 'same' padding.
 
     ``init``: ``"dirac"`` (identity, the paper's block default) or ``"orthogonal"`` (the paper's
@@ -68,7 +68,7 @@ class AOLConv2d(LipschitzModule):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
 
 
-class AOLLinear(LipschitzModule):
+class AOLLinear(MatrixLayer):
     """AOL dense layer: ``W diag(d)`` with ``d_i = (sum_j |W^T W|_ij + eps)^(-1/2)``."""
 
     def __init__(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, LipschitzModule
+from ._base import check_kernel_size, KernelConv, MatrixLayer
 from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums, power_iteration_sigma
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
@@ -108,7 +108,7 @@ def bcop_kernel(ortho: torch.Tensor, mask: torch.Tensor, in_channels: int, out_c
     return (h.transpose(0, 1) @ p).permute(2, 3, 1, 0)  # taps (k, k, out, in)
 
 
-class BCOPConv2d(LipschitzModule):
+class BCOPConv2d(KernelConv):
     """BCOP convolution (orthogonal, circular padding k//2, stride 1).
 
     Trainable: ``param_matrices`` (2(k-1)+1, c_max, c_max) and ``bias`` (out); ``mask`` is a
@@ -173,7 +173,7 @@ class BCOPConv2d(LipschitzModule):
         )
 
 
-class BjorckLinear(LipschitzModule):
+class BjorckLinear(MatrixLayer):
     """Dense layer with a Bjorck-orthonormalised weight (the paper's head for BCOP).
 
     ``weight`` is the free matrix (the paper's ``parametrizations.weight.original``); the layer

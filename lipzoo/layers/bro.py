@@ -50,8 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import LipschitzModule, as_size, check_kernel_size, spatial_size
+from ._base import LipschitzModule, MatrixLayer, as_size, check_kernel_size, map_size, spatial_size
 from ._linalg import conv_kernel_rfft, fft_conv2d, matmul
+from ._norms import matrix_norm
+from ._plain import frequency_op, plain_conv1x1
 
 __all__ = ["BROConv2d", "BROLinear", "block_reflector", "EPS_REL"]
 
@@ -189,6 +191,29 @@ class BROConv2d(LipschitzModule):
             y = y[..., p:-p, p:-p]
         return y + self.bias[:, None, None]
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``max_f sigma_max`` of the per-frequency reflectors the layer applies for ``shape``.
+
+        EXACT for circular padding; with ``padding="zeros"`` an upper bound (zero-padding is an
+        isometry and cropping a contraction). A 1x1 kernel is one real matrix: its exact norm. The
+        rfft half-spectrum is enough: where the stored matrices are not exactly
+        Hermitian-symmetric, the real operator applies their average with the mirrored conjugate,
+        whose norm is at most the larger of the two.
+        """
+        if not self.size_dependent:
+            return matrix_norm(self.effective_weight()), "exact spectral norm (1x1)", None, {}
+        how = "exact per-frequency norm" if self.padding == "circular" else "per-frequency norm on the padded grid"
+        return matrix_norm(self.effective_weight(map_size(shape))), how, None, {}
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """A 1x1 ``nn.Conv2d``, or the reflectors for ``shape`` as a FrequencyConv2d or one full-size kernel
+        (zero-padded with ``padding="zeros"``)."""
+        if not self.size_dependent:
+            return plain_conv1x1(self.effective_weight(), self.bias)
+        size = map_size(shape)
+        pad = self.kernel_size // 2 if self.padding == "zeros" else 0
+        return frequency_op(self.effective_weight(size), self.bias, size, pad, False, circular)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
@@ -196,7 +221,7 @@ class BROConv2d(LipschitzModule):
         )
 
 
-class BROLinear(LipschitzModule):
+class BROLinear(MatrixLayer):
     """Dense block reflector ``y = (I - 2 V (V^H V + eps I)^{-1} V^H)[:out, :in] x + b``.
 
     ``weight`` = V, shape ``(max(in, out), rank)`` (identity or orthogonal init), ``bias`` (out)

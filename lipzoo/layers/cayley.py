@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, as_size, LipschitzModule, spatial_size
+from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
 from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+from ._norms import matrix_norm
+from ._plain import frequency_op
 
 __all__ = ["CayleyConv2d", "CayleyLinear", "cayley_frequency_weight", "initial_alpha"]
 
@@ -120,6 +122,20 @@ class CayleyConv2d(LipschitzModule):
         y = fft_conv2d(x, self.effective_weight(spatial_size(x)))
         return y + self.bias[:, None, None]
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """EXACT: ``max_f sigma_max`` of the per-frequency matrices the layer applies on the input grid.
+
+        The rfft half-spectrum is enough: where the stored matrices are not exactly
+        Hermitian-symmetric, the real operator applies their average with the mirrored conjugate,
+        whose norm is at most the larger of the two.
+        """
+        return matrix_norm(self.effective_weight(map_size(shape))), "exact per-frequency norm", None, {}
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """The per-frequency matrices for ``shape`` as a FrequencyConv2d or one full-size circular kernel."""
+        size = map_size(shape)
+        return frequency_op(self.effective_weight(size), self.bias, size, 0, False, circular)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular (FFT), "
@@ -127,7 +143,7 @@ class CayleyConv2d(LipschitzModule):
         )
 
 
-class CayleyLinear(LipschitzModule):
+class CayleyLinear(MatrixLayer):
     """Dense layer ``y = Q x + b`` with ``Q = cayley(alpha * W / ||W||_F)`` (orthonormal rows or columns).
 
     ``weight`` and ``bias`` start U(+-1/sqrt(in)); ``alpha`` (shape (1,)) starts at ``||W||_F``.

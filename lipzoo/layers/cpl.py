@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, check_square, as_size, InputError, LipschitzModule, spatial_size
+from ._base import check_kernel_size, check_square, as_size, InputError, LipschitzModule, map_size, spatial_size
 from ._linalg import gram_bound
+from ._norms import residual_bound
+from ._plain import potential_residual_conv, potential_residual_linear
 
 __all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling"]
 
@@ -167,6 +169,21 @@ class CPLConv2d(LipschitzModule):
         h = F.relu(F.conv2d(x, self.kernel, self.bias, padding=p))
         return x - w.rescaling * F.conv_transpose2d(h, self.kernel, padding=p)
 
+    def _step_size(self, shape: tuple[int, ...] | None) -> torch.Tensor:
+        """The eval-mode step size r (0-dim) for inputs of ``shape`` (the size matters in paper mode only)."""
+        return self.effective_weight(map_size(shape) if self.paper_compatible else None).rescaling
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``max(1, ||sqrt(r) K||^2 - 1)`` with the zero-padded conv norm on ``shape`` maps (see
+        :func:`~lipzoo.layers._norms.residual_bound`): 1 exactly when ``r <= 2 / ||K||^2``."""
+        k = self.kernel.detach().double()
+        t = self._step_size(shape).detach().double().expand(k.shape[0])
+        return residual_bound(type(self).__name__, k, t, map_size(shape))
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """``x - conv2(ReLU(conv1(x)))``: two zero-padded ``nn.Conv2d`` with r folded into ``conv2``."""
+        return potential_residual_conv(self.kernel, self.bias, self._step_size(shape).expand(self.kernel.shape[0]))
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=zeros"
         if self.paper_compatible:
@@ -219,6 +236,18 @@ class CPLLinear(LipschitzModule):
                 self.u.copy_(w.u)
         h = F.relu(F.linear(x, self.weight, self.bias))
         return x - w.rescaling * (h @ self.weight)
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``max(1, ||sqrt(r) W||^2 - 1)`` with the exact spectral norm (see
+        :func:`~lipzoo.layers._norms.residual_bound`): 1 exactly when ``r <= 2 / ||W||^2``."""
+        k = self.weight.detach().double()
+        t = self.effective_weight().rescaling.detach().double().expand(k.shape[0])
+        return residual_bound(type(self).__name__, k, t, None)
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """``x - lin2(ReLU(lin1(x)))``: two ``nn.Linear`` with r folded into ``lin2``."""
+        t = self.effective_weight().rescaling * torch.ones(self.weight.shape[0])
+        return potential_residual_linear(self.weight, self.bias, t)
 
     def extra_repr(self) -> str:
         s = f"{self.in_features}, {self.out_features}"

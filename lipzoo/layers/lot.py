@@ -41,8 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, as_size, LipschitzModule, spatial_size
+from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
 from ._linalg import conv_kernel_fft, conv_kernel_rfft, fft_conv2d, matmul
+from ._norms import matrix_norm
+from ._plain import frequency_op, plain_conv1x1
 
 __all__ = ["LOTConv2d", "LOTLinear", "lot_orthogonalize"]
 
@@ -147,6 +149,29 @@ class LOTConv2d(LipschitzModule):
             y = y[..., p:-p, p:-p]
         return y + self.bias[:, None, None]
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``max_f sigma_max`` of the per-frequency matrices on the zero-padded grid for ``shape``.
+
+        An upper bound: zero-padding is an isometry, the padded-grid operator is circular (its norm
+        is that maximum) and cropping a contraction. A 1x1 kernel (default mode) is one real matrix:
+        its exact norm. Where the stored rfft half-spectrum matrices are not exactly
+        Hermitian-symmetric, the real operator applies their average with the mirrored conjugate,
+        whose norm is at most the larger of the two.
+        """
+        if not self.size_dependent:
+            return matrix_norm(self.effective_weight()), "exact spectral norm (1x1)", None, {}
+        return (matrix_norm(self.effective_weight(map_size(shape))), "per-frequency norm on the padded grid",
+                None, {})
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """A 1x1 ``nn.Conv2d``, or the matrices for ``shape`` as a FrequencyConv2d on the zero-padded
+        grid or one zero-padded kernel."""
+        if not self.size_dependent:
+            return plain_conv1x1(self.effective_weight(), self.bias)
+        size = map_size(shape)
+        return frequency_op(self.effective_weight(size), self.bias, size, self.kernel_size // 2, self.paper_compatible,
+                            circular)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=zeros (FFT on padded), "
@@ -154,7 +179,7 @@ class LOTConv2d(LipschitzModule):
         )
 
 
-class LOTLinear(LipschitzModule):
+class LOTLinear(MatrixLayer):
     """Dense LOT layer ``y = Z W x / sqrt(n) + b``: the same normalised Newton-Schulz polar factor.
 
     ``weight`` (out, in) starts at the identity (zero ``bias``) when square, else with

@@ -56,8 +56,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import as_size, InputError, LipschitzModule, spatial_size
+from ._base import as_size, InputError, LipschitzModule, map_size, spatial_size
 from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+from ._norms import matrix_norm
+from ._plain import SandwichResidual, frequency_op, plain_linear
 
 __all__ = ["SandwichConv2d", "SandwichLinear", "SandwichWeight", "sandwich_factors"]
 
@@ -156,6 +158,31 @@ def _initialise(weight: torch.Tensor, bias: torch.Tensor | None, in_features: in
             nn.init.uniform_(bias, 0.0, bound)
 
 
+def _sandwich_bound(layer: LipschitzModule, size: tuple[int, int] | None) -> tuple[float, str, float | None, dict]:
+    """GUARANTEED bound of a Sandwich layer with effective weight ``layer.effective_weight(size)``.
+
+    ``A``, ``B`` are recovered from the applied matrices and ``mu = max_f lambda_max(A A^H + B B^H)``
+    is checked; LBDN's Theorem 3.1 (which needs only ``<= I``) with the positive homogeneity of
+    ReLU gives ``scale * mu``; the cruder ``||first|| ||second||`` is also valid and the smaller of
+    the two is returned.
+    """
+    first, _, second = layer.effective_weight(size)
+    cdt = torch.complex128 if (first.is_complex() or second.is_complex()) else torch.float64
+    first, second = first.detach().to(cdt), second.detach().to(cdt)
+    psi = torch.zeros_like(layer.psi, dtype=torch.float64) if layer.numerical_stable else layer.psi.detach().double()
+    b = torch.exp(psi)[:, None] * first / (math.sqrt(2) * layer.scale)
+    a_h = second * torch.exp(-psi)[None, :] / math.sqrt(2)  # A^H
+    a = a_h.mH
+    gram = a @ a.mH + b @ b.mH
+    mu = float(torch.linalg.eigvalsh(gram).max())
+    theorem = layer.scale * mu
+    product = matrix_norm(first) * matrix_norm(second)
+    detail = {"mu": mu, "AA+BB<=I": mu <= 1 + 1e-12, "product_bound": product}
+    if theorem <= product:
+        return theorem, "LBDN Thm 3.1: scale * lambda_max(AA^H + BB^H)", None, detail
+    return product, "||first|| * ||second||", None, detail
+
+
 def _check_scale(scale: float, paper_compatible: bool) -> float:
     scale = float(scale)
     if not scale > 0 or (scale > 1 and not paper_compatible):
@@ -237,6 +264,17 @@ class SandwichConv2d(LipschitzModule):
             z = z + bias[:, None, None]
         return fft_conv2d(F.relu(z), second)
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """LBDN Thm 3.1 on the per-frequency matrices for ``shape`` (see ``_sandwich_bound``)."""
+        return _sandwich_bound(self, map_size(shape))
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """A SandwichResidual of two per-frequency operators for ``shape`` (FrequencyConv2d or full-size kernels)."""
+        size = map_size(shape)
+        first, bias, second = self.effective_weight(size)
+        return SandwichResidual(frequency_op(first, bias, size, 0, False, circular),
+                                frequency_op(second, None, size, 0, False, circular))
+
     def extra_repr(self) -> str:
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular, "
@@ -281,6 +319,15 @@ class SandwichLinear(LipschitzModule):
         self._check(x, self.in_features, ndim=(2,))
         first, bias, second = self.effective_weight()
         return F.linear(F.relu(F.linear(x, first, bias)), second)
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """LBDN Thm 3.1 on the two matrices (see ``_sandwich_bound``)."""
+        return _sandwich_bound(self, None)
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """A SandwichResidual of two ``nn.Linear``."""
+        first, bias, second = self.effective_weight()
+        return SandwichResidual(plain_linear(first, bias), plain_linear(second, None))
 
     def extra_repr(self) -> str:
         s = f"{self.in_features}, {self.out_features}"

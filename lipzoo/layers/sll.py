@@ -42,8 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, check_square, LipschitzModule
+from ._base import check_kernel_size, check_square, LipschitzModule, map_size
 from ._linalg import autocorrelation
+from ._norms import residual_bound
+from ._plain import potential_residual_conv, potential_residual_linear
 
 __all__ = ["SLLConv2d", "SLLLinear", "sll_rescaling"]
 
@@ -123,6 +125,16 @@ class SLLConv2d(LipschitzModule):
         res = F.relu(F.conv2d(x, self.kernel, self.bias, padding=p))
         return x - F.conv_transpose2d(t[None, :, None, None] * res, self.kernel, padding=p)
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``max(1, ||diag(sqrt t) K||^2 - 1)`` with the zero-padded conv norm on ``shape`` maps (see
+        :func:`~lipzoo.layers._norms.residual_bound`): 1 exactly when ``K K^T <= 2 diag(t)^-1``."""
+        k = self.kernel.detach().double()
+        return residual_bound(type(self).__name__, k, self.effective_weight().detach().double(), map_size(shape))
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """``x - conv2(ReLU(conv1(x)))``: two zero-padded ``nn.Conv2d`` with t folded into ``conv2``."""
+        return potential_residual_conv(self.kernel, self.bias, self.effective_weight())
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=zeros, "
@@ -177,6 +189,16 @@ class SLLLinear(LipschitzModule):
         t = self.effective_weight()
         res = F.relu(F.linear(x, self.weights, self.bias))
         return x - F.linear(t * res, self.weights.T)
+
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """``max(1, ||diag(sqrt t) W||^2 - 1)`` with the exact spectral norm (see
+        :func:`~lipzoo.layers._norms.residual_bound`): 1 exactly when ``W W^T <= 2 diag(t)^-1``."""
+        k = self.weights.detach().double()
+        return residual_bound(type(self).__name__, k, self.effective_weight().detach().double(), None)
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """``x - lin2(ReLU(lin1(x)))``: two ``nn.Linear`` with t folded into ``lin2``."""
+        return potential_residual_linear(self.weights, self.bias, self.effective_weight())
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, q_param={self.q_param}"

@@ -47,8 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, full_precision, InputError, LipschitzModule
-from ._linalg import gram_bound
+from ._base import check_kernel_size, full_precision, InputError, LipschitzModule, map_size, MatrixLayer
+from ._linalg import gram_bound, taylor_exp_conv2d
+from ._norms import skew_taylor_bound, taylor_tail_bound, zero_padded_bound
+from ._plain import TaylorExpConv2d
 
 __all__ = [
     "SOCConv2d",
@@ -70,28 +72,6 @@ _TINY = 1e-12
 def skew_filter(m: torch.Tensor) -> torch.Tensor:
     """``(M - M*) / 2`` with ``M*`` = channel transpose + spatial flip: a skew-symmetric conv kernel."""
     return 0.5 * (m - m.transpose(0, 1).flip(2, 3))
-
-
-def taylor_tail_bound(terms: int, radius: float = 1.0) -> float:
-    """A guaranteed upper bound on ``sum_{i > terms} radius^i / i!`` for ``0 <= radius <= 1``.
-
-    ``r^(T+1)/(T+1)! * sum_j (r/(T+2))^j = r^(T+1)/(T+1)! * (T+2)/(T+2-r)``; it bounds
-    ``||exp(A) - S_T(A)||`` for any operator with ``||A|| <= radius``.
-    """
-    if not 0.0 <= radius <= 1.0:
-        raise ValueError(f"radius must be in [0, 1], got {radius}")
-    t = int(terms)
-    return radius ** (t + 1) / math.factorial(t + 1) * (t + 2) / (t + 2 - radius)
-
-
-def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torch.Tensor:
-    """``sum_{i=0}^{terms} L^i x / i!`` with ``L`` the zero-padded 'same' convolution by ``kernel``."""
-    pad = kernel.shape[-1] // 2
-    z = term = x
-    for i in range(1, terms + 1):
-        term = F.conv2d(term, kernel, padding=pad) / float(i)
-        z = z + term
-    return z
 
 
 def _normalize(t: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -285,6 +265,45 @@ class SOCConv2d(LipschitzModule):
             z = z + self.bias.view(1, -1, 1, 1)
         return z
 
+    def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
+        """The norm of the truncated series ``scale * S_T(L_n)`` on the (stride-folded) ``shape`` maps.
+
+        ``rho`` bounds ``||L_n||`` (the zero-padded conv bound, see
+        :func:`~lipzoo.layers._norms.zero_padded_bound`). Where ``L_n`` is checked to be exactly
+        skew-adjoint, ``S_T(L_n)`` is normal with norm ``max_{|l| <= rho} |S_T(i l)|``
+        (:func:`~lipzoo.layers._norms.skew_taylor_bound`: a dense grid with a second-derivative
+        remainder, and ``1 + tail(T, rho)`` when rho <= 1); else ``sum_i rho^i / i!``. Times the
+        layer's output scale. Channel padding is an isometry and the channel slice a projection.
+        """
+        kernel = self.effective_weight().detach()
+        n_h, n_w = map_size(shape)
+        n_h, n_w = n_h // self.stride, n_w // self.stride
+        terms = self.train_terms if self.training else self.eval_terms
+        skew = bool(torch.equal(kernel, -kernel.transpose(0, 1).flip(2, 3)))
+        scale = self.taylor_scale(terms)
+
+        def series_bound(r: float) -> float:
+            if skew:
+                return skew_taylor_bound(terms, r)
+            return sum(r**i / math.factorial(i) for i in range(terms + 1))
+
+        # a cheap ||L_n|| bound that already certifies the layer (<= 1) skips the exact dense norm
+        rho, rho_how = zero_padded_bound(kernel, n_h, n_w, enough=lambda r: scale * series_bound(r) <= 1.0)
+        series = series_bound(rho)
+        if skew:
+            method = "skew: max |S_T(i l)| for |l| <= ||L_n||"
+        else:
+            method = "sum ||L_n||^i / i! (kernel not skew)"
+        detail = {"rho": rho, "rho_method": rho_how, "terms": terms, "scale": scale}
+        return scale * series, method, float(gram_bound(kernel.double())), detail
+
+    def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
+        """A TaylorExpConv2d with the eval-mode kernel ``L_n``, ``eval_terms`` terms and the output scale
+        (the terms are not folded into one kernel: a composition of zero-padded convolutions is not one)."""
+        return TaylorExpConv2d(self.effective_weight(), self.bias, terms=self.eval_terms,
+                               scale=self.taylor_scale(self.eval_terms), in_channels=self.in_channels,
+                               out_channels=self.out_channels, stride=self.stride)
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         if self.stride != 1:
@@ -297,7 +316,7 @@ class SOCConv2d(LipschitzModule):
         return s
 
 
-class SOCLinear(LipschitzModule):
+class SOCLinear(MatrixLayer):
     """Dense SOC: ``exp(A)`` of the skew-symmetric ``A = (W - W^T) / 2``, plus a bias.
 
     ``torch.linalg.matrix_exp`` (scaling and squaring) is accurate to round-off for any ``||A||``,

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, LipschitzModule
+from ._base import check_kernel_size, KernelConv, MatrixLayer
 
 __all__ = ["StandardConv2d", "StandardLinear"]
 
 
-class StandardConv2d(LipschitzModule):
+class StandardConv2d(KernelConv):
     """``nn.Conv2d`` with circular 'same' padding and PyTorch's default initialisation."""
 
     def __init__(
@@ -49,7 +49,7 @@ class StandardConv2d(LipschitzModule):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
 
 
-class StandardLinear(LipschitzModule):
+class StandardLinear(MatrixLayer):
     """``nn.Linear`` with PyTorch's default initialisation."""
 
     def __init__(self, in_features: int, out_features: int, *, paper_compatible: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""Parameter-free structural pieces of the ConvNet family (each exactly 1-Lipschitz)."""
+"""Parameter-free structural pieces of the ConvNet family (each exactly 1-Lipschitz: they derive from
+:class:`~lipzoo.layers._base.OneLipschitz`, whose ``norm_bound`` is 1)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._base import OneLipschitz
+
 __all__ = ["ZeroChannelConcatenation", "FirstChannels", "Centering"]
 
 
-class ZeroChannelConcatenation(nn.Module):
+class ZeroChannelConcatenation(OneLipschitz, nn.Module):
     """Appends zero channels up to ``channels`` (an isometry onto a subspace)."""
 
     def __init__(self, channels: int) -> None:
@@ -32,7 +35,7 @@ class ZeroChannelConcatenation(nn.Module):
         return str(self.channels)
 
 
-class FirstChannels(nn.Module):
+class FirstChannels(OneLipschitz, nn.Module):
     """Keeps the first ``channels`` channels (or features): a projection, 1-Lipschitz."""
 
     def __init__(self, channels: int) -> None:
@@ -50,7 +53,7 @@ class FirstChannels(nn.Module):
         return str(self.channels)
 
 
-class Centering(nn.Module):
+class Centering(OneLipschitz, nn.Module):
     """Subtracts a fixed per-channel mean: a shift, hence an isometry (1-Lipschitz).
 
     It makes the paper's input centring a fixed part of the model, so every lipzoo model takes

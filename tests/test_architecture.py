@@ -1,0 +1,129 @@
+"""The layer architecture, checked on the source (``ast``): every layer family owns its bound and its
+plain form, so the audit and the exporter stay generic, and the layers depend on nothing above them.
+
+- ``lipzoo/audit.py`` and ``lipzoo/export.py`` name no layer class of the table (no identifier,
+  import or string), import no layer family's module and no private name of another module;
+- no module of ``lipzoo/layers`` imports a lipzoo module outside ``lipzoo/layers`` (at module
+  level or inside a function, with ``import``, ``from ... import`` or ``importlib.import_module``).
+
+Adding a layer is then one file in ``lipzoo/layers`` and one row of ``LAYERS``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from lipzoo.layers import LAYERS
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS_DIR = ROOT / "lipzoo" / "layers"
+GENERIC = ["lipzoo/audit.py", "lipzoo/export.py"]
+CLASS_NAMES = sorted({cls.__name__ for spec in LAYERS.values() for cls in (spec.conv, spec.linear) if cls is not None})
+FAMILY_MODULES = sorted({cls.__module__ for spec in LAYERS.values() for cls in (spec.conv, spec.linear)
+                         if cls is not None})
+
+
+def _resolve(package: str, module: str | None, level: int) -> str:
+    """The absolute module of ``from <level dots><module> import ...`` inside ``package``."""
+    if level == 0:
+        return module or ""
+    parts = package.split(".")
+    base = parts[: len(parts) - (level - 1)]
+    return ".".join(base + ([module] if module else []))
+
+
+def imported_modules(tree: ast.AST, package: str) -> list[tuple[int, str, list[str]]]:
+    """(line, absolute module, imported names) of every import in ``tree``, nested ones included;
+    ``importlib.import_module`` / ``__import__`` of a constant name count as imports."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.lineno, _resolve(package, node.module, node.level), [a.name for a in node.names]))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__"):
+                target = node.args[0].value
+                level = len(target) - len(target.lstrip("."))
+                out.append((node.lineno, _resolve(package, target.lstrip(".") or None, level), []))
+    return out
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_names_used(source: str) -> list[str]:
+    """The layer class names of the table that ``source`` mentions: identifiers, imports or strings."""
+    found = []
+    words = re.compile(r"\b(" + "|".join(map(re.escape, CLASS_NAMES)) + r")\b")
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.alias):
+            names = [node.name.rsplit(".", 1)[-1], node.asname or ""]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = words.findall(node.value)
+        found += [f"line {getattr(node, 'lineno', '?')}: {n}" for n in names if n in CLASS_NAMES]
+    return found
+
+
+def generic_violations(source: str) -> list[str]:
+    """What makes ``source`` (a module of the ``lipzoo`` package) not generic over the layer table."""
+    bad = layer_names_used(source)
+    for line, module, names in imported_modules(ast.parse(source), "lipzoo"):
+        candidates = [module] + [f"{module}.{n}" for n in names]
+        if any(c in FAMILY_MODULES for c in candidates):
+            bad.append(f"line {line}: imports the layer family module {module} {names}")
+        if _within(module, "lipzoo"):
+            bad += [f"line {line}: imports the private name {n} from {module}" for n in names if n.startswith("_")]
+    return bad
+
+
+def layering_violations(source: str) -> list[str]:
+    """Imports of lipzoo modules outside lipzoo.layers in ``source`` (a module of lipzoo.layers)."""
+    bad = []
+    for line, module, names in imported_modules(ast.parse(source), "lipzoo.layers"):
+        if not _within(module, "lipzoo"):
+            continue  # torch, numpy, the standard library
+        targets = [module] if _within(module, "lipzoo.layers") else [f"{module}.{n}" for n in names] or [module]
+        bad += [f"line {line}: imports {t}" for t in targets if not _within(t, "lipzoo.layers")]
+    return bad
+
+
+@pytest.mark.parametrize("path", GENERIC)
+def test_audit_and_export_are_generic(path):
+    assert CLASS_NAMES and all(m.startswith("lipzoo.layers.") for m in FAMILY_MODULES)
+    assert generic_violations((ROOT / path).read_text()) == []
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in LAYERS_DIR.glob("*.py")))
+def test_layers_import_nothing_above_them(path):
+    assert layering_violations((LAYERS_DIR / path).read_text()) == []
+
+
+def test_the_checks_catch_violations():
+    cls, family = LAYERS["cayley"].conv.__name__, LAYERS["cayley"].conv.__module__.rsplit(".", 1)[-1]
+    assert generic_violations(f"from .layers.{family} import {cls}\n")
+    assert generic_violations(f"from .layers import {family}\n")
+    assert generic_violations(f"def f(m):\n    return isinstance(m, layers.{cls})\n")
+    assert generic_violations(f"'''The bound of {cls}.'''\n")
+    assert generic_violations("from .export import _DENSE\n")
+    assert not generic_violations("from .layers import LipschitzModule\nfrom .layers._norms import matrix_norm\n")
+    assert layering_violations("def f():\n    from ..audit import audit\n")
+    assert layering_violations("from .. import registry\n")
+    assert layering_violations("import lipzoo.export\n")
+    assert layering_violations("import importlib\nimportlib.import_module('lipzoo.certify')\n")
+    assert not layering_violations("from ._norms import matrix_norm\nfrom lipzoo.layers import _plain\nimport torch\n")
