@@ -43,8 +43,10 @@ __all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "pu
 
 EVAL_FILENAME = "eval.json"
 #: the run's record files copied next to the published weights (the sources of the card's numbers)
-RECORDS = ("run.json", "metrics.jsonl", EVAL_FILENAME)
+CHECK_FILENAME = "check.json"
+RECORDS = ("run.json", "metrics.jsonl", EVAL_FILENAME, CHECK_FILENAME)
 CHECK_N = 1000  #: the first this many images of the split are also scored on their own (``check``)
+RECORD_N = 200  #: per-image records (prediction, certified radius) of the first this many images
 #: a run whose test clean accuracy is at most this many times chance (1 / classes) is not published
 CHANCE_FACTOR = 1.5
 GATE_EPS_KEY = f"{36 / 255:.6g}"  #: the certified accuracy that an optional ``publish_floor`` bounds
@@ -142,8 +144,25 @@ def evaluate_run(
                             "plain_images_per_s": b.plain_images_per_s, "infer_peak_mib": b.infer_peak_mib,
                             "train_peak_mib": b.train_peak_mib, "memory_method": b.memory_method,
                             "threads": torch.get_num_threads()}
+    atomic_write_text(run / CHECK_FILENAME, json.dumps(check_records(cert, labels, split), indent=1))
     atomic_write_text(run / EVAL_FILENAME, json.dumps(out, indent=2))
     return out
+
+
+def check_records(cert, labels, split: str, n: int = RECORD_N) -> dict:
+    """Per-image records of the first ``n`` certified images: label, prediction and certified
+    radius (float64 margin / (sqrt(2) L), L the bound audited on the machine that wrote them).
+
+    Anyone can recompute a prefix of them on another machine and compare image by image: the
+    radius may differ by round-off and by the few-1e-6 relative difference of the audited bound
+    between CPUs, a prediction only where the top two logits (nearly) tie.
+    """
+    from ._provenance import cpu_model
+
+    k = min(n, cert.n)
+    return {"split": split, "n": k, "lipschitz_bound": float(cert.lipschitz),
+            "cpu": cpu_model(), "labels": labels[:k].tolist(), "predictions": cert.predictions[:k].tolist(),
+            "radii": [float(r) for r in cert.radii[:k]]}
 
 
 def _epochs(run: Path) -> list[dict]:
