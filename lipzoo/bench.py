@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import gc
 import io
 import json
@@ -305,7 +306,7 @@ def _measure(
             except Exception as e:  # a layer the exporter cannot convert is reported, not fatal
                 out["note"] = f"to_plain failed: {type(e).__name__}: {e}"[:300]
             else:
-                out["plain_s"] = _timed(lambda: infer(plain_model), device, warmup, repeats, deadline)
+                out["plain_s"] = _timed(functools.partial(infer, plain_model), device, warmup, repeats, deadline)
                 del plain_model
     del model, fwd, infer
     gc.collect()

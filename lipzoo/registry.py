@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .data import DATASETS, dataset_info
@@ -154,7 +155,6 @@ class ImageTransform:
 
     def __call__(self, image) -> "torch.Tensor":
         import numpy as np
-        import torch
 
         if type(image).__module__.startswith("PIL."):
             image = np.asarray(image.convert("L" if self.in_chans == 1 else "RGB"))
