@@ -1,5 +1,6 @@
 """lipzoo: a model zoo of certifiably robust 1-Lipschitz image classifiers."""
 
+from ._version import __version__
 from . import data
 from .certify import DEFAULT_EPS, CertificationResult, certify
 from .layers import LAYERS, InputError, get_layer, list_layers
@@ -10,8 +11,6 @@ from .hub import ChecksumError, save_pretrained
 from .convert import convert_1llc_state_dict, load_1llc_model
 from .audit import audit
 from .export import to_plain
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_EPS",

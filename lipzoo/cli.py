@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .layers import LAYERS
 
 #: exit status of usage errors (bad options, unknown names) and of failures

@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ._version import __version__
 from .certify import DEFAULT_EPS
 from .data import dataset_info
 from .layers.cayley import CayleyConv2d, initial_alpha
@@ -381,7 +382,6 @@ AUDIT_METHOD = "lipzoo.audit upper bound (guaranteed, float64, per layer at the 
 def audit_record(model: nn.Module) -> dict:
     """``metrics.audit`` of a model folder: the proven upper bound on the model's l2 Lipschitz
     constant (:func:`lipzoo.audit.audit` with ``lower=False``), which its certificates must use."""
-    from . import __version__
     from .audit import audit
 
     result = audit(model, lower=False)

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ._version import __version__
 from .registry import (
     ARCHITECTURES,
     CARDS_DIR,
@@ -205,8 +206,6 @@ def _hub_download(entry: PretrainedEntry, revision: str | None, cache_dir: str |
         )
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
-
-    from . import __version__
 
     endpoint, rev, repo = hf_endpoint(), _revision(entry, revision), entry.repo_id
     api = HfApi(endpoint=endpoint)
@@ -536,7 +535,6 @@ def save_pretrained(
 
     from safetensors.torch import save_file
 
-    from . import __version__
     from ._io import atomic_path
     from .training import git_commit
 

@@ -36,6 +36,7 @@ import yaml
 from torch import nn
 
 from ._io import atomic_write_text
+from ._version import __version__
 from .cards import CURVE_FILENAME
 
 __all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "publish_gate", "push_entry",
@@ -110,7 +111,6 @@ def evaluate_run(
     (images/s at ``batch_size`` and peak memory of inference and of a training step, from
     :func:`lipzoo.bench.bench_model`; ``speed=False`` skips it) and ``hardware``.
     """
-    from . import __version__
     from .bench import bench_model, hardware_fingerprint
     from .certify import certify, proven_audit
     from .data import dataset_info, load_tensors

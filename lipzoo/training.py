@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ._io import atomic_save_safetensors, atomic_write_text
 from ._provenance import git_commit, hardware
+from ._version import __version__
 from .certify import DEFAULT_EPS, certified_radius
 from .data import dataset_info, load_tensors, rand_augment
 
@@ -666,7 +667,6 @@ def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, l
     prev = json.loads((out / "run.json").read_text()) if is_main and (out / "run.json").is_file() else {}
     record["wall_time_s"] += prev.get("wall_time_s_before_resume", 0.0)
     if is_main and model is not None and finished >= recipe.epochs:
-        from . import __version__
         from .audit import audit
 
         # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
