@@ -69,6 +69,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ._io import atomic_write_text
 from ._provenance import fingerprint
 from .data import DATASETS
 from .layers import LAYERS
@@ -550,8 +551,6 @@ def save_results(results: list[BenchResult], out_dir: str | os.PathLike = DEFAUL
 
     Every row holds :data:`CSV_COLUMNS` followed by the fingerprint as ``hw_<key>`` columns.
     """
-    from .training import atomic_write_text
-
     if not results:
         raise BenchError("no results to save")
     device = results[0].device.split(":")[0]

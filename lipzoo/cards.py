@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._io import atomic_write_text
 from .audit import UPPER_TOL
 from .layers import LAYERS
 from .registry import (
@@ -491,8 +492,6 @@ class CardStatus:
 
 
 def _sync(path: Path, text: str, check: bool) -> CardStatus:
-    from .training import atomic_write_text
-
     current = path.read_text() if path.is_file() else None
     if current == text:
         return CardStatus(path, "fresh")

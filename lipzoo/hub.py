@@ -40,6 +40,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ._io import atomic_path, atomic_write_text
+from ._provenance import git_commit
 from ._version import __version__
 from .registry import (
     ARCHITECTURES,
@@ -535,9 +537,6 @@ def save_pretrained(
 
     from safetensors.torch import save_file
 
-    from ._io import atomic_path
-    from .training import git_commit
-
     arch = _architecture_of(model)
     data = DataConfig.from_dataset(dataset)
     cfg = model.config
@@ -582,8 +581,6 @@ def save_pretrained(
 
 def write_config(entry: PretrainedEntry, directory: str | os.PathLike) -> Path:
     """Write ``entry`` as ``directory/config.json`` (atomically)."""
-    from .training import atomic_write_text
-
     path = Path(directory) / CONFIG_FILENAME
     atomic_write_text(path, json.dumps(entry.as_dict(), indent=2) + "\n")
     path.chmod(0o644)  # published files: readable by all (the temporary file was private)
