@@ -5,9 +5,10 @@ from . import data
 from .certify import DEFAULT_EPS, CertificationResult, certify
 from .layers import LAYERS, InputError, get_layer, list_layers
 from .models import ConvNet, ConvNetConfig
-from .registry import UnknownModelError, create_model, data_config, get_architecture, list_models, model_info
+from .registry import UnknownModelError, data_config, get_architecture, list_models, model_info
 from . import hub
 from .hub import ChecksumError, save_pretrained
+from .factory import create_model
 from .convert import convert_1llc_state_dict, load_1llc_model
 from .audit import audit
 from .export import to_plain

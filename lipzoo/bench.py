@@ -74,7 +74,8 @@ from ._provenance import fingerprint
 from .data import DATASETS
 from .layers import LAYERS
 from .models import SIZES
-from .registry import create_model, get_architecture
+from .factory import create_model
+from .registry import get_architecture
 
 __all__ = [
     "BenchResult",

@@ -159,7 +159,8 @@ def layers_cmd(as_json: bool) -> None:
 def info_cmd(name: str, as_json: bool) -> None:
     """Show what a model is: layer, size, input, parameter count; for a pretrained entry also its
     data set, weights (repo, revision, sha256), metrics and provenance."""
-    from .registry import create_model, get_architecture, model_info
+    from .factory import create_model
+    from .registry import get_architecture, model_info
 
     arch = get_architecture(name)
     model = create_model(arch.name)
@@ -280,7 +281,8 @@ def _trained_model(name: str):
     or a registered pretrained name. An unknown name raises ``UnknownModelError`` (close matches);
     a folder holding neither file is a usage error.
     """
-    from .registry import PRETRAINED, PretrainedEntry, create_model, get_architecture, get_pretrained
+    from .factory import create_model
+    from .registry import PRETRAINED, PretrainedEntry, get_architecture, get_pretrained
 
     path = Path(name)
     if path.is_dir():
@@ -311,7 +313,7 @@ def _load_model_for_eval(name: str, dataset: str | None, seed: int, as_json: boo
     import torch
 
     from .data import dataset_info
-    from .registry import create_model
+    from .factory import create_model
 
     found = _trained_model(name)
     if found is not None:
@@ -824,7 +826,7 @@ def _model_for_audit(name: str, in_chans: int, num_classes: int, seed: int):
     freshly initialised architecture with ``in_chans`` and ``num_classes``."""
     import torch
 
-    from .registry import create_model
+    from .factory import create_model
 
     found = _trained_model(name)
     if found is not None:

@@ -50,7 +50,8 @@ from .data import dataset_info
 from .layers.cayley import CayleyConv2d, initial_alpha
 from .layers.soc import SOCConv2d
 from .models import SIZES
-from .registry import CARDS_DIR, CONFIG_FILENAME, create_model, get_architecture
+from .factory import create_model
+from .registry import CARDS_DIR, CONFIG_FILENAME, get_architecture
 
 __all__ = [
     "ConversionError", "ImportError1LLC", "PaperRelease", "PAPER_RELEASES", "PAPER_LAYERS", "PAPER_PAPER",

@@ -269,7 +269,7 @@ def limit_splits(recipe: Recipe, tx, ty, vx, vy):
 
 # --- model / optimizer ------------------------------------------------------------------------
 def build_model(recipe: Recipe) -> nn.Module:
-    from .registry import create_model
+    from .factory import create_model
 
     info = dataset_info(recipe.dataset)
     torch.manual_seed(recipe.seed)

@@ -18,7 +18,7 @@ import torch
 from lipzoo.bench import _timed, hardware_fingerprint
 from lipzoo.export import CIRCULAR_FORMS, to_plain
 from lipzoo.layers import LAYERS
-from lipzoo.registry import create_model
+from lipzoo.factory import create_model
 
 
 def _images_per_s(model: torch.nn.Module, x: torch.Tensor, device: str, warmup: int, repeats: int) -> float:

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from lipzoo.cards import entrypoint_doc, metrics_summary, render_card, render_index, write_cards
+from lipzoo.cards import render_card, render_index, write_cards
 from lipzoo.cli import main as cli
-from lipzoo.registry import CARDS_DIR, PRETRAINED, PretrainedEntry, RegistryError
+from lipzoo.factory import entrypoint_doc
+from lipzoo.registry import CARDS_DIR, PRETRAINED, PretrainedEntry, RegistryError, metrics_summary
 
 from hubtools import copy_folder, make_checkpoint
 

@@ -14,7 +14,8 @@ from huggingface_hub import try_to_load_from_cache
 
 import lipzoo
 from lipzoo.cli import main as cli
-from lipzoo.hub import ChecksumError, DownloadError, HubError, WeightsNotFoundError, load_pretrained
+from lipzoo.factory import load_pretrained
+from lipzoo.hub import ChecksumError, DownloadError, HubError, WeightsNotFoundError
 from lipzoo.registry import PRETRAINED, PretrainedEntry, RegistryError, load_pretrained_dir, model_info
 
 from hubtools import (CuttingProxy, NAME, Olah, commit_folder, copy_folder, free_port, make_checkpoint,
