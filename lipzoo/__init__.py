@@ -9,7 +9,7 @@ from .registry import UnknownModelError, data_config, get_architecture, list_mod
 from . import hub
 from .hub import ChecksumError, save_pretrained
 from .factory import create_model
-from .convert import convert_1llc_state_dict, load_1llc_model
+from .zoo.convert import convert_1llc_state_dict, load_1llc_model
 from .audit import audit
 from .export import to_plain
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipzoo.data import default_augmentation  # noqa: E402
-from lipzoo.training import Recipe  # noqa: E402
+from lipzoo.zoo.training import Recipe  # noqa: E402
 
 SIZES = ("xs", "s", "m", "l")
 # (lr, weight decay) per layer and size: the paper's CIFAR-10 best values (spec 3.6)

@@ -225,7 +225,7 @@ def test_cli_download_offline_error(registered, env):
 def test_cli_push_uploads_folder_and_pins_revision(tiny, tmp_path, monkeypatch, env):
     from huggingface_hub import HfApi
 
-    from lipzoo.cards import write_card
+    from lipzoo.zoo.cards import write_card
 
     folder = copy_folder(tiny.folder, tmp_path / "cards" / tiny.name)
     monkeypatch.setitem(PRETRAINED, tiny.name, PretrainedEntry.from_folder(folder))

@@ -44,14 +44,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ._version import __version__
-from .certify import DEFAULT_EPS
-from .data import dataset_info
-from .layers.cayley import CayleyConv2d, initial_alpha
-from .layers.soc import SOCConv2d
-from .models import SIZES
-from .factory import create_model
-from .registry import CARDS_DIR, CONFIG_FILENAME, get_architecture
+from .._version import __version__
+from ..audit import audit
+from ..certify import DEFAULT_EPS
+from ..data import dataset_info
+from ..factory import create_model
+from ..hub import save_pretrained
+from ..layers.cayley import CayleyConv2d, initial_alpha
+from ..layers.soc import SOCConv2d
+from ..models import SIZES
+from ..registry import CARDS_DIR, CONFIG_FILENAME, get_architecture
+from .cards import write_card
 
 __all__ = [
     "ConversionError", "ImportError1LLC", "PaperRelease", "PAPER_RELEASES", "PAPER_LAYERS", "PAPER_PAPER",
@@ -383,8 +386,6 @@ AUDIT_METHOD = "lipzoo.audit upper bound (guaranteed, float64, per layer at the 
 def audit_record(model: nn.Module) -> dict:
     """``metrics.audit`` of a model folder: the proven upper bound on the model's l2 Lipschitz
     constant (:func:`lipzoo.audit.audit` with ``lower=False``), which its certificates must use."""
-    from .audit import audit
-
     result = audit(model, lower=False)
     return {"lipschitz_upper": float(result.upper), "upper_ok": bool(result.upper_ok), "method": AUDIT_METHOD,
             "input_shape": list(result.input_shape), "lipzoo_version": __version__}
@@ -454,9 +455,6 @@ def import_1llc(
     (:func:`audit_record`) and stored as ``metrics.audit`` in config.json, and the card states it;
     ``audit=False`` skips it (faster; the card then says the bound was not audited).
     """
-    from .cards import write_card
-    from .hub import save_pretrained
-
     out = Path(out)
     results = []
     for rel in select_releases(names, all_releases):
@@ -492,7 +490,7 @@ def import_1llc(
             metrics = {"reported": rel.reported}
             if audit:
                 metrics["audit"] = audit_record(model)
-            provenance = {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.convert)",
+            provenance = {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.zoo.convert)",
                           "source_url": url, "source_file": rel.filename, "source_sha256": sha,
                           "source_trust": trust, "run": rel.run_id, "trained_by": "the paper's authors",
                           "source_repository": PAPER_REPOSITORY, "import_command": f"lipzoo import-1llc {rel.name}",

@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import atomic_write_text
-from .audit import UPPER_TOL
-from .layers import LAYERS
-from .registry import (
+from .._io import atomic_write_text
+from ..audit import UPPER_TOL
+from ..layers import LAYERS
+from ..registry import (
     ARCHITECTURES,
     CARDS_DIR,
     DEFAULT_HUB_ORG,
