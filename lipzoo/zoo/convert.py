@@ -4,7 +4,7 @@ The paper released 21 CIFAR-10 state dicts (ConvNet XS, S, M x its seven layers)
 ``.pth`` files on GitHub. This module holds:
 
 - :data:`PAPER_RELEASES`: the 21 entries ``convnet_{xs,s,m}_{layer}.cifar10_1llc`` as data (release
-  file, run id and the metrics *reported by the authors*, spec section 5, "best available" table);
+  file, run id and the metrics *reported by the authors* for it);
 - :func:`convert_1llc_state_dict`: the paper's keys and shapes -> lipzoo's, strict both ways;
 - :func:`load_1llc_model`: the converted weights in a lipzoo model that takes [0, 1] images (the
   paper's input centring is built in as a fixed 1-Lipschitz shift);
@@ -12,7 +12,7 @@ The paper released 21 CIFAR-10 state dicts (ConvNet XS, S, M x its seven layers)
   an HF-shaped model folder (safetensors + config.json + card), recording the sha256 of the
   release file (trust on first use).
 
-What the paper's state dicts hold that lipzoo's differ in (spec 2.3):
+What the paper's state dicts hold that lipzoo's differ in:
 
 - AOL (every conv) and BCOP's dense head are torch parametrizations: the free matrix is stored as
   ``X.parametrizations.weight.original``; lipzoo stores the same matrix as ``X.weight``;
@@ -88,8 +88,8 @@ def url_base() -> str:
 class PaperRelease:
     """One released checkpoint of the paper and what the authors reported for it.
 
-    ``reported`` holds the paper's published numbers (spec 5.1, or 5.2 for the reruns the release
-    points to), labelled as reported by the authors; accuracies are fractions and the certified
+    ``reported`` holds the paper's published numbers (or, where the release points to a rerun, that
+    rerun's), labelled as reported by the authors; accuracies are fractions and the certified
     accuracies are keyed like :meth:`lipzoo.CertificationResult.as_dict` (``f"{eps:.6g}"``).
     ``sha256`` is the release file's hash once known (``None``: trust on first use).
     """

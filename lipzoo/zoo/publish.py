@@ -1,6 +1,6 @@
 """From a finished training run to a published zoo entry: evaluate, then publish.
 
-The data flow of the zoo (house design, principle 3)::
+The data flow of the zoo::
 
     recipe -> lipzoo train -> run dir (recipe.yaml, metrics.jsonl, run.json, model.safetensors)
            -> evaluate_run -> run dir/eval.json   (test-split certificates with the audited bound,
