@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ._version import __version__
+
 __all__ = ["git_commit", "cpu_model", "hardware", "fingerprint"]
 
 MIB = 1 << 20
@@ -60,8 +62,6 @@ def _version(module: str) -> str | None:
 
 def fingerprint(device: str = "cpu") -> dict:
     """:func:`hardware` plus core count, memory, Python/lipzoo/numpy/CUDA versions and the commit."""
-    from . import __version__
-
     info = hardware(device)
     info.update({
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "lipzoo": __version__,

@@ -53,6 +53,7 @@ from .layers._norms import (
     zero_padded_conv_norm,
 )
 from .export import to_plain, trace_input_shapes
+from .models import ConvNet
 
 __all__ = [
     "audit",
@@ -204,8 +205,6 @@ def _plain_conv_bound(m: nn.Conv2d, shape) -> tuple[float, str, float | None, di
 # --- the model ---------------------------------------------------------------------------------
 def _chain(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """The leaves of a (nested) sequential model, in forward order."""
-    from .models import ConvNet
-
     if isinstance(model, nn.Sequential):
         if type(model).forward not in (nn.Sequential.forward, ConvNet.forward):
             raise AuditError(f"{type(model).__name__} overrides forward; the audit composes only plain chains")

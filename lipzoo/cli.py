@@ -4,6 +4,11 @@ Errors: every command ends a bad input or a failure with ONE line on stderr,
 ``lipzoo <command>: error: <what was wrong and what is expected>``, and exit status 2 for usage
 errors (bad options, unknown names) or 1 for failures (missing data, bad files, failed checks).
 The global ``--debug`` flag shows the full traceback instead.
+
+The library is imported at module level. The zoo tooling that only some commands need
+(``lipzoo.zoo``: the trainer, publishing, benchmarks, plots, cards, the paper importer) is
+imported inside those commands, so that ``lipzoo list``, ``info`` or ``certify`` start without
+loading it; those are the only imports of lipzoo modules inside functions in the package.
 """
 
 from __future__ import annotations
@@ -16,8 +21,24 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
+from .audit import AuditError, audit
+from .certify import DEFAULT_EPS, certify, empirical_robust_accuracy, resolve_bound
+from .data import DATASETS, DatasetNotFoundError, dataset_info, load_tensors
+from .export import export_model
+from .factory import create_model
+from .hub import HubError, download, verify
 from .layers import LAYERS
+from .registry import (
+    CARDS_DIR,
+    PRETRAINED,
+    PretrainedEntry,
+    UnknownModelError,
+    get_architecture,
+    get_pretrained,
+    list_models,
+    model_info,
+)
 
 #: exit status of usage errors (bad options, unknown names) and of failures
 EXIT_USAGE, EXIT_FAILURE = 2, 1
@@ -70,7 +91,6 @@ class LipzooGroup(click.Group):
         except Exception as e:
             if ctx.params.get("debug") or not _is_user_error(e):
                 raise
-            from .registry import UnknownModelError
 
             err = CLIError(_message(e), EXIT_USAGE if isinstance(e, UnknownModelError) else EXIT_FAILURE)
             err.command_path = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
@@ -116,7 +136,6 @@ def main(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(pattern: str, layer: str | None, pretrained: bool, as_json: bool) -> None:
     """List model names matching PATTERN (shell wildcards, e.g. 'convnet_xs_*')."""
-    from .registry import get_architecture, list_models, model_info
 
     names = list_models(pattern, pretrained=pretrained)
     if layer:
@@ -159,7 +178,6 @@ def layers_cmd(as_json: bool) -> None:
 def info_cmd(name: str, as_json: bool) -> None:
     """Show what a model is: layer, size, input, parameter count; for a pretrained entry also its
     data set, weights (repo, revision, sha256), metrics and provenance."""
-    from .registry import create_model, get_architecture, model_info
 
     arch = get_architecture(name)
     model = create_model(arch.name)
@@ -280,12 +298,11 @@ def _trained_model(name: str):
     or a registered pretrained name. An unknown name raises ``UnknownModelError`` (close matches);
     a folder holding neither file is a usage error.
     """
-    from .registry import PRETRAINED, PretrainedEntry, create_model, get_architecture, get_pretrained
 
     path = Path(name)
     if path.is_dir():
         if (path / "recipe.yaml").is_file():
-            from .publish import load_run_model
+            from .zoo.publish import load_run_model
 
             model, recipe = load_run_model(path)
             return model, recipe.dataset, f"trained run {path}"
@@ -310,8 +327,6 @@ def _load_model_for_eval(name: str, dataset: str | None, seed: int, as_json: boo
     initialised architecture for ``dataset`` (default fashion_mnist)."""
     import torch
 
-    from .data import dataset_info
-    from .registry import create_model
 
     found = _trained_model(name)
     if found is not None:
@@ -342,7 +357,6 @@ def _certify_bound(model, lipschitz: float | None) -> tuple[float, float, str]:
     L is never below the audited bound nor below 1; a ``--lipschitz`` below the audited bound is
     refused (certificates with it would be unsound on this machine).
     """
-    from .certify import resolve_bound
 
     try:
         b = resolve_bound(model, lipschitz)
@@ -352,8 +366,6 @@ def _certify_bound(model, lipschitz: float | None) -> tuple[float, float, str]:
 
 
 def _dataset_choice() -> click.Choice:
-    from .data import DATASETS
-
     return click.Choice(list(DATASETS))
 
 
@@ -381,8 +393,6 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
     A point is certified at eps when its float64 top-two margin exceeds sqrt(2) * L * eps, where L
     is the Lipschitz bound the audit proves for the weights on this machine (at least 1).
     """
-    from .certify import DEFAULT_EPS, certify, empirical_robust_accuracy
-    from .data import load_tensors
 
     model, dataset, source = _load_model_for_eval(name, dataset, seed, as_json)
     model = model.to(device)
@@ -417,8 +427,7 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
               help="Seconds of training between mid-epoch checkpoints (a checkpoint also ends every epoch).")
 def train_cmd(recipe, out_dir, device, resume, data_root, checkpoint_every) -> None:
     """Train the zoo entry described by RECIPE (a YAML file); works under torchrun for DDP."""
-    from .data import DatasetNotFoundError
-    from .training import DivergenceError, Recipe, RecipeError, train
+    from .zoo.training import DivergenceError, Recipe, RecipeError, train
 
     try:
         r = Recipe.load(recipe)
@@ -444,8 +453,7 @@ def train_cmd(recipe, out_dir, device, resume, data_root, checkpoint_every) -> N
 def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> None:
     """Certify a finished run on the test split with its audited Lipschitz bound and measure its
     inference cost; writes RUN_DIR/eval.json (what `lipzoo publish` puts on the card)."""
-    from .data import DatasetNotFoundError
-    from .publish import RunError, evaluate_run
+    from .zoo.publish import RunError, evaluate_run
 
     try:
         out = evaluate_run(run_dir, split=split, limit=limit, batch_size=batch_size, device=device, speed=speed,
@@ -470,8 +478,8 @@ def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> N
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def publish_cmd(run_dirs, cards_root, force, as_json) -> None:
     """Publish finished, evaluated runs as cards/<name>/ (weights, config.json with their sha256, card)."""
-    from .cards import write_cards
-    from .publish import RunError, publish_run
+    from .zoo.cards import write_cards
+    from .zoo.publish import RunError, publish_run
 
     rows = []
     for run in run_dirs:
@@ -536,7 +544,7 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
     A budget shorter than one epoch gives one epoch over the first train_limit images of the
     (seeded, shuffled) training split, as many whole batches as fit the budget. A progress bar
     on stderr shows which recipe is being timed and for how long."""
-    from .training import Recipe, apply_budget, estimate_epochs
+    from .zoo.training import Recipe, apply_budget, estimate_epochs
 
     if (hours is None) == (seconds is None):
         raise click.UsageError("give exactly one of --hours or --seconds")
@@ -587,7 +595,7 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
               compile_, precisions, out_dir, no_save, as_json) -> None:
     """Speed (training, inference, plain inference), peak memory and parameters per layer and size,
     each also as a ratio to the standard ConvNet of the same size measured in the same run."""
-    from .bench import DEFAULT_OUT, BenchError, bench_layers, format_table, hardware_fingerprint, save_results
+    from .zoo.bench import DEFAULT_OUT, BenchError, bench_layers, format_table, hardware_fingerprint, save_results
 
     size_list = tuple(s.strip() for s in sizes.split(",") if s.strip())
     precision_list = tuple(dict.fromkeys(p.strip().lower() for p in precisions.split(",") if p.strip()))
@@ -612,7 +620,6 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
 # --- distribution: download, verify, push, card ---------------------------------------------------
 def _pretrained_names(patterns: tuple[str, ...], default_all: bool) -> list[str]:
     """Registry names matching the patterns (shell wildcards); an unmatched pattern is an error."""
-    from .registry import PRETRAINED, get_pretrained, list_models
 
     if not patterns:
         return list(PRETRAINED) if default_all else []
@@ -633,7 +640,6 @@ def _pretrained_names(patterns: tuple[str, ...], default_all: bool) -> list[str]
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def download_cmd(names, revision, cache_dir, force, as_json) -> None:
     """Fetch pretrained weights NAME... (wildcards allowed) into the HF cache, verifying their sha256."""
-    from .hub import HubError, download
 
     chosen = _pretrained_names(names, default_all=False)  # an unknown name: one line, exit 2
     rows, failed = [], 0
@@ -661,7 +667,6 @@ def download_cmd(names, revision, cache_dir, force, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify_cmd(names, revision, cache_dir, as_json) -> None:
     """sha256 of the local copies of NAME... (default: every entry); exit 1 on any mismatch."""
-    from .hub import verify
 
     chosen = _pretrained_names(names, default_all=True)  # an unknown name: one line, exit 2
     rows = [verify(n, revision=revision, cache_dir=cache_dir) for n in chosen]
@@ -688,8 +693,7 @@ def verify_cmd(names, revision, cache_dir, as_json) -> None:
 @click.option("--message", default=None, help="Commit message.")
 def push_cmd(name, repo_id, folder, branch, private, message) -> None:
     """Upload a model folder (card, config.json, weights) through huggingface_hub and pin the new commit."""
-    from .hub import HubError
-    from .publish import push_entry as push
+    from .zoo.publish import push_entry as push
 
     try:
         commit = push(name, repo_id, folder=folder, branch=branch, private=private, commit_message=message)
@@ -706,8 +710,7 @@ def push_cmd(name, repo_id, folder, branch, private, message) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def card_cmd(names, all_, check, root, as_json) -> None:
     """Render model cards (cards/NAME/README.md) from their config.json; --check for CI."""
-    from .cards import write_cards
-    from .registry import CARDS_DIR, UnknownModelError
+    from .zoo.cards import write_cards
 
     if bool(names) == all_:
         raise click.UsageError("give NAME... or --all (not both)")
@@ -764,8 +767,8 @@ def plot_cmd(bench_file, results_dir, layer_pattern, runs_dir, out_dir, size, da
     """Radar and Pareto charts (PNG) from the benchmark results and the measured accuracies.
 
     Refuses (exit 1, naming them) when the benchmark file lacks any of the --layer layers."""
-    from .bench import DEFAULT_OUT
-    from .plots import make_plots
+    from .zoo.bench import DEFAULT_OUT
+    from .zoo.plots import make_plots
 
     results_dir = results_dir or DEFAULT_OUT
     layers = _layer_ids(layer_pattern)
@@ -800,8 +803,7 @@ def import_1llc_cmd(names, all_, url_base, out_dir, sound, force, no_audit, as_j
     OUT/NAME/ (model.safetensors, config.json, README.md); the release file's sha256 is trusted on
     first use and checked on later imports.
     """
-    from .convert import ConversionError, ImportError1LLC, import_1llc
-    from .registry import CARDS_DIR
+    from .zoo.convert import ConversionError, ImportError1LLC, import_1llc
 
     if all_ and names:
         raise click.UsageError("give NAME... or --all, not both")
@@ -824,7 +826,6 @@ def _model_for_audit(name: str, in_chans: int, num_classes: int, seed: int):
     freshly initialised architecture with ``in_chans`` and ``num_classes``."""
     import torch
 
-    from .registry import create_model
 
     found = _trained_model(name)
     if found is not None:
@@ -855,7 +856,6 @@ def audit_cmd(model_or_run_dir, in_chans, num_classes, attack_steps, attack_batc
 
     Exits with status 1 when the upper bound exceeds 1 + 1e-4 or the lower bound exceeds the upper.
     """
-    from .audit import AuditError, audit
 
     model, source = _model_for_audit(model_or_run_dir, in_chans, num_classes, seed)
     try:
@@ -885,7 +885,6 @@ def audit_cmd(model_or_run_dir, in_chans, num_classes, attack_steps, attack_batc
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def export_cmd(model_or_run_dir, fmt, out_path, in_chans, num_classes, seed, as_json) -> None:
     """Write the plain-torch form of MODEL_OR_RUN_DIR (lipzoo.to_plain) as ONNX or TorchScript."""
-    from .export import export_model
 
     model, source = _model_for_audit(model_or_run_dir, in_chans, num_classes, seed)
     if out_path is None:

@@ -50,6 +50,7 @@ from .layers._plain import (
     circular_impulse_kernel,
     frequency_kernel,
 )
+from .models import ConvNet
 
 __all__ = [
     "to_plain",
@@ -143,8 +144,6 @@ def to_plain(model: nn.Module, *, input_shape: tuple[int, ...] | None = None, ci
         return mod
 
     out = convert(src)
-    from .models import ConvNet
-
     if isinstance(out, ConvNet):  # a plain Sequential with the same children (drops the Python input check)
         plain = nn.Sequential(OrderedDict(out.named_children()))
         for attr in ("in_chans", "num_classes", "input_size", "layer"):

@@ -1,4 +1,4 @@
-"""Pretrained weights: resolve -> download -> verify sha256 -> safetensors strict load; save and push.
+"""Pretrained weights: resolve -> download -> verify sha256 -> safetensors state dict; save model folders.
 
 Where the weights of ``NAME`` (a registry entry ``{architecture}.{dataset}``) are looked for, in
 order:
@@ -18,7 +18,9 @@ checkout, or from the copy of those files packaged into an installed wheel
 The file's bytes are read once, their sha256 compared with the registry's BEFORE anything is
 deserialised (a mismatch raises :class:`ChecksumError`; a bad copy in the HF cache is deleted so
 it is never used again, and nothing outside the cache folder is ever deleted), then those same
-bytes are parsed with safetensors (no pickle anywhere) and loaded with ``strict=True``.
+bytes are parsed with safetensors (no pickle anywhere): :func:`load_weights` returns that state
+dict, and :func:`lipzoo.factory.load_pretrained` (above this module) builds the model and loads
+it with ``strict=True``.
 
 A model folder that is re-published while it is being loaded (weights and ``config.json`` each
 replaced by an atomic rename) gives the old or the new version, never a mix: the folder's
@@ -35,29 +37,31 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from ._io import atomic_path, atomic_write_text
+from ._provenance import git_commit
+from ._version import __version__
+from .models import ConvNet
 from .registry import (
     ARCHITECTURES,
     CARDS_DIR,
     CONFIG_FILENAME,
-    DEFAULT_DATASETS,
     PRETRAINED,
     DataConfig,
     PretrainedEntry,
     RegistryError,
-    create_model,
     get_pretrained,
 )
 
 __all__ = [
     "HubError", "ChecksumError", "WeightsNotFoundError", "DownloadError", "Resolved",
     "hf_endpoint", "is_offline", "weights_mirrors", "cache_path", "sha256_file",
-    "resolve_weights", "find_local", "read_verified", "load_pretrained", "download", "verify", "save_pretrained",
-    "hub_entrypoint",
+    "resolve_weights", "find_local", "read_verified", "pretrained_entry", "load_weights", "download", "verify",
+    "save_pretrained", "write_config",
 ]
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -205,8 +209,6 @@ def _hub_download(entry: PretrainedEntry, revision: str | None, cache_dir: str |
         )
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
-
-    from . import __version__
 
     endpoint, rev, repo = hf_endpoint(), _revision(entry, revision), entry.repo_id
     api = HfApi(endpoint=endpoint)
@@ -397,55 +399,35 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
         raise HubError(f"not a safetensors file (bad header): {e}") from None
 
 
-def load_pretrained(
+def pretrained_entry(name: str, weights: str | os.PathLike | None = None) -> PretrainedEntry:
+    """The entry ``name`` stands for: a registered pretrained name, else the ``config.json`` of the
+    model folder ``weights`` (or of ``name`` itself when it is a folder path). Nothing is read
+    from the weights file or downloaded."""
+    return _entry_and_path(name, weights)[0]
+
+
+def load_weights(
     name: str,
     *,
-    device: str | torch.device | None = None,
+    weights: str | os.PathLike | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
-    weights: str | os.PathLike | None = None,
     mirrors: Sequence[Path] | None = None,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    input_mean: Sequence[float] | None = None,
-    **layer_kwargs,
-) -> nn.Module:
-    """The pretrained model ``name`` (see the module doc for where it is found), verified, in eval mode.
-
-    ``num_classes``, ``in_chans``, ``input_mean``: ``None``, or the entry's own values; anything
-    else raises ``ValueError`` before any file is read or downloaded (the head is never reset).
-    """
+) -> tuple[PretrainedEntry, dict[str, torch.Tensor]]:
+    """The verified state dict of ``name`` (see the module doc for where it is found) and the entry
+    it was verified against. The bytes that were checked (size, sha256) are the bytes parsed; a
+    file whose safetensors metadata names another architecture raises :class:`HubError`.
+    :func:`lipzoo.factory.load_pretrained` builds the model and loads it strictly."""
     from safetensors.torch import load as load_safetensors
 
-    _check_shape(_entry_and_path(name, weights)[0], num_classes, in_chans, input_mean)
     r = resolve_weights(name, weights=weights, revision=revision, cache_dir=cache_dir,
                         local_files_only=local_files_only, mirrors=mirrors)
     e, data = read_verified(r, cache_dir)
     meta = _safetensors_metadata(data)
     if meta.get("architecture", e.architecture) != e.architecture:
         raise HubError(f"{r.path} holds a {meta['architecture']!r} model but {e.name} is a {e.architecture}")
-    state = load_safetensors(data)
-    model = create_model(e.architecture, num_classes=e.data.num_classes, in_chans=e.data.in_chans,
-                         input_mean=e.data.mean, **(e.layer_kwargs | layer_kwargs))
-    model.load_state_dict(state, strict=True)
-    model.pretrained_entry = e
-    model.eval()
-    return model.to(device) if device is not None else model
-
-
-def _check_shape(entry: PretrainedEntry, num_classes: int | None, in_chans: int | None,
-                 input_mean: Sequence[float] | None) -> None:
-    asked = {"num_classes": num_classes, "in_chans": in_chans,
-             "input_mean": None if input_mean is None else tuple(float(m) for m in input_mean)}
-    has = {"num_classes": entry.data.num_classes, "in_chans": entry.data.in_chans, "input_mean": entry.data.mean}
-    for key, value in asked.items():
-        if value is not None and value != has[key]:
-            raise ValueError(
-                f"{key}={value!r} does not fit the pretrained weights of {entry.name} ({key}={has[key]!r}): lipzoo does "
-                f"not reset heads or stems; drop {key} to load them, or build {entry.architecture!r} with "
-                f"pretrained=False for {key}={value!r}"
-            )
+    return e, load_safetensors(data)
 
 
 def download(name: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
@@ -536,10 +518,6 @@ def save_pretrained(
 
     from safetensors.torch import save_file
 
-    from . import __version__
-    from ._io import atomic_path
-    from .training import git_commit
-
     arch = _architecture_of(model)
     data = DataConfig.from_dataset(dataset)
     cfg = model.config
@@ -555,7 +533,8 @@ def save_pretrained(
     name = name or f"{arch}.{dataset}"
     layer_kwargs = dict(layer_kwargs or {})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    probe = create_model(arch, num_classes=data.num_classes, in_chans=data.in_chans, input_mean=data.mean, **layer_kwargs)
+    probe = ConvNet(ARCHITECTURES[arch].config(num_classes=data.num_classes, in_chans=data.in_chans,
+                                           input_mean=data.mean), **layer_kwargs)
     probe.load_state_dict(state, strict=True)  # what we write must load back exactly
     if hasattr(metrics, "as_dict"):
         metrics = metrics.as_dict()
@@ -584,29 +563,8 @@ def save_pretrained(
 
 def write_config(entry: PretrainedEntry, directory: str | os.PathLike) -> Path:
     """Write ``entry`` as ``directory/config.json`` (atomically)."""
-    from .training import atomic_write_text
-
     path = Path(directory) / CONFIG_FILENAME
     atomic_write_text(path, json.dumps(entry.as_dict(), indent=2) + "\n")
     path.chmod(0o644)  # published files: readable by all (the temporary file was private)
     return path
 
-
-# --- torch.hub ----------------------------------------------------------------------------------
-def hub_entrypoint(arch: str) -> Callable[..., nn.Module]:
-    """The torch.hub entrypoint of an architecture: ``arch(pretrained=False, dataset=..., **kwargs)``."""
-    from .cards import entrypoint_doc
-
-    a = ARCHITECTURES[arch]
-    default = DEFAULT_DATASETS[a.family]
-
-    def entrypoint(pretrained: bool = False, dataset: str = default, **kwargs) -> nn.Module:
-        if pretrained:
-            return create_model(f"{arch}.{dataset}", pretrained=True, **kwargs)
-        data = DataConfig.from_dataset(dataset)
-        return create_model(arch, **({"num_classes": data.num_classes, "in_chans": data.in_chans,
-                                      "input_mean": data.mean} | kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = arch
-    entrypoint.__doc__ = entrypoint_doc(arch, default)
-    return entrypoint

@@ -20,17 +20,19 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .data import DATASETS, dataset_info
 from .layers import LAYERS
-from .models import FAMILIES, SIZES, ConvNet, ConvNetConfig
+from .models import FAMILIES, SIZES, ConvNetConfig
 
 __all__ = [
-    "Architecture", "ARCHITECTURES", "list_models", "create_model", "get_architecture", "UnknownModelError",
+    "Architecture", "ARCHITECTURES", "list_models", "get_architecture", "UnknownModelError",
     "DataConfig", "PretrainedEntry", "PRETRAINED", "RegistryError", "get_pretrained", "model_info",
     "register_pretrained", "load_pretrained_dir", "hub_org", "CARDS_DIR", "PACKAGED_INDEX", "index_dir",
     "RegistryWarning", "ImageTransform", "DEFAULT_DATASETS", "default_pretrained", "data_config",
+    "eps_label", "percent", "certifies", "metrics_summary",
 ]
 
 
@@ -154,7 +156,6 @@ class ImageTransform:
 
     def __call__(self, image) -> "torch.Tensor":
         import numpy as np
-        import torch
 
         if type(image).__module__.startswith("PIL."):
             image = np.asarray(image.convert("L" if self.in_chans == 1 else "RGB"))
@@ -473,51 +474,33 @@ def model_info(name: str) -> dict:
             "pretrained_entries": [n for n, e in PRETRAINED.items() if e.architecture == arch.name]}
 
 
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    *,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    input_mean: tuple[float, ...] | None = None,
-    device: str | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    weights: str | os.PathLike | None = None,
-    **layer_kwargs,
-) -> nn.Module:
-    """Build an architecture by name, e.g. ``create_model("convnet_xs_aol", in_chans=1)``, or load
-    pretrained weights: ``create_model("convnet_xs_aol.fashion_mnist", pretrained=True)``.
+# --- describing an entry's metrics ---------------------------------------------------------------
+def eps_label(eps: float) -> str:
+    """``36/255`` for multiples of 1/255, else the number (``1``, ``0.5``)."""
+    k = eps * 255  # metrics keys carry 6 significant digits (f"{eps:.6g}"), hence the tolerance
+    return f"{round(k)}/255" if abs(k - round(k)) < 5e-4 and 0 < eps < 1 else f"{eps:.4g}"
 
-    ``input_mean``: a per-channel mean the model subtracts first (the paper's centring, as a
-    fixed 1-Lipschitz shift). ``layer_kwargs`` go to every Lipschitz layer (e.g.
-    ``paper_compatible=True``).
 
-    Pretrained (a name ``{architecture}.{dataset}`` or ``pretrained=True``): the weights are
-    found in ``weights`` (a file or model folder), the local mirrors (``cards/`` of the
-    checkout, ``$LIPZOO_WEIGHTS``), the Hugging Face cache, or downloaded at the pinned
-    ``revision``; their sha256 is checked before loading (:class:`lipzoo.hub.ChecksumError`),
-    the state dict is loaded strictly, and the model is returned in eval mode on ``device``.
-    The data config (channels, classes, mean) comes from the entry, so it takes [0, 1] images
-    (:func:`data_config` and ``DataConfig.transform()`` prepare native images, e.g. 28x28).
-    An architecture name with ``pretrained=True`` loads its default entry (:func:`default_pretrained`).
-    With pretrained weights, ``num_classes``, ``in_chans`` and ``input_mean`` may only repeat the
-    entry's values: a different head or stem is refused with ``ValueError`` (no head is reset;
-    build the architecture with ``pretrained=False`` and copy the weights you want instead).
+def percent(x) -> str:
+    """A fraction as a percentage with two decimals (``0.81`` -> ``81.00%``); ``n/a`` for anything else."""
+    return f"{100 * float(x):.2f}%" if isinstance(x, (int, float)) else "n/a"
 
-    Without weights the defaults are ``num_classes=10``, ``in_chans=3`` and no mean shift.
-    """
-    if pretrained or "." in name or weights is not None:
-        from .hub import load_pretrained
 
-        if pretrained and weights is None and name in ARCHITECTURES:
-            name = default_pretrained(name).name
-        return load_pretrained(name, device=device, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only, weights=weights, num_classes=num_classes,
-                               in_chans=in_chans, input_mean=input_mean, **layer_kwargs)
-    arch = get_architecture(name)
-    config = arch.config(num_classes=10 if num_classes is None else num_classes,
-                         in_chans=3 if in_chans is None else in_chans, input_mean=input_mean)
-    model = ConvNet(config, **layer_kwargs)
-    return model.to(device) if device is not None else model
+def certifies(entry: PretrainedEntry) -> bool:
+    """Whether the entry's layers are Lipschitz-bounded by design, i.e. its certificates mean something
+    (the unconstrained ``standard`` baseline: no)."""
+    return LAYERS[ARCHITECTURES[entry.architecture].layer].lipschitz
+
+
+def metrics_summary(entry: PretrainedEntry) -> str:
+    """The entry's measured metrics in one line (clean accuracy, certified accuracy per radius, status)."""
+    m = entry.metrics
+    parts = [f"clean {percent(m['clean_accuracy'])}"] if "clean_accuracy" in m else []
+    if certifies(entry):
+        pairs = sorted((float(e), float(a)) for e, a in (m.get("certified_accuracy") or {}).items())
+        parts += [f"certified {eps_label(e)}: {percent(a)}" for e, a in pairs]
+    elif parts:
+        parts.append("no certificate (unconstrained baseline)")
+    if entry.status:
+        parts.append(entry.status.upper())
+    return ", ".join(parts) or "no metrics recorded"

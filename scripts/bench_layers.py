@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training and inference images/s of every layer at ConvNet-XS and -S, as ratios to standard.
 
-A driver over lipzoo.bench (no logic of its own); same as `lipzoo bench`.
+A driver over lipzoo.zoo.bench (no logic of its own); same as `lipzoo bench`.
     python scripts/bench_layers.py [--size xs,s] [--batch-size 64] [--out results/]
 """
 

@@ -2,7 +2,7 @@
 """Inference images/s of each parametrised model, its ``lipzoo.to_plain`` copy and the standard
 ConvNet of the same size, measured in one run, with the ratios between them.
 
-A driver over lipzoo (timing: lipzoo.bench; plain copies: lipzoo.export). Run it on a quiet machine:
+A driver over lipzoo (timing: lipzoo.zoo.bench; plain copies: lipzoo.export). Run it on a quiet machine:
     python scripts/bench_plain.py [--size xs] [--layer '*'] [--batch-size 64] [--repeats 3] [--json]
 """
 
@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from lipzoo.bench import _timed, hardware_fingerprint
+from lipzoo.zoo.bench import _timed, hardware_fingerprint
 from lipzoo.export import CIRCULAR_FORMS, to_plain
 from lipzoo.layers import LAYERS
-from lipzoo.registry import create_model
+from lipzoo.factory import create_model
 
 
 def _images_per_s(model: torch.nn.Module, x: torch.Tensor, device: str, warmup: int, repeats: int) -> float:

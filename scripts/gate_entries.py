@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from lipzoo.cards import write_cards  # noqa: E402
+from lipzoo.zoo.cards import write_cards  # noqa: E402
 from lipzoo.data import dataset_info  # noqa: E402
 from lipzoo.hub import write_config  # noqa: E402
 from lipzoo.layers import LAYERS  # noqa: E402
-from lipzoo.publish import publish_gate  # noqa: E402
+from lipzoo.zoo.publish import publish_gate  # noqa: E402
 from lipzoo.registry import ARCHITECTURES, list_models, get_pretrained  # noqa: E402
 from train_zoo import STANDARD_CLEAN_FLOOR, ZOO_CERT_FLOOR, ZOO_CLEAN_FLOOR  # noqa: E402
 

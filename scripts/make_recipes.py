@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Write one recipe YAML per zoo entry under recipes/<dataset>/<architecture>.yaml.
 
-The learning rates, weight decays and epoch budgets are the paper's (reference spec sections
-3.4 and 3.6: best lr/wd of its random search on CIFAR-10, epochs of its 2-hour and 24-hour
-budgets on its GPU). CIFAR-100 and TinyImageNet use CIFAR-10's values, as the paper's default
-settings do. Fashion-MNIST recipes start from the paper's CIFAR-10 2-hour budget; re-derive the
-epochs for the device at hand with `lipzoo budget RECIPE --hours H --write`.
+The learning rates, weight decays and epoch budgets are the paper's (the best lr/wd of its
+random search on CIFAR-10, the epochs of its 2-hour and 24-hour budgets on its GPU). CIFAR-100
+and TinyImageNet use CIFAR-10's values, as the paper's default settings do. Fashion-MNIST
+recipes start from the paper's CIFAR-10 2-hour budget; re-derive the epochs for the device at
+hand with `lipzoo budget RECIPE --hours H --write`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipzoo.data import default_augmentation  # noqa: E402
-from lipzoo.training import Recipe  # noqa: E402
+from lipzoo.zoo.training import Recipe  # noqa: E402
 
 SIZES = ("xs", "s", "m", "l")
-# (lr, weight decay) per layer and size: the paper's CIFAR-10 best values (spec 3.6)
+# (lr, weight decay) per layer and size: the paper's CIFAR-10 best values
 PAPER_LR_WD = {
     "aol": [(0.05729, 3.68e-5), (0.01257, 5.43e-5), (0.01544, 1.03e-4), (0.02179, 6.86e-5)],
     "bcop": [(0.006522, 2.56e-4), (0.003627, 7.74e-5), (0.006024, 6.55e-6), (0.001302, 9.14e-6)],
@@ -30,7 +30,7 @@ PAPER_LR_WD = {
     "sll": [(0.09070, 1.99e-5), (0.03988, 1.94e-4), (0.09475, 8.70e-5), (0.06452, 1.92e-4)],
     "soc": [(0.05082, 7.23e-6), (0.01744, 2.13e-5), (0.07118, 1.31e-4), (0.02235, 1.58e-4)],
 }
-# epochs of the paper's 2-hour budget on CIFAR-10 (spec 3.4); 24 h = 12x
+# epochs of the paper's 2-hour budget on CIFAR-10; 24 h = 12x
 PAPER_EPOCHS_2H = {
     "aol": [837, 763, 367, 83], "bcop": [127, 125, 94, 24], "cpl": [836, 797, 522, 194],
     "cayley": [356, 214, 70, 17], "lot": [222, 68, 11, None], "sll": [735, 703, 353, 79],

@@ -3,7 +3,7 @@
 
 For each configuration (AOL, Sandwich with the paper's initialisation = ``paper_compatible=True``,
 Sandwich with lipzoo's default initialisation), the model is built exactly as the trainer builds
-it for Fashion-MNIST (``lipzoo.training.build_model``: seed, classes, channels, centring) and one
+it for Fashion-MNIST (``lipzoo.zoo.training.build_model``: seed, classes, channels, centring) and one
 batch of real training images goes through it. Per Lipschitz layer (in depth order) it records:
 
 - ``act_norm``: mean per-image l2 norm of the layer's output (the forward signal);
@@ -12,7 +12,7 @@ batch of real training images goes through it. Per Lipschitz layer (in depth ord
   (a float64 finite difference; 1 = norm preserving, << 1 = contractive);
 - ``param_grad_norm``: l2 norm of d loss / d (all parameters of the layer);
 
-for the paper's loss (``lipzoo.training.offset_cross_entropy``, default offset/temperature).
+for the paper's loss (``lipzoo.zoo.training.offset_cross_entropy``, default offset/temperature).
 Then a short real training smoke per Sandwich initialisation: ``--steps`` SGD steps (batch
 ``--batch-size``, momentum 0.9) on the first ``--train-images`` training images, accuracy on
 ``--eval-images`` test images before and after.
@@ -38,7 +38,7 @@ import torch
 import lipzoo
 from lipzoo.data import dataset_info, load_tensors
 from lipzoo.layers import LipschitzModule
-from lipzoo.training import offset_cross_entropy
+from lipzoo.zoo.training import offset_cross_entropy
 
 CONFIGS = {
     "aol": ("convnet_xs_aol", {}),
@@ -62,7 +62,7 @@ def slug(s: str) -> str:
 
 
 def build(arch: str, kwargs: dict, seed: int) -> torch.nn.Module:
-    """As lipzoo.training.build_model does for fashion_mnist."""
+    """As lipzoo.zoo.training.build_model does for fashion_mnist."""
     info = dataset_info("fashion_mnist")
     torch.manual_seed(seed)
     return lipzoo.create_model(arch, num_classes=info.num_classes, in_chans=info.in_chans,

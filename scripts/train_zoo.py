@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the Fashion-MNIST ConvNet-XS zoo: the same wall-clock budget for every layer.
 
-For each layer (a driver over lipzoo.training; no logic of its own):
+For each layer (a driver over lipzoo.zoo.training; no logic of its own):
 
 1. time a few training batches of its recipe (``estimate_epochs``, the paper's estimator);
 2. a small learning-rate search on the 5,000 held-out validation images (``search_lr``: the
@@ -49,7 +49,7 @@ def recipe_path(layer: str) -> Path:
 def run_layer(layer: str, args: argparse.Namespace) -> None:
     import torch
 
-    from lipzoo.training import Recipe, apply_budget, estimate_epochs, load_splits, search_lr, train
+    from lipzoo.zoo.training import Recipe, apply_budget, estimate_epochs, load_splits, search_lr, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -123,7 +123,7 @@ def plan_converge(base, args: argparse.Namespace):
 
     from lipzoo.layers import LAYERS
     from lipzoo.registry import ARCHITECTURES
-    from lipzoo.training import load_splits, search_lr
+    from lipzoo.zoo.training import load_splits, search_lr
 
     lr0 = base.lr * args.lr_scale
     base = replace(base, lr=lr0, val_size=VAL_SIZE, schedule_step="batch", batch_size=args.batch_size,
@@ -160,7 +160,7 @@ def repro_layer(layer: str, args: argparse.Namespace) -> None:
     """Retrain a planned zoo recipe from its file alone into ``<out>/convnet_xs_<layer>-repro``."""
     import torch
 
-    from lipzoo.training import Recipe, train
+    from lipzoo.zoo.training import Recipe, train
 
     torch.set_num_threads(args.threads)
     run = Path(args.out) / f"convnet_xs_{layer}-repro"

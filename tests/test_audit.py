@@ -132,7 +132,7 @@ def test_every_xs_lipschitz_model_passes(layer):
 def test_cli_audit_exit_status_and_run_dir(tmp_path):
     from safetensors.torch import save_file
 
-    from lipzoo.training import Recipe, build_model
+    from lipzoo.zoo.training import Recipe, build_model
 
     runner = CliRunner()
     bad = runner.invoke(cli_main, ["audit", "convnet_xs_standard", "--no-lower"])

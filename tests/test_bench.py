@@ -1,4 +1,4 @@
-"""lipzoo.bench (speed, memory, ratios, result files), lipzoo.plots and their CLI commands.
+"""lipzoo.zoo.bench (speed, memory, ratios, result files), lipzoo.zoo.plots and their CLI commands.
 
 Tiny: ConvNet-XS, batch 2, one timed step; the CPU memory subprocess runs once.
 """
@@ -12,8 +12,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lipzoo import bench
-from lipzoo.bench import (
+from lipzoo.zoo import bench
+from lipzoo.zoo.bench import (
     CSV_COLUMNS,
     RATIO_FIGURES,
     BenchError,
@@ -26,8 +26,8 @@ from lipzoo.bench import (
 )
 from lipzoo.cli import main
 from lipzoo.data import DATASETS
-from lipzoo.plots import NOT_MEASURED, PlotError, collect_accuracies, make_plots
-from lipzoo.training import Recipe
+from lipzoo.zoo.plots import NOT_MEASURED, PlotError, collect_accuracies, make_plots
+from lipzoo.zoo.training import Recipe
 
 FAST = dict(batch_size=2, warmup=0, repeats=1, progress=False)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from lipzoo.cards import entrypoint_doc, metrics_summary, render_card, render_index, write_cards
+from lipzoo.zoo.cards import render_card, render_index, write_cards
 from lipzoo.cli import main as cli
-from lipzoo.registry import CARDS_DIR, PRETRAINED, PretrainedEntry, RegistryError
+from lipzoo.factory import entrypoint_doc
+from lipzoo.registry import CARDS_DIR, PRETRAINED, PretrainedEntry, RegistryError, metrics_summary
 
 from hubtools import copy_folder, make_checkpoint
 
@@ -67,7 +68,7 @@ def test_index_with_and_without_models(entry):
 
 
 def test_index_pictures_are_the_plots_of_the_datasets_present(entry, tmp_path):
-    from lipzoo.cards import index_pictures
+    from lipzoo.zoo.cards import index_pictures
 
     cards, results = tmp_path / "cards", tmp_path / "results"
     results.mkdir()
@@ -278,7 +279,7 @@ def test_hardware_is_the_cpu_model_name_never_the_kernel_string(entry):
 
 
 def test_training_cost_section_and_learning_curve_reference(entry, tmp_path):
-    from lipzoo.cards import CURVE_FILENAME
+    from lipzoo.zoo.cards import CURVE_FILENAME
 
     text = render_card(entry)
     cost = text.split("## Training cost")[1].split("## Usage")[0]

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import lipzoo
-from lipzoo.bench import BenchResult, add_ratios, save_results
+from lipzoo.zoo.bench import BenchResult, add_ratios, save_results
 from lipzoo.cli import main as cli
 from lipzoo.data import DATASETS
 from lipzoo.registry import UnknownModelError
@@ -248,7 +248,7 @@ def test_budget_rejects_bad_numbers(args, tmp_path):
 
 
 def test_budget_shows_what_it_is_timing(tmp_path):
-    from lipzoo.training import Recipe
+    from lipzoo.zoo.training import Recipe
 
     p = tmp_path / "tiny.yaml"
     Recipe(name="tiny", architecture="convnet_xs_standard", dataset="fashion_mnist", epochs=1, lr=0.05,

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 import lipzoo
 from lipzoo.cli import main
-from lipzoo.convert import (
+from lipzoo.zoo.convert import (
     DEFAULT_URL_BASE,
     PAPER_LAYERS,
     PAPER_RELEASES,

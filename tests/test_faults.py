@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from safetensors import safe_open
 
 from lipzoo.cli import main as cli
-from lipzoo.training import CheckpointError, Recipe, RecipeError, train
+from lipzoo.zoo.training import CheckpointError, Recipe, RecipeError, train
 
 from test_training import resume_and_compare_with_a_straight_run, synthetic, tiny_recipe, write_fake_fashion
 
@@ -140,7 +140,7 @@ def test_two_trainers_into_one_folder_one_is_refused(tmp_path, monkeypatch):
     second `lipzoo train` process into it is refused in one line and writes nothing."""
     import threading
 
-    import lipzoo.training as training
+    import lipzoo.zoo.training as training
 
     data_dir = write_fake_fashion(tmp_path / "data", n_train=64, n_test=16)
     r = tiny_recipe(epochs=2, val_limit=16, **MECHANICS)

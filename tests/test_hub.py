@@ -14,7 +14,8 @@ from huggingface_hub import try_to_load_from_cache
 
 import lipzoo
 from lipzoo.cli import main as cli
-from lipzoo.hub import ChecksumError, DownloadError, HubError, WeightsNotFoundError, load_pretrained
+from lipzoo.factory import load_pretrained
+from lipzoo.hub import ChecksumError, DownloadError, HubError, WeightsNotFoundError
 from lipzoo.registry import PRETRAINED, PretrainedEntry, RegistryError, load_pretrained_dir, model_info
 
 from hubtools import (CuttingProxy, NAME, Olah, commit_folder, copy_folder, free_port, make_checkpoint,
@@ -224,7 +225,7 @@ def test_cli_download_offline_error(registered, env):
 def test_cli_push_uploads_folder_and_pins_revision(tiny, tmp_path, monkeypatch, env):
     from huggingface_hub import HfApi
 
-    from lipzoo.cards import write_card
+    from lipzoo.zoo.cards import write_card
 
     folder = copy_folder(tiny.folder, tmp_path / "cards" / tiny.name)
     monkeypatch.setitem(PRETRAINED, tiny.name, PretrainedEntry.from_folder(folder))

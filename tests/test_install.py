@@ -76,6 +76,15 @@ def test_wheel_index_is_a_copy_of_the_cards(installed):
     assert cards and packaged == cards
 
 
+def test_wheel_holds_every_module_of_the_package(installed):
+    wheel, site = installed
+    with zipfile.ZipFile(wheel) as z:
+        packaged = set(z.namelist())
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lipzoo").rglob("*.py")}
+    assert "lipzoo/zoo/__init__.py" in modules and modules <= packaged  # subpackages (zoo, layers, models) too
+    assert (site / "lipzoo" / "zoo" / "training.py").is_file()
+
+
 def test_installed_package_lists_the_zoo_and_loads_from_the_hub(installed, tmp_path):
     _, site = installed
     srv = Olah(tmp_path / "olah")

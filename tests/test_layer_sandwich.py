@@ -320,7 +320,7 @@ def _gradient_profile(model, x, y):
     """Loss gradient norm of the first and last Lipschitz layer's parameters, the backward signal
     at their outputs, and the logit norm, for the paper's loss."""
     from lipzoo.layers import LipschitzModule
-    from lipzoo.training import offset_cross_entropy
+    from lipzoo.zoo.training import offset_cross_entropy
 
     layers = [m for m in model.modules() if isinstance(m, LipschitzModule)]
     signal = {}

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import lipzoo
 from lipzoo.layers import LAYERS, get_layer
 from lipzoo.layers.soc import VECTOR_NAMES, SOCConv2d
-from lipzoo.training import Recipe, RecipeError, build_model, recipe_changes, train
+from lipzoo.zoo.training import Recipe, RecipeError, build_model, recipe_changes, train
 
 C, H, W = 4, 8, 8
 FEATURES = 12

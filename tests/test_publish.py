@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 import lipzoo
 from lipzoo.cli import main as cli
-from lipzoo.plots import PlotError, learning_curve, read_epochs
-from lipzoo.publish import GATE_EPS_KEY, RunError, evaluate_run, publish_gate, publish_run
+from lipzoo.zoo.plots import PlotError, learning_curve, read_epochs
+from lipzoo.zoo.publish import GATE_EPS_KEY, RunError, evaluate_run, publish_gate, publish_run
 from lipzoo.registry import PRETRAINED, PretrainedEntry, load_pretrained_dir
-from lipzoo.training import Recipe, train
+from lipzoo.zoo.training import Recipe, train
 
 from hubtools import free_port, make_checkpoint
 
@@ -157,12 +157,12 @@ def test_publish_replaces_an_existing_folder_only_with_force_and_as_a_whole(eval
     assert _snapshot(cards) == first
 
     # a publish that fails half-way (here: rendering the card) leaves the old folder as it was
-    import lipzoo.cards
+    import lipzoo.zoo.publish
 
     def broken(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(lipzoo.cards, "write_card", broken)
+    monkeypatch.setattr(lipzoo.zoo.publish, "write_card", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         publish_run(evaluated, cards, force=True)
     assert _snapshot(cards) == first and sorted(p.name for p in cards.iterdir()) == [NAME]
@@ -272,7 +272,7 @@ def test_learning_curve_renders_from_a_synthetic_metrics_file(tmp_path):
 
 # --- push: nothing is recorded until the upload succeeded ------------------------------------------
 def _card_folder(tmp_path: Path) -> Path:
-    from lipzoo.cards import write_cards
+    from lipzoo.zoo.cards import write_cards
 
     entry = make_checkpoint(tmp_path / "cards")
     write_cards(tmp_path / "cards")
@@ -294,8 +294,8 @@ def test_failed_push_leaves_the_folder_untouched(tmp_path, monkeypatch):
 def test_push_records_repo_id_and_revision_only_after_the_upload(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from lipzoo.cards import write_card
-    from lipzoo.publish import push_entry
+    from lipzoo.zoo.cards import write_card
+    from lipzoo.zoo.publish import push_entry
 
     folder = _card_folder(tmp_path)
     seen = {}

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 import lipzoo
 from lipzoo.cli import main as cli
-from lipzoo.convert import PAPER_RELEASES
+from lipzoo.zoo.convert import PAPER_RELEASES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from lipzoo.certify import certify, pgd_attack
 from lipzoo.cli import main as cli
-from lipzoo.training import DivergenceError, Recipe, RecipeError, augment, offset_cross_entropy, train
+from lipzoo.zoo.training import DivergenceError, Recipe, RecipeError, augment, offset_cross_entropy, train
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -141,7 +141,7 @@ def test_resume_refuses_a_finished_run_a_changed_recipe_and_a_missing_checkpoint
     r = tiny_recipe(val_limit=16, epochs=1)
     train(r, tmp_path / "done", data=data, progress=False)
     before = {f: (tmp_path / "done" / f).read_bytes() for f in ("run.json", "model.safetensors", "recipe.yaml")}
-    from lipzoo.training import RunFinishedError
+    from lipzoo.zoo.training import RunFinishedError
 
     with pytest.raises(RunFinishedError, match="finished run"):
         train(r, tmp_path / "done", data=data, progress=False, resume=True)
@@ -159,7 +159,7 @@ def test_resume_refuses_a_finished_run_a_changed_recipe_and_a_missing_checkpoint
 
 
 def test_a_run_directory_is_locked_while_training(tmp_path):
-    from lipzoo.training import RunLockedError, run_lock
+    from lipzoo.zoo.training import RunLockedError, run_lock
 
     with run_lock(tmp_path / "run"):
         with pytest.raises(RunLockedError, match=f"process {os.getpid()}"):
@@ -261,7 +261,7 @@ def test_smoke_training_on_real_fashion_mnist(tmp_path):
     assert out["certified_accuracy"][f"{36 / 255:.6g}"] > 0.2, out
     # the attack must never flip a certified point
     from lipzoo.data import load_tensors
-    from lipzoo.training import build_model
+    from lipzoo.zoo.training import build_model
 
     model = build_model(r)
     model.load_state_dict(load_file(tmp_path / "run" / "model.safetensors"))
@@ -294,7 +294,7 @@ def test_budget_estimator_writes_epochs_into_the_recipe(tmp_path):
 
 
 def test_budget_under_one_epoch_trains_a_subset_that_fits():
-    from lipzoo.training import apply_budget, plan_budget
+    from lipzoo.zoo.training import apply_budget, plan_budget
 
     r = tiny_recipe(batch_size=100)
     many = plan_budget(r, 100.0, 0.5, 1000)  # 10 batches = 5 s per epoch
@@ -307,8 +307,8 @@ def test_budget_under_one_epoch_trains_a_subset_that_fits():
 
 
 def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, monkeypatch):
-    from lipzoo import training
-    from lipzoo.training import search_lr
+    from lipzoo.zoo import training
+    from lipzoo.zoo.training import search_lr
 
     data = synthetic(n=64, n_val=32)
     r = tiny_recipe(epochs=1, val_size=32, batch_size=32)

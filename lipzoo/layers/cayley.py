@@ -48,7 +48,7 @@ def initial_alpha(weight: torch.Tensor, size: tuple[int, int] | int) -> torch.Te
     """``||W_hat||_F`` at ``size`` ((H, W) or an int): the initial ``alpha`` of a Cayley convolution
     with kernel ``weight`` (out, in, k, k), as a 0-d tensor without gradient (float64 for a float64
     kernel, else float32). The paper sets it in its first forward, :class:`CayleyConv2d` at
-    construction, and :mod:`lipzoo.convert` for checkpoints saved before that forward."""
+    construction, and :mod:`lipzoo.zoo.convert` for checkpoints saved before that forward."""
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
         got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"initial_alpha expects a conv kernel tensor (out, in, k, k), got {got}")

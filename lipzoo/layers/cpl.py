@@ -17,7 +17,7 @@ with ``sigma = <K u, v>`` from power iteration on a persistent buffer ``u`` (sha
 Each training forward runs one iteration (no gradient, ``u`` written back) and recomputes
 ``sigma`` with gradient; eval runs 100 iterations from the stored ``u`` without updating it.
 Power iteration approaches ``||K||`` from below, so ``r`` can be slightly too large: that mode
-is only APPROXIMATELY 1-Lipschitz (spec 6.2 item 12) and is meant for importing the paper's
+is only APPROXIMATELY 1-Lipschitz and is meant for importing the paper's
 checkpoints, not for certification.
 
 Both forms need ``in == out``: ``K`` maps ``in -> out`` and ``K^T`` back, so ``y`` has ``in``

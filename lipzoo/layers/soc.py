@@ -24,10 +24,10 @@ sigma`` with the ``correction`` buffer 0.7 (1.0 for k = 1); no tail division. Tr
 first run ``init_iters`` (50) power iterations when ``total_iters % update_freq == 0`` and
 ``update_iters`` (1) otherwise, then increment ``total_iters``; eval forwards run none. The
 estimate has no ``sqrt(k*k)`` factor and can undershoot ``||L||``, so this mode is only
-APPROXIMATELY 1-Lipschitz (spec 6.2 item 12): certify its checkpoints with a measured bound.
+APPROXIMATELY 1-Lipschitz: certify its checkpoints with a measured bound.
 (Measured on the golden ConvNet-XS: the paper's ``||L_n||`` is 1.0-1.45, not 0.7, yet 12 eval
 terms still give orthogonal layers to 1e-10; 5 training terms exceed 1 by up to 5e-4.)
-One paper quirk is fixed (spec 6.2 item 11): the initial power iterations run on the filter the
+One paper quirk is fixed: the initial power iterations run on the filter the
 layer actually uses, so a freshly built layer is correct in eval mode.
 
 Cost of soundness: ``gram_bound`` over-estimates ``||L||`` (2-4x on the golden filters), so the
@@ -200,7 +200,7 @@ class SOCConv2d(LipschitzModule):
             self.register_buffer("correction", torch.tensor([corr]))
             with torch.no_grad():
                 vecs = fantastic_four_init(c, kernel_size, dtype=self.random_conv_filter.dtype)
-                # the paper runs these on the filter it is about to re-initialise (spec 6.2 #11);
+                # the paper runs these on the filter it is about to re-initialise;
                 # here they run on the filter the layer actually uses
                 vecs = fantastic_four_iterations(skew_filter(self.random_conv_filter), vecs, init_iters)
             for name in VECTOR_NAMES:

@@ -1,6 +1,6 @@
 """From a finished training run to a published zoo entry: evaluate, then publish.
 
-The data flow of the zoo (house design, principle 3)::
+The data flow of the zoo::
 
     recipe -> lipzoo train -> run dir (recipe.yaml, metrics.jsonl, run.json, model.safetensors)
            -> evaluate_run -> run dir/eval.json   (test-split certificates with the audited bound,
@@ -35,8 +35,17 @@ import torch
 import yaml
 from torch import nn
 
-from ._io import atomic_write_text
-from .cards import CURVE_FILENAME
+from .._io import atomic_write_text
+from .._version import __version__
+from ..certify import certify, proven_audit
+from ..data import dataset_info, load_tensors
+from ..hub import ChecksumError, HubError, _transport_errors, hf_endpoint, save_pretrained, sha256_file, write_config
+from ..layers import LAYERS
+from ..registry import ARCHITECTURES, CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
+from .bench import bench_model, hardware_fingerprint
+from .cards import CARD_FILENAME, CURVE_FILENAME, render_card, write_card
+from .plots import PlotError, learning_curve, read_epochs
+from .training import Recipe, build_model
 
 __all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "publish_gate", "push_entry",
            "RunError", "CURVE_FILENAME", "CHANCE_FACTOR"]
@@ -78,8 +87,6 @@ def load_run_model(run_dir: str | os.PathLike) -> tuple[nn.Module, "object"]:
     """The trained model of a finished run (eval mode, strict load) and its recipe."""
     from safetensors.torch import load_file
 
-    from .training import Recipe, build_model
-
     run = Path(run_dir)
     if not (run / "recipe.yaml").is_file():
         raise RunError(f"{run} is not a training run directory (no recipe.yaml)")
@@ -110,13 +117,8 @@ def evaluate_run(
     Writes and returns ``run_dir/eval.json``: ``certification`` (:meth:`CertificationResult.as_dict`
     with ``split``), ``check`` (the same figures on the first :data:`CHECK_N` images), ``audit`` (the guaranteed upper bound, per-layer methods), ``inference``
     (images/s at ``batch_size`` and peak memory of inference and of a training step, from
-    :func:`lipzoo.bench.bench_model`; ``speed=False`` skips it) and ``hardware``.
+    :func:`lipzoo.zoo.bench.bench_model`; ``speed=False`` skips it) and ``hardware``.
     """
-    from . import __version__
-    from .bench import bench_model, hardware_fingerprint
-    from .certify import certify, proven_audit
-    from .data import dataset_info, load_tensors
-
     run = Path(run_dir)
     model, recipe = load_run_model(run)
     model = model.to(device)
@@ -166,8 +168,6 @@ def check_records(cert, labels, split: str, n: int = RECORD_N) -> dict:
 
 
 def _epochs(run: Path) -> list[dict]:
-    from .plots import PlotError, read_epochs
-
     path = run / "metrics.jsonl"
     try:
         return read_epochs(path) if path.is_file() else []
@@ -303,13 +303,6 @@ def publish_run(
     ``recipes/<dataset>/<architecture>.yaml``). The run's :data:`RECORDS` files are copied into
     the folder too. Returns the entry (its ``folder`` is the published folder).
     """
-    from .cards import write_card
-    from .data import dataset_info
-    from .hub import save_pretrained
-    from .layers import LAYERS
-    from .plots import PlotError, learning_curve
-    from .registry import ARCHITECTURES, CARDS_DIR
-
     run = Path(run_dir)
     model, recipe = load_run_model(run)
     check_name(recipe.name, recipe.architecture, recipe.dataset, source=str(run / "recipe.yaml"))
@@ -369,8 +362,6 @@ def publish_run(
         entry = save_pretrained(model, folder, dataset=recipe.dataset, name=recipe.name, metrics=metrics, timing=timing,
                                 provenance=prov, recipe=recipe_path, layer_kwargs=recipe.layer_options)
         if reasons:
-            from .hub import write_config
-
             entry = replace(entry, status="undertrained")
             write_config(entry, folder)
         for f in RECORDS:  # the measurement files travel with the weights: every card number has its source file
@@ -410,10 +401,6 @@ def push_entry(
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
-
-    from .cards import CARD_FILENAME, render_card
-    from .hub import ChecksumError, HubError, _transport_errors, hf_endpoint, sha256_file, write_config
-    from .registry import CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
 
     folder = Path(folder) if folder is not None else (PRETRAINED[name].folder if name in PRETRAINED else None) \
         or CARDS_DIR / name

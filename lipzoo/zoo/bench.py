@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import gc
 import io
 import json
@@ -68,11 +69,15 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ._provenance import fingerprint
-from .data import DATASETS
-from .layers import LAYERS
-from .models import SIZES
-from .registry import create_model, get_architecture
+from .._io import atomic_write_text
+from .._provenance import fingerprint
+from ..data import DATASETS
+from ..export import to_plain
+from ..factory import create_model
+from ..layers import LAYERS
+from ..models import SIZES
+from ..registry import get_architecture
+from .training import training_autocast
 
 __all__ = [
     "BenchResult",
@@ -245,11 +250,8 @@ def _cpu_memory_supported() -> bool:
 
 
 def _plain_converter() -> tuple[Callable | None, str]:
-    """``lipzoo.export.to_plain`` if that module exists, else ``(None, why)``."""
-    try:
-        from .export import to_plain
-    except ImportError as e:
-        return None, f"plain inference not measured: lipzoo.export.to_plain is unavailable ({e})"
+    """The converter of the plain-inference column and an empty note: ``lipzoo.export.to_plain``.
+    A converter of ``None`` comes with the note that says why plain inference was not measured."""
     return to_plain, ""
 
 
@@ -261,9 +263,7 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _autocast(precision: str, device: str):
-    """The context of a timed forward pass: the training recipes' (:func:`lipzoo.training.training_autocast`)."""
-    from .training import training_autocast
-
+    """The context of a timed forward pass: the training recipes' (:func:`lipzoo.zoo.training.training_autocast`)."""
     return training_autocast(precision, device)
 
 
@@ -305,7 +305,7 @@ def _measure(
             except Exception as e:  # a layer the exporter cannot convert is reported, not fatal
                 out["note"] = f"to_plain failed: {type(e).__name__}: {e}"[:300]
             else:
-                out["plain_s"] = _timed(lambda: infer(plain_model), device, warmup, repeats, deadline)
+                out["plain_s"] = _timed(functools.partial(infer, plain_model), device, warmup, repeats, deadline)
                 del plain_model
     del model, fwd, infer
     gc.collect()
@@ -340,7 +340,7 @@ def _memory_subprocess(name: str, *, batch_size: int, in_chans: int, timeout: fl
     args = json.dumps({"name": name, "batch_size": batch_size, "in_chans": in_chans, "threads": torch.get_num_threads(),
                        "precision": precision})
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    proc = subprocess.run([sys.executable, "-m", "lipzoo.bench", "--memory-worker", args], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "lipzoo.zoo.bench", "--memory-worker", args], capture_output=True,
                           text=True, timeout=timeout, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -549,8 +549,6 @@ def save_results(results: list[BenchResult], out_dir: str | os.PathLike = DEFAUL
 
     Every row holds :data:`CSV_COLUMNS` followed by the fingerprint as ``hw_<key>`` columns.
     """
-    from .training import atomic_write_text
-
     if not results:
         raise BenchError("no results to save")
     device = results[0].device.split(":")[0]
@@ -647,4 +645,4 @@ if __name__ == "__main__":  # the CPU memory worker (see _memory_subprocess)
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
         _memory_worker(sys.argv[2])
     else:
-        sys.exit("usage: python -m lipzoo.bench --memory-worker JSON (internal); use `lipzoo bench`")
+        sys.exit("usage: python -m lipzoo.zoo.bench --memory-worker JSON (internal); use `lipzoo bench`")

@@ -34,10 +34,14 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_save_safetensors, atomic_write_text
-from ._provenance import git_commit, hardware
-from .certify import DEFAULT_EPS, certified_radius
-from .data import dataset_info, load_tensors, rand_augment
+from .._io import atomic_save_safetensors, atomic_write_text
+from .._provenance import git_commit, hardware
+from .._version import __version__
+from ..audit import audit
+from ..certify import DEFAULT_EPS, certified_radius
+from ..data import dataset_info, load_tensors, rand_augment
+from ..factory import create_model
+from ..registry import get_architecture
 
 __all__ = [
     "Recipe",
@@ -131,8 +135,6 @@ class Recipe:
 
     def validate(self, source: str = "recipe") -> None:
         """Raise :class:`RecipeError` naming the first field whose type or value is invalid."""
-        from .registry import get_architecture
-
         for name, kinds, what in _FIELD_TYPES:
             v = getattr(self, name)
             if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
@@ -268,8 +270,6 @@ def limit_splits(recipe: Recipe, tx, ty, vx, vy):
 
 # --- model / optimizer ------------------------------------------------------------------------
 def build_model(recipe: Recipe) -> nn.Module:
-    from .registry import create_model
-
     info = dataset_info(recipe.dataset)
     torch.manual_seed(recipe.seed)
     return create_model(recipe.architecture, num_classes=info.num_classes, in_chans=info.in_chans,
@@ -666,9 +666,6 @@ def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, l
     prev = json.loads((out / "run.json").read_text()) if is_main and (out / "run.json").is_file() else {}
     record["wall_time_s"] += prev.get("wall_time_s_before_resume", 0.0)
     if is_main and model is not None and finished >= recipe.epochs:
-        from . import __version__
-        from .audit import audit
-
         # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
         record["lipschitz_upper"] = float(audit(model, lower=False).upper)
         sd = _unwrap(model).state_dict()

@@ -14,7 +14,7 @@ Speeds, memories and epoch times come from a ``lipzoo bench`` results file
 registry's pretrained entries
 (``metrics.clean_accuracy`` and ``metrics.certified_accuracy``, certified with the audited
 bound) and, for architectures without one, from finished training runs (``runs/*/recipe.yaml``
-+ the last line of ``runs/*/metrics.jsonl``, written by :mod:`lipzoo.training`; the newest
++ the last line of ``runs/*/metrics.jsonl``, written by :mod:`lipzoo.zoo.training`; the newest
 finished run of an architecture and data set wins; unfinished runs are ignored). Where no
 accuracy is measured yet the charts say so: the radar's accuracy axes read "not measured yet"
 and have gaps, and the Pareto chart puts such points in a "not measured yet" band.
@@ -29,9 +29,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import atomic_write_bytes
+from .._io import atomic_write_bytes
+from ..data import DATASETS
+from ..registry import PRETRAINED, get_architecture
 from .bench import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
-from .data import DATASETS
+from .training import Recipe, RecipeError
 
 __all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS",
            "read_epochs", "learning_curve"]
@@ -62,8 +64,6 @@ def collect_accuracies(runs_dir: str | os.PathLike | None = "runs", *, eps: floa
     """``{(architecture, dataset): Accuracy}`` from the registry and finished runs, and notes on
     what was skipped (unfinished or unreadable runs, entries marked undertrained: a model below
     its quality line says nothing about what its layer can reach)."""
-    from .training import Recipe, RecipeError
-
     key, found, notes = _eps_key(eps), {}, []
     runs: list[tuple[float, Path, Recipe, dict]] = []
     for recipe_path in sorted(Path(runs_dir).glob("*/recipe.yaml")) if runs_dir and Path(runs_dir).is_dir() else []:
@@ -84,8 +84,6 @@ def collect_accuracies(runs_dir: str | os.PathLike | None = "runs", *, eps: floa
         cert = (last.get("val_certified") or {}).get(key)
         found[(recipe.architecture, recipe.dataset)] = Accuracy(last.get("val_accuracy"), cert, f"run {run}")
     if registry:
-        from .registry import PRETRAINED
-
         for entry in PRETRAINED.values():
             if entry.status == "undertrained":  # below its quality line: not a property of its layer
                 notes.append(f"skipped undertrained entry {entry.name}")
@@ -300,7 +298,7 @@ def make_plots(bench: str | os.PathLike | None = None, *, results_dir: str | os.
                size: str | None = None, dataset: str | None = None, registry: bool = True,
                layers: list[str] | tuple[str, ...] | None = None) -> dict:
     """Draw both charts from ``bench`` (default: the newest results file in ``results_dir``,
-    by default :data:`lipzoo.bench.DEFAULT_OUT`, not the checkout's committed ``results/``).
+    by default :data:`lipzoo.zoo.bench.DEFAULT_OUT`, not the checkout's committed ``results/``).
 
     ``layers``: the layer ids the charts compare. Only those are drawn, and every one of them must
     have a row at each size drawn (the radar's size; every size of the Pareto chart), else
@@ -328,8 +326,6 @@ def make_plots(bench: str | os.PathLike | None = None, *, results_dir: str | os.
     if size is None:  # the size with the most measured layers, the larger on a tie
         size = max(sizes, key=lambda s: (sum(r["size"] == s for r in ok), SIZE_ORDER.index(s)))
     accs, notes = collect_accuracies(runs_dir, registry=registry)
-    from .registry import get_architecture
-
     input_size = get_architecture(ok[0]["model"]).input_size
     dataset = dataset or _default_dataset(accs, {r["model"] for r in ok}, input_size)
     device = str(ok[0].get("device") or "cpu").split(":")[0]

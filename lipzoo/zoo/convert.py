@@ -4,7 +4,7 @@ The paper released 21 CIFAR-10 state dicts (ConvNet XS, S, M x its seven layers)
 ``.pth`` files on GitHub. This module holds:
 
 - :data:`PAPER_RELEASES`: the 21 entries ``convnet_{xs,s,m}_{layer}.cifar10_1llc`` as data (release
-  file, run id and the metrics *reported by the authors*, spec section 5, "best available" table);
+  file, run id and the metrics *reported by the authors* for it);
 - :func:`convert_1llc_state_dict`: the paper's keys and shapes -> lipzoo's, strict both ways;
 - :func:`load_1llc_model`: the converted weights in a lipzoo model that takes [0, 1] images (the
   paper's input centring is built in as a fixed 1-Lipschitz shift);
@@ -12,7 +12,7 @@ The paper released 21 CIFAR-10 state dicts (ConvNet XS, S, M x its seven layers)
   an HF-shaped model folder (safetensors + config.json + card), recording the sha256 of the
   release file (trust on first use).
 
-What the paper's state dicts hold that lipzoo's differ in (spec 2.3):
+What the paper's state dicts hold that lipzoo's differ in:
 
 - AOL (every conv) and BCOP's dense head are torch parametrizations: the free matrix is stored as
   ``X.parametrizations.weight.original``; lipzoo stores the same matrix as ``X.weight``;
@@ -44,12 +44,17 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .certify import DEFAULT_EPS
-from .data import dataset_info
-from .layers.cayley import CayleyConv2d, initial_alpha
-from .layers.soc import SOCConv2d
-from .models import SIZES
-from .registry import CARDS_DIR, CONFIG_FILENAME, create_model, get_architecture
+from .._version import __version__
+from ..audit import audit
+from ..certify import DEFAULT_EPS
+from ..data import dataset_info
+from ..factory import create_model
+from ..hub import save_pretrained
+from ..layers.cayley import CayleyConv2d, initial_alpha
+from ..layers.soc import SOCConv2d
+from ..models import SIZES
+from ..registry import CARDS_DIR, CONFIG_FILENAME, get_architecture
+from .cards import write_card
 
 __all__ = [
     "ConversionError", "ImportError1LLC", "PaperRelease", "PAPER_RELEASES", "PAPER_LAYERS", "PAPER_PAPER",
@@ -83,8 +88,8 @@ def url_base() -> str:
 class PaperRelease:
     """One released checkpoint of the paper and what the authors reported for it.
 
-    ``reported`` holds the paper's published numbers (spec 5.1, or 5.2 for the reruns the release
-    points to), labelled as reported by the authors; accuracies are fractions and the certified
+    ``reported`` holds the paper's published numbers (or, where the release points to a rerun, that
+    rerun's), labelled as reported by the authors; accuracies are fractions and the certified
     accuracies are keyed like :meth:`lipzoo.CertificationResult.as_dict` (``f"{eps:.6g}"``).
     ``sha256`` is the release file's hash once known (``None``: trust on first use).
     """
@@ -381,9 +386,6 @@ AUDIT_METHOD = "lipzoo.audit upper bound (guaranteed, float64, per layer at the 
 def audit_record(model: nn.Module) -> dict:
     """``metrics.audit`` of a model folder: the proven upper bound on the model's l2 Lipschitz
     constant (:func:`lipzoo.audit.audit` with ``lower=False``), which its certificates must use."""
-    from . import __version__
-    from .audit import audit
-
     result = audit(model, lower=False)
     return {"lipschitz_upper": float(result.upper), "upper_ok": bool(result.upper_ok), "method": AUDIT_METHOD,
             "input_shape": list(result.input_shape), "lipzoo_version": __version__}
@@ -453,9 +455,6 @@ def import_1llc(
     (:func:`audit_record`) and stored as ``metrics.audit`` in config.json, and the card states it;
     ``audit=False`` skips it (faster; the card then says the bound was not audited).
     """
-    from .cards import write_card
-    from .hub import save_pretrained
-
     out = Path(out)
     results = []
     for rel in select_releases(names, all_releases):
@@ -491,7 +490,7 @@ def import_1llc(
             metrics = {"reported": rel.reported}
             if audit:
                 metrics["audit"] = audit_record(model)
-            provenance = {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.convert)",
+            provenance = {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.zoo.convert)",
                           "source_url": url, "source_file": rel.filename, "source_sha256": sha,
                           "source_trust": trust, "run": rel.run_id, "trained_by": "the paper's authors",
                           "source_repository": PAPER_REPOSITORY, "import_command": f"lipzoo import-1llc {rel.name}",
