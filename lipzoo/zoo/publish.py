@@ -36,6 +36,7 @@ import yaml
 from torch import nn
 
 from .._io import atomic_write_text
+from .._provenance import cpu_model
 from .._version import __version__
 from ..certify import certify, proven_audit
 from ..data import dataset_info, load_tensors
@@ -159,8 +160,6 @@ def check_records(cert, labels, split: str, n: int = RECORD_N) -> dict:
     radius may differ by round-off and by the few-1e-6 relative difference of the audited bound
     between CPUs, a prediction only where the top two logits (nearly) tie.
     """
-    from ._provenance import cpu_model
-
     k = min(n, cert.n)
     return {"split": split, "n": k, "lipschitz_bound": float(cert.lipschitz),
             "cpu": cpu_model(), "labels": labels[:k].tolist(), "predictions": cert.predictions[:k].tolist(),
