@@ -21,23 +21,16 @@ from lipzoo.layers import LAYERS, get_layer
 from lipzoo.layers.soc import VECTOR_NAMES, SOCConv2d
 from lipzoo.zoo.training import Recipe, RecipeError, build_model, recipe_changes, train
 
+from test_training import synthetic
+from test_training import tiny_recipe as base_recipe
+
 C, H, W = 4, 8, 8
 FEATURES = 12
 
 
 def tiny_recipe(**kw) -> Recipe:
-    base = {"name": "t", "architecture": "convnet_xs_aol", "dataset": "fashion_mnist", "epochs": 3, "lr": 0.05,
-            "weight_decay": 1e-5, "batch_size": 32, "crop_padding": 2, "hflip": False, "seed": 1, "val_limit": 16}
-    base.update(kw)
-    return Recipe(**base)
-
-
-def synthetic(n=64, n_val=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n + n_val,), generator=g)
-    x = torch.rand(n + n_val, 1, 32, 32, generator=g) * 0.2
-    x[torch.arange(len(y)), 0, 2 * y + 5, 10:20] = 1.0  # a learnable stripe per class
-    return x[:n], y[:n], x[n:], y[n:]
+    """The trainer tests' tiny recipe, validating on 16 images."""
+    return base_recipe(**({"val_limit": 16} | kw))
 
 
 # --- the recipe field ---------------------------------------------------------------------------
