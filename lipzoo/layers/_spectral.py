@@ -50,8 +50,12 @@ def _real_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _adjoint(t: torch.Tensor) -> torch.Tensor:
-    """``t^H`` as a dense tensor (complex CPU products are much slower on conjugate views)."""
-    return torch.conj_physical(t.mT) if t.is_complex() else t.mT
+    """``t^H`` with its conjugation materialised (complex CPU products are slower on conjugate views)."""
+    if not t.is_complex():
+        return t.mT
+    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return t.mH.resolve_conj()  # conj_physical has no vmap rule
+    return torch.conj_physical(t.mT)
 
 
 def _higher(dtype: torch.dtype) -> torch.dtype:
