@@ -201,13 +201,14 @@ def test_trainable_parameter_counts(size, count):
 # --- the default evaluates the Newton-Schulz polynomial by eigendecomposition -----------------
 
 
+@pytest.mark.parametrize("method", ["eigh", "eigh-refined"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 @pytest.mark.parametrize("shape", [(3, 5, 5), (2, 6, 4), (2, 4, 6)])
 @pytest.mark.parametrize("iters", [0, 1, 10])
-def test_eigh_equals_the_matrix_iteration_values_and_gradients(dtype, shape, iters):
+def test_eigh_equals_the_matrix_iteration_values_and_gradients(method, dtype, shape, iters):
     torch.manual_seed(iters)
     w = torch.randn(*shape, dtype=dtype, requires_grad=True)
-    fast, literal = lot_orthogonalize(w, iters), lot_orthogonalize(w, iters, method="newton")
+    fast, literal = lot_orthogonalize(w, iters, method=method), lot_orthogonalize(w, iters, method="newton")
     torch.testing.assert_close(fast, literal, rtol=1e-10, atol=1e-12)
     g = torch.randn_like(literal)
     got, = torch.autograd.grad((fast * g.conj()).real.sum(), w)
@@ -224,7 +225,8 @@ def test_eigh_gradcheck_on_random_and_identity_weights(dtype):
     if dtype.is_complex:
         cases.append(torch.polar(torch.ones(3, 1, 1, dtype=torch.float64), torch.rand(3, 1, 1, dtype=torch.float64) * 6) * torch.eye(4))
     for w in cases:
-        assert gradcheck(lambda x: lot_orthogonalize(x, 10), (w.requires_grad_(),), check_forward_ad=True)
+        for method in ("eigh", "eigh-refined"):
+            assert gradcheck(lambda x: lot_orthogonalize(x, 10, method=method), (w.requires_grad_(),), check_forward_ad=True)
 
 
 def test_eigh_and_newton_layers_agree_values_and_gradients():
@@ -234,13 +236,14 @@ def test_eigh_and_newton_layers_agree_values_and_gradients():
         layer = layer.double()
         x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
         results = []
-        for method in ("eigh", "newton"):
+        for method in ("eigh", "eigh-refined", "newton"):
             layer._method = lambda m=method: m
             y = layer(x)
             results.append((y, *torch.autograd.grad(y.square().sum(), (x, layer.weight, layer.bias))))
         del layer._method
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        for fast in results[:2]:
+            for a, b in zip(fast, results[2]):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 def test_float32_default_gradients_match_the_papers_computation():
@@ -275,3 +278,18 @@ def test_kernel_spectrum_by_dft_equals_the_fft():
 def test_bad_method_is_rejected():
     with pytest.raises(ValueError, match="method"):
         lot_orthogonalize(torch.randn(3, 3), method="svd")
+
+
+def test_training_and_eval_methods():
+    """Training: single-precision eigendecomposition with refined eigenvalues; eval weight: double
+    precision; paper_compatible: the matrix iteration. In float32 all three are within round-off of
+    the float64 result."""
+    from lipzoo.layers.lot import _kernel_rfft
+
+    layer = random_layer(8, 8, 3, seed=7)
+    assert layer._method() == "eigh-refined" and layer.eval()._method() == "eigh"
+    assert random_layer(paper_compatible=True)._method() == "newton"
+    wf = _kernel_rfft(layer.weight.detach(), 9, 9)
+    ref = lot_orthogonalize(wf.to(torch.complex128), 10, method="newton")
+    for method in ("eigh", "eigh-refined", "newton"):
+        assert (lot_orthogonalize(wf, 10, method=method) - ref).abs().max() < 1e-5, method

@@ -90,14 +90,16 @@ def lot_orthogonalize(w: torch.Tensor, iters: int = 10, eps: float = EPS, method
     Newton-Schulz approximation of ``(S / n)^{-1/2}``; every singular value is < 1.
     ``method="newton"`` runs the matrix iteration literally (three matrix products per step, the
     paper's computation); ``method="eigh"`` (default) evaluates the same matrix polynomial
-    ``Z_T = z_T(A)`` through one eigendecomposition of ``S`` (:func:`newton_schulz_scalar`,
-    :class:`_LOTPolar`): equal within float round-off, values and gradients (tested), and several
-    times cheaper to train.
+    ``Z_T = z_T(A)`` through one double-precision eigendecomposition of ``S``
+    (:func:`newton_schulz_scalar`, :class:`_LOTPolar`), ``"eigh-refined"`` through a
+    single-precision one with double-precision Rayleigh quotients (:func:`_lot_eigh`): equal to the
+    iteration within float round-off, values and gradients (tested), and several times cheaper to
+    train. The layers use ``"eigh-refined"`` in training, ``"eigh"`` for the eval weight.
     """
-    if method == "eigh":
-        return _lot_eigh(w, iters, eps)
+    if method in ("eigh", "eigh-refined"):
+        return _lot_eigh(w, iters, eps, refine=method == "eigh-refined")
     if method != "newton":
-        raise ValueError(f"method must be 'eigh' or 'newton', got {method!r}")
+        raise ValueError(f"method must be 'eigh', 'eigh-refined' or 'newton', got {method!r}")
     s = matmul(w, w.mH)
     s.diagonal(dim1=-2, dim2=-1).add_(eps)
     norm = torch.linalg.vector_norm(s, dim=(-2, -1), keepdim=True) + eps
@@ -195,28 +197,39 @@ class _LOTPolar(torch.autograd.Function):
         return torch.matmul(k["u"], inner), None, None, None, None, None, None, None
 
 
-def _lot_eigh(w: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
-    """``lot_orthogonalize(method="eigh")``: the same formula with ``Z_T = z_T(A)`` by eigendecomposition.
+def _lot_eigh(w: torch.Tensor, iters: int, eps: float, refine: bool) -> torch.Tensor:
+    """``lot_orthogonalize(method="eigh" | "eigh-refined")``: ``Z_T = z_T(A)`` by eigendecomposition.
 
     ``S = W W^H + eps I`` is formed from the weight in its own precision, as the iteration forms
-    it, and decomposed in double precision: its eigenvalues ``s`` give ``||S||_F = ||s||`` and
-    ``A``'s eigenvalues ``a = s / n``. (A single-precision decomposition has absolute eigenvalue
-    errors of order ``1e-7 ||S||``, which ``z_T`` amplifies where it is steep, at small ``a``:
-    about twice the iteration's round-off; in double precision the result is closer to the exact
-    one than the iteration's.) The scalar recursion and its derivative run in float64
-    (:func:`newton_schulz_scalar`), the products in ``W``'s precision (:class:`_LOTPolar`).
+    it; ``||S||_F`` is taken in double precision. ``method="eigh"`` decomposes ``S`` in double
+    precision. A single-precision decomposition has absolute eigenvalue errors of order
+    ``1e-7 ||S||``, which ``z_T`` amplifies where it is steep (small ``a``): about twice the
+    iteration's round-off. ``"eigh-refined"`` decomposes in single precision (half the time) and
+    refines the eigenvalues as Rayleigh quotients ``s_i = u_i^H S u_i`` in double precision, whose
+    error is quadratic in the eigenvectors' (same order of error as the iteration, tested). Then
+    ``a = s / n``; the scalar recursion and its derivative run in float64
+    (:func:`newton_schulz_scalar`), the products in ``W``'s precision (:class:`_LOTPolar`): the
+    result is ``z_T`` of a Hermitian matrix within round-off of ``A``, with its exact derivative.
     """
     w = w.resolve_conj().contiguous()
+    hi = _higher(w.dtype)
     with torch.no_grad():
-        s = torch.matmul(w, _adjoint(w)).to(_higher(w.dtype))
+        s = torch.matmul(w, _adjoint(w))
         s.diagonal(dim1=-2, dim2=-1).add_(eps)
-        lam, u = torch.linalg.eigh(s)
-    frob = lam.square().sum(-1).sqrt()
+        s_hi = s.to(hi)
+        frob = torch.linalg.vector_norm(torch.view_as_real(s_hi) if s.is_complex() else s_hi[..., None], dim=(-3, -2, -1))
+        if refine:
+            _, u = torch.linalg.eigh(s)
+            u_hi = u.to(hi)
+            lam = (u_hi.conj() * torch.matmul(s_hi, u_hi)).real.sum(-2)  # u_i^H S u_i
+        else:
+            lam, u_hi = torch.linalg.eigh(s_hi)
+            u = u_hi.to(w.dtype)
     n = frob + eps
     a = lam / n[..., None]
     z, dz = newton_schulz_scalar(a, iters)
-    uh = _adjoint(u).to(w.dtype)  # eigh's U is column-major: U^H is dense, U made dense once
-    u = u.to(w.dtype, memory_format=torch.contiguous_format)
+    uh = _adjoint(u)  # eigh's U is column-major: U^H is dense, U made dense once
+    u = u.contiguous()
     return _LOTPolar.apply(w, u, uh, a, z, dz, n, frob)[0]
 
 
@@ -244,6 +257,15 @@ def _kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
     re = torch.matmul(torch.cos(angle).to(weight.dtype), taps)
     im = torch.matmul(torch.sin(angle).to(weight.dtype), taps)
     return torch.complex(re, im).view(n_h, n_w // 2 + 1, out_c, in_c)
+
+
+def _layer_method(paper_compatible: bool, training: bool) -> str:
+    """The matrix iteration for ``paper_compatible``; else the single-precision eigendecomposition
+    with refined eigenvalues in training (every step), the double-precision one for the eval
+    weight (computed once and cached; the audit and certification read it)."""
+    if paper_compatible:
+        return "newton"
+    return "eigh-refined" if training else "eigh"
 
 
 class LOTConv2d(LipschitzModule):
@@ -295,7 +317,7 @@ class LOTConv2d(LipschitzModule):
         return self.iters if self.training else self.eval_iters
 
     def _method(self) -> str:
-        return "newton" if self.paper_compatible else "eigh"
+        return _layer_method(self.paper_compatible, self.training)
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         if not self.size_dependent:
@@ -389,7 +411,7 @@ class LOTLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return lot_orthogonalize(self.weight, self.iters if self.training else self.eval_iters,
-                                 method="newton" if self.paper_compatible else "eigh")
+                                 method=_layer_method(self.paper_compatible, self.training))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_features, ndim=(2,))
