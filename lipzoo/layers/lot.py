@@ -30,9 +30,11 @@ round-off, values and gradients, tested): a real input has a Hermitian spectrum 
 orthogonalised; a 1x1 kernel has the same real matrix at every frequency, so it is
 orthogonalised once and applied as a plain 1x1 convolution (no FFT, any input size). And the
 iteration is not run on matrices: ``Z_T`` is a polynomial ``z_T`` in ``A`` (above), so with one
-double-precision eigendecomposition ``S = U diag(s) U^H`` (``a = s / n``)
-``Z_T = U diag(z_T(a)) U^H``, ``z_T`` evaluated by the scalar recursion
-(:func:`newton_schulz_scalar`, float64). The gradient is written out (:class:`_LOTPolar`,
+eigendecomposition ``S = U diag(s) U^H`` (``a = s / n``) ``Z_T = U diag(z_T(a)) U^H``, ``z_T``
+evaluated by the scalar recursion (:func:`newton_schulz_scalar`, float64). The decomposition
+runs in double precision for the eval weight; in training in single precision with the
+eigenvalues refined as double-precision Rayleigh quotients (:func:`_lot_eigh`); either way within
+the iteration's own round-off. The gradient is written out (:class:`_LOTPolar`,
 Daleckii-Krein: divided differences of ``z_T``, never a division by a small eigenvalue gap, so it
 is exact also at the repeated eigenvalues of the identity initialisation). That is one batched
 ``eigh`` and seven products per training step instead of about 85 products, and the bound above
