@@ -293,13 +293,14 @@ def test_training_kernel_equals_the_literal_one_values_and_gradients(cin, cout, 
     layer = BCOPConv2d(cin, cout, k).double()
     perturb(layer, 0.5)
     kernels, grads = [], []
-    for method in ("eigh", "iterate"):
-        layer._bjorck_method = lambda m=method: m
+    for fast in (True, False):
+        layer._fast = lambda f=fast: f
         kernel = layer.compute_weight()
         kernels.append(kernel)
         grads.append(torch.autograd.grad((kernel * torch.linspace(-1, 1, kernel.numel(), dtype=torch.float64).view_as(kernel)).sum(), layer.param_matrices)[0])
-    del layer._bjorck_method
-    assert layer.training and layer._bjorck_method() == "eigh" and layer.eval()._bjorck_method() == "iterate"
+    del layer._fast
+    assert layer.training and layer._fast() and layer._bjorck_method() == "eigh"
+    assert not layer.eval()._fast() and layer._bjorck_method() == "iterate"
     torch.testing.assert_close(kernels[0], kernels[1], rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(layer.compute_weight(), kernels[1], rtol=0, atol=0)  # eval: the literal path
@@ -341,3 +342,17 @@ def test_lean_circular_pad_equals_f_pad():
         assert torch.equal(vmap(lambda v: _circular_pad(v, p))(x.detach()[None])[0], ref.detach())
     with pytest.raises(Exception, match="more than once"):
         _circular_pad(torch.randn(1, 1, 2, 2), 3)
+
+
+@pytest.mark.parametrize("cin,cout,k", [(8, 8, 3), (6, 10, 3), (10, 6, 3), (8, 8, 5), (6, 10, 5), (10, 6, 7), (5, 3, 1)])
+def test_factored_assembly_equals_the_papers(cin, cout, k):
+    from lipzoo.layers.bcop import _bcop_kernel_factored
+
+    layer = BCOPConv2d(cin, cout, k).double()
+    ortho = bjorck(layer.param_matrices, 20).detach().requires_grad_()
+    literal = bcop_kernel(ortho, layer.mask, cin, cout, k)
+    fast = _bcop_kernel_factored(ortho, layer.mask, cin, cout, k)
+    torch.testing.assert_close(fast, literal, rtol=1e-12, atol=1e-13)
+    g = torch.randn_like(literal)
+    torch.testing.assert_close(torch.autograd.grad((fast * g).sum(), ortho)[0],
+                               torch.autograd.grad((literal * g).sum(), ortho)[0], rtol=1e-12, atol=1e-13)

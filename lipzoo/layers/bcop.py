@@ -30,8 +30,10 @@ literally, so the eval weight (cached; what the audit, the exporter and certific
 bit-identical to the iteration's: the norm rescale below turns the kernel's round-off-level
 non-orthogonality into a Lipschitz constant a few 1e-6 below 1 per layer, which a different
 rounding pattern moves by as much, and published audits are reproduced to 5e-5 over ~27 layers.
-Also, the norm bound's gradient is computed from its maximal row only (:func:`norm_bound`) and the
-circular padding has a lean backward (:class:`_CircularPad`); both give the same values.
+In training the kernel is also assembled as a product of factors (:func:`_bcop_kernel_factored`,
+13 products instead of 33 for k = 3). Everywhere, the norm bound's gradient is computed from its
+maximal row only (:func:`norm_bound`) and the circular padding has a lean backward
+(:class:`_CircularPad`); both give the same values.
 """
 
 from __future__ import annotations
@@ -272,11 +274,44 @@ def bcop_kernel(ortho: torch.Tensor, mask: torch.Tensor, in_channels: int, out_c
     return (h.transpose(0, 1) @ p).permute(2, 3, 1, 0)  # taps (k, k, out, in)
 
 
+def _times_factor(t: torch.Tensor, proj: torch.Tensor, dim: int) -> torch.Tensor:
+    """``T(z) (P + (I - P) z)`` for a polynomial ``T`` with matrix coefficients stacked along ``dim``:
+    coefficient ``c`` becomes ``T_c P + T_(c-1) - T_(c-1) P``."""
+    tp = torch.matmul(t, proj)
+    pad = [0, 0] * (t.ndim - 1 - dim)
+    return F.pad(tp, pad + [0, 1]) + F.pad(t - tp, pad + [1, 0])
+
+
+def _bcop_kernel_factored(ortho: torch.Tensor, mask: torch.Tensor, in_channels: int, out_channels: int,
+                          kernel_size: int) -> torch.Tensor:
+    """:func:`bcop_kernel` evaluated as a product of factors (same kernel within float round-off).
+
+    The block kernel ``[[P Q, P (I-Q)], [(I-P) Q, (I-P)(I-Q)]]`` is the 2-D polynomial
+    ``(P + (I-P) z_1)(Q + (I-Q) z_2)`` and the matrix convolution of kernels is the product of
+    their polynomials, so the assembled kernel is ``H (P_0 + (I-P_0) z_1)(P_1 + (I-P_1) z_2) ...``:
+    multiplying ``H`` by one factor at a time takes 13 products for k = 3 where the block kernels,
+    their convolution and the final product with ``H`` take 33.
+    """
+    if kernel_size == 1:
+        return bcop_kernel(ortho, mask, in_channels, out_channels, kernel_size)
+    h = ortho[0, :in_channels, :out_channels]
+    q = ortho[1:] * mask
+    proj = q @ q.transpose(-1, -2)
+    t = (h if in_channels <= out_channels else h.transpose(0, 1))[None, None]  # coefficients (i, j, r, n)
+    for m in range(kernel_size - 1):
+        t = _times_factor(t, proj[2 * m], 0)
+        t = _times_factor(t, proj[2 * m + 1], 1)
+    if in_channels <= out_channels:
+        return t.permute(3, 2, 1, 0)
+    return t.permute(2, 3, 1, 0)
+
+
 class BCOPConv2d(KernelConv):
     """BCOP convolution (orthogonal, circular padding k//2, stride 1).
 
-    Training (default mode) evaluates the Bjorck polynomial by eigendecomposition, eval mode and
-    ``paper_compatible`` by the literal iteration (module docstring).
+    Training (default mode) evaluates the Bjorck polynomial by eigendecomposition and assembles
+    the kernel factor by factor; eval mode and ``paper_compatible`` run the literal iteration and
+    assembly (module docstring).
 
     Trainable: ``param_matrices`` (2(k-1)+1, c_max, c_max) and ``bias`` (out); ``mask`` is a
     persistent buffer. Options: ``bjorck_iters`` (20), ``power_iteration_scaling`` (True),
@@ -322,16 +357,18 @@ class BCOPConv2d(KernelConv):
             bound = 1.0 / math.sqrt(self.out_channels)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _fast(self) -> bool:
+        """Training in the default mode: the eigendecomposition and the factored assembly."""
+        return self.training and not self.paper_compatible
+
     def _bjorck_method(self) -> str:
-        """``"eigh"`` in training (default mode, enough iterations), the literal iteration otherwise."""
-        if self.training and not self.paper_compatible and self.bjorck_iters >= EIGH_MIN_ITERS:
-            return "eigh"
-        return "iterate"
+        return "eigh" if self._fast() and self.bjorck_iters >= EIGH_MIN_ITERS else "iterate"
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         ortho = bjorck(self.param_matrices, self.bjorck_iters, power_iteration_scaling=self.power_iteration_scaling,
                        method=self._bjorck_method())
-        kernel = bcop_kernel(ortho, self.mask, self.in_channels, self.out_channels, self.kernel_size)
+        assemble = _bcop_kernel_factored if self._fast() else bcop_kernel
+        kernel = assemble(ortho, self.mask, self.in_channels, self.out_channels, self.kernel_size)
         if self.paper_compatible:
             return kernel
         kernel = kernel.contiguous()  # one copy, not one per convolution (forward and backward)
