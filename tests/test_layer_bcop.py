@@ -356,3 +356,36 @@ def test_factored_assembly_equals_the_papers(cin, cout, k):
     g = torch.randn_like(literal)
     torch.testing.assert_close(torch.autograd.grad((fast * g).sum(), ortho)[0],
                                torch.autograd.grad((literal * g).sum(), ortho)[0], rtol=1e-12, atol=1e-13)
+
+
+def test_norm_bound_row_sums_by_shift_equal_the_convolution():
+    from lipzoo.layers._linalg import gram_row_sums
+    from lipzoo.layers.bcop import _gram_row_sums_by_shift
+
+    torch.manual_seed(5)
+    for shape in [(8, 8, 3, 3), (5, 9, 3, 3), (9, 5, 5, 5), (7, 4), (4, 7), (6, 6, 1, 1), (3, 4, 3, 5)]:
+        w = torch.randn(shape, dtype=torch.float64)
+        for over in ("in", "out"):
+            torch.testing.assert_close(_gram_row_sums_by_shift(w, over), gram_row_sums(w, over), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(norm_bound(w, fast=True), norm_bound(w), rtol=1e-12, atol=0)
+
+
+def test_bjorck_steps_are_bit_identical_with_a_cheaper_backward():
+    from torch.func import jvp, vmap
+
+    from lipzoo.layers._linalg import bjorck_orthonormalize
+    from lipzoo.layers.bcop import _bjorck_iterate
+
+    torch.manual_seed(6)
+    for dtype in (torch.float32, torch.float64):
+        w = torch.randn(3, 7, 5, dtype=dtype) / 3
+        assert torch.equal(_bjorck_iterate(w, 5, 0.5), bjorck_orthonormalize(w, 5, 0.5))
+    w = (torch.randn(3, 7, 5, dtype=torch.float64) / 3).requires_grad_()
+    assert gradcheck(lambda x: _bjorck_iterate(x, 3, 0.5), (w,), check_forward_ad=True)
+    g = torch.randn(3, 7, 5, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((_bjorck_iterate(w, 4, 0.5) * g).sum(), w)[0],
+                               torch.autograd.grad((bjorck_orthonormalize(w, 4, 0.5) * g).sum(), w)[0])
+    t = torch.randn_like(g)
+    torch.testing.assert_close(jvp(lambda x: _bjorck_iterate(x, 3, 0.5), (w.detach(),), (t,))[1],
+                               jvp(lambda x: bjorck_orthonormalize(x, 3, 0.5), (w.detach(),), (t,))[1])
+    torch.testing.assert_close(vmap(lambda x: _bjorck_iterate(x, 3, 0.5))(w.detach()), bjorck_orthonormalize(w.detach(), 3, 0.5))

@@ -31,9 +31,11 @@ bit-identical to the iteration's: the norm rescale below turns the kernel's roun
 non-orthogonality into a Lipschitz constant a few 1e-6 below 1 per layer, which a different
 rounding pattern moves by as much, and published audits are reproduced to 5e-5 over ~27 layers.
 In training the kernel is also assembled as a product of factors (:func:`_bcop_kernel_factored`,
-13 products instead of 33 for k = 3). Everywhere, the norm bound's gradient is computed from its
+13 products instead of 33 for k = 3) and the norm bound's row sums take one product per pair of
+opposite shifts (:func:`_gram_row_sums_by_shift`). Everywhere, the Bjorck steps that do run
+have a 3-product backward (:class:`_BjorckStep`), the norm bound's gradient is computed from its
 maximal row only (:func:`norm_bound`) and the circular padding has a lean backward
-(:class:`_CircularPad`); both give the same values.
+(:class:`_CircularPad`): all three give bit-identical values.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums, power_iteration_sigma, power_start_vector
+from ._linalg import circular_pad, gram_row_sums, power_iteration_sigma, power_start_vector
 from ._spectral import gram_apply, gram_eigh
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
@@ -110,6 +112,50 @@ def _bjorck_eigh(w: torch.Tensor, iters: int, beta: float, power_iteration_scali
     return gram_apply(w, fn, eigh=(lam / sigma[..., None].square(), v))
 
 
+class _BjorckStep(torch.autograd.Function):
+    """One first-order Bjorck step ``Y = (1 + beta) W - (beta W)(W^T W)``, computed exactly as
+    ``_linalg.bjorck_orthonormalize`` computes it (bit-identical values), with a 3-product backward:
+    for ``A = W^T W`` (kept from the forward as a second output) and ``G = dL/dY``,
+    ``dL/dW = (1 + beta) G - beta G A^T + W (C + C^T)`` with ``C = -beta W^T G`` (autograd through
+    the two products takes four)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(w: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        a = w.transpose(-1, -2) @ w
+        return (1 + beta) * w - beta * w @ a, a
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        w, beta = inputs
+        a = output[1]
+        ctx.mark_non_differentiable(a)
+        ctx.beta = beta
+        ctx.save_for_backward(w, a)
+        ctx.save_for_forward(w, a)
+
+    @staticmethod
+    def jvp(ctx, dw: torch.Tensor, _) -> tuple[torch.Tensor, None]:
+        w, a = ctx.saved_tensors
+        da = dw.transpose(-1, -2) @ w
+        return (1 + ctx.beta) * dw - ctx.beta * (dw @ a + w @ (da + da.transpose(-1, -2))), None
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _):
+        w, a = ctx.saved_tensors
+        beta = ctx.beta
+        c = -beta * (w.transpose(-1, -2) @ g)
+        return (1 + beta) * g - beta * (g @ a.transpose(-1, -2)) + w @ (c + c.transpose(-1, -2)), None
+
+
+def _bjorck_iterate(w: torch.Tensor, iters: int, beta: float) -> torch.Tensor:
+    """``_linalg.bjorck_orthonormalize(w, iters, beta)``: the same values, a cheaper backward."""
+    for _ in range(iters):
+        w = _BjorckStep.apply(w, beta)[0]
+    return w
+
+
 def bjorck(
     w: torch.Tensor,
     iters: int,
@@ -140,7 +186,7 @@ def bjorck(
         w = w / power_iteration_sigma(w.detach(), POWER_ITERS)[..., None, None]
     else:
         w = w / math.sqrt(w.shape[0] * w.shape[1])
-    w = bjorck_orthonormalize(w, iters=iters, beta=beta)
+    w = _bjorck_iterate(w, iters, beta)
     return w.transpose(-1, -2) if wide else w
 
 
@@ -209,7 +255,34 @@ def _gram_row(weight: torch.Tensor, over: str, row: torch.Tensor) -> torch.Tenso
     return F.conv2d(k.index_select(0, row), k, padding=(k_h - 1, k_w - 1)).abs().sum()
 
 
-def norm_bound(weight: torch.Tensor) -> torch.Tensor:
+def _gram_row_sums_by_shift(weight: torch.Tensor, over: str) -> torch.Tensor:
+    """``_linalg.gram_row_sums(weight, over)`` by one product per shift, half of the shifts.
+
+    ``P(s) = sum_q K_(q+s)^T K_q`` (``K_t`` the (out, in) tap matrices, ``over="in"``) is one
+    product of the stacked overlapping taps, and ``P(-s) = P(s)^T``: the row sums of ``|P(-s)|``
+    are the column sums of ``|P(s)|``. So 13 products for a 3x3 kernel, 45 tap pairs, where the
+    zero-padded self-convolution multiplies 225: the same sums within float round-off.
+    """
+    k = weight if weight.ndim == 4 else weight[:, :, None, None]
+    if over == "out":
+        k = k.transpose(0, 1)
+    taps = k.permute(2, 3, 0, 1)  # (kh, kw, reduced, rows)
+    k_h, k_w, _, c = taps.shape
+    rows = taps.new_zeros(c)
+    for dh in range(k_h):
+        for dw in range(-(k_w - 1), k_w):
+            if dh == 0 and dw < 0:
+                continue  # the mirrored half: P(-s) = P(s)^T
+            a = taps[dh:, max(dw, 0) : k_w + min(dw, 0)].reshape(-1, c)  # taps q + s
+            b = taps[: k_h - dh, max(-dw, 0) : k_w + min(-dw, 0)].reshape(-1, c)  # taps q
+            p = (a.transpose(0, 1) @ b).abs()
+            rows = rows + p.sum(dim=1)
+            if dh or dw:
+                rows = rows + p.sum(dim=0)
+    return rows
+
+
+def norm_bound(weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
     """Guaranteed upper bound on the l2 norm of a conv kernel (out, in, k, k) or matrix (out, in).
 
     The Schur / Gershgorin test on the autocorrelation of the kernel, taken on the side where it
@@ -221,11 +294,13 @@ def norm_bound(weight: torch.Tensor) -> torch.Tensor:
     alone (the gradient of the max), recomputed from that one row: the backward of the full
     self-convolution, which costs more than the Bjorck iteration's, is never run. (At an exact tie
     of the largest rows the gradient follows one of them, a valid subgradient, where
-    ``Tensor.max`` would split it.)
+    ``Tensor.max`` would split it.) ``fast``: the row sums by :func:`_gram_row_sums_by_shift`
+    (the same sums, another rounding; BCOP's training path), else exactly as
+    ``_linalg.gram_row_sums``.
     """
     over = "in" if weight.shape[0] >= weight.shape[1] else "out"
     with torch.no_grad():
-        rows = gram_row_sums(weight.detach(), over)
+        rows = (_gram_row_sums_by_shift if fast else gram_row_sums)(weight.detach(), over)
         top = rows.argmax().reshape(1)
     row = _gram_row(weight, over, top)
     return (rows.max() + (row - row.detach())).sqrt()
@@ -372,7 +447,7 @@ class BCOPConv2d(KernelConv):
         if self.paper_compatible:
             return kernel
         kernel = kernel.contiguous()  # one copy, not one per convolution (forward and backward)
-        return kernel / norm_bound(kernel).clamp_min(1.0)
+        return kernel / norm_bound(kernel, fast=self._fast()).clamp_min(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
