@@ -293,3 +293,19 @@ def test_training_and_eval_methods():
     ref = lot_orthogonalize(wf.to(torch.complex128), 10, method="newton")
     for method in ("eigh", "eigh-refined", "newton"):
         assert (lot_orthogonalize(wf, 10, method=method) - ref).abs().max() < 1e-5, method
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 10), (5, 6), (8, 5), (1, 1)])
+def test_conjugate_pairs_are_orthogonalised_once(size):
+    """The default weight equals orthogonalising every frequency of the rfft half (in float64)."""
+    from lipzoo.layers.lot import _conjugate_pairs, _kernel_rfft
+
+    layer = random_layer(3, 3, 3, seed=8).double()
+    wf = layer.compute_weight(size)
+    n_h, n_w = size[0] + 2, size[1] + 2
+    full = lot_orthogonalize(_kernel_rfft(layer.weight, n_h, n_w), 10, method="eigh-refined")
+    torch.testing.assert_close(wf, full, rtol=1e-10, atol=1e-12)
+    kept, mirrored, order = _conjugate_pairs(n_h, n_w)
+    n_self = 2 if n_w % 2 == 0 else 1
+    assert len(kept) + len(mirrored) == n_h * (n_w // 2 + 1) and len(mirrored) == n_self * ((n_h - 1) // 2)
+    assert sorted(order) == list(range(n_h * (n_w // 2 + 1)))

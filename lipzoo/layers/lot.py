@@ -235,14 +235,42 @@ def _lot_eigh(w: torch.Tensor, iters: int, eps: float, refine: bool) -> torch.Te
     return _LOTPolar.apply(w, u, uh, a, z, dz, n, frob)[0]
 
 
-def _kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _conjugate_pairs(n_h: int, n_w: int) -> tuple[list[int], list[int], list[int]]:
+    """The rfft2 half-spectrum (n_h, n_w//2+1), flattened: in its self-conjugate columns (0, and
+    n_w/2 for even n_w) frequency ``(h, j)`` is the conjugate of ``(-h mod n_h, j)``, so a real
+    kernel's matrices there come in conjugate pairs (and so do their polar factors).
+
+    Returns ``kept`` (the frequencies with ``h <= n_h / 2`` there, all elsewhere), ``mirrored``
+    (for each other frequency, the position in ``kept`` of its partner) and ``order``: the full
+    half-spectrum is ``cat([M[kept], conj(M[kept][mirrored])])[order]``.
+    """
+    n_wf = n_w // 2 + 1
+    self_conjugate = {0, n_w // 2} if n_w % 2 == 0 else {0}
+    kept, pos, dropped = [], {}, []
+    for h in range(n_h):
+        for j in range(n_wf):
+            f = h * n_wf + j
+            if j in self_conjugate and h > n_h // 2:
+                dropped.append((f, ((n_h - h) % n_h) * n_wf + j))
+            else:
+                pos[f] = len(kept)
+                kept.append(f)
+    mirrored = [pos[src] for _, src in dropped]
+    where = dict(pos)
+    where.update({f: len(kept) + k for k, (f, _) in enumerate(dropped)})
+    return kept, mirrored, [where[f] for f in range(n_h * n_wf)]
+
+
+def _kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """``_linalg.conv_kernel_rfft(weight, n_h, n_w)`` as a product with the k x k taps' DFT matrix.
 
     ``W_hat(f)[o, i] = sum_t W[o, i, t] exp(2 pi i <f, t - c> / n)`` (``c = (k-1)//2`` the centre):
     the same sums (equal within float round-off; the angles are exact in float64, where the FFT
     path rounds its phase factors in the weight's precision), as two real (frequencies x taps) by
     (taps x out*in) products instead of FFTs of the kernel zero-padded to the whole grid (and
-    their full-grid backward), returned contiguous in the (n_h, n_w//2+1, out, in) layout.
+    their full-grid backward), returned contiguous in the (n_h, n_w//2+1, out, in) layout; with
+    ``rows`` (indices into the flattened frequencies) only those, as (len(rows), out, in).
     """
     out_c, in_c, k_h, k_w = weight.shape
     if k_h > n_h or k_w > n_w:
@@ -255,10 +283,15 @@ def _kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
     ah = torch.remainder(fh[:, None] * th[None, :], n_h) / n_h
     aw = torch.remainder(fw[:, None] * tw[None, :], n_w) / n_w
     angle = 2 * math.pi * (ah[:, None, :, None] + aw[None, :, None, :]).reshape(-1, k_h * k_w)
+    if rows is not None:
+        angle = angle.index_select(0, rows)
     taps = weight.reshape(out_c * in_c, k_h * k_w).transpose(0, 1)
     re = torch.matmul(torch.cos(angle).to(weight.dtype), taps)
     im = torch.matmul(torch.sin(angle).to(weight.dtype), taps)
-    return torch.complex(re, im).view(n_h, n_w // 2 + 1, out_c, in_c)
+    spectrum = torch.complex(re, im)
+    if rows is not None:
+        return spectrum.view(-1, out_c, in_c)
+    return spectrum.view(n_h, n_w // 2 + 1, out_c, in_c)
 
 
 def _layer_method(paper_compatible: bool, training: bool) -> str:
@@ -332,8 +365,13 @@ class LOTConv2d(LipschitzModule):
             )
         p = self.kernel_size // 2
         n_h, n_w = size[0] + 2 * p, size[1] + 2 * p
-        to_freq = conv_kernel_fft if self.paper_compatible else _kernel_rfft
-        return lot_orthogonalize(to_freq(self.weight, n_h, n_w), self._iters(), method=self._method())
+        if self.paper_compatible:
+            return lot_orthogonalize(conv_kernel_fft(self.weight, n_h, n_w), self._iters(), method="newton")
+        # the rfft half holds conjugate pairs in its self-conjugate columns: orthogonalise one of each
+        kept, mirrored, order = (torch.tensor(t, device=self.weight.device) for t in _conjugate_pairs(n_h, n_w))
+        half = lot_orthogonalize(_kernel_rfft(self.weight, n_h, n_w, kept), self._iters(), method=self._method())
+        full = torch.cat([half, half.index_select(0, mirrored).conj()]).index_select(0, order)
+        return full.view(n_h, n_w // 2 + 1, *half.shape[-2:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
