@@ -29,6 +29,7 @@ from .export import export_model
 from .factory import create_model
 from .hub import HubError, download, verify
 from .layers import LAYERS
+from .radius import Radius
 from .registry import (
     CARDS_DIR,
     PRETRAINED,
@@ -197,13 +198,11 @@ def info_cmd(name: str, as_json: bool) -> None:
 
 
 def _eps_label(key: str) -> str:
-    """'0.141176' -> '36/255' when the radius is a whole number of 1/255 steps."""
+    """The label of a stored radius key ('0.141176' -> '36/255'); a key that is no number as it is."""
     try:
-        e = float(key)
+        return Radius.parse(key).label
     except ValueError:
         return key
-    k = round(e * 255)
-    return f"{k}/255" if k and abs(e * 255 - k) < 1e-3 and e < 1 else f"{e:g}"
 
 
 def _info_lines(info: dict) -> list[tuple[str, str]]:
@@ -405,7 +404,7 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
     if attack:
         emp = empirical_robust_accuracy(model, images, labels, eps, steps=attack_steps, batch_size=batch_size,
                                         progress=not as_json)
-        out["empirical_robust_accuracy"] = {f"{e:.6g}": a for e, a in emp.items()}
+        out["empirical_robust_accuracy"] = Radius.keyed(emp)
     if as_json:
         _echo_json(out)
         return
@@ -414,7 +413,7 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
     click.echo(result.table())
     if attack:
         click.echo("l2 PGD attack (" + str(attack_steps) + " steps), empirical robust accuracy: "
-                   + ", ".join(f"{e:.4g}: {100 * a:.2f}%" for e, a in emp.items()))
+                   + ", ".join(f"{Radius(e).label}: {100 * a:.2f}%" for e, a in emp.items()))
 
 
 @main.command("train")
@@ -465,7 +464,7 @@ def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> N
         return
     c = out["certification"]
     click.echo(f"{out['name']}: clean {100 * c['clean_accuracy']:.2f}%, "
-               + ", ".join(f"cert {k}: {100 * v:.2f}%" for k, v in c["certified_accuracy"].items())
+               + ", ".join(f"cert {_eps_label(k)}: {100 * v:.2f}%" for k, v in c["certified_accuracy"].items())
                + f" ({c['n']} {split} images, L = {c['lipschitz_bound']:.6g}); wrote {Path(run_dir) / 'eval.json'}")
 
 

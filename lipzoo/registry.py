@@ -26,6 +26,7 @@ from torch import nn
 from .data import DATASETS, dataset_info
 from .layers import LAYERS
 from .models import FAMILIES, SIZES, ConvNetConfig
+from .radius import Radius
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "list_models", "get_architecture", "UnknownModelError",
@@ -476,9 +477,8 @@ def model_info(name: str) -> dict:
 
 # --- describing an entry's metrics ---------------------------------------------------------------
 def eps_label(eps: float) -> str:
-    """``36/255`` for multiples of 1/255, else the number (``1``, ``0.5``)."""
-    k = eps * 255  # metrics keys carry 6 significant digits (f"{eps:.6g}"), hence the tolerance
-    return f"{round(k)}/255" if abs(k - round(k)) < 5e-4 and 0 < eps < 1 else f"{eps:.4g}"
+    """``36/255`` for multiples of 1/255, else the number (``1``, ``0.5``): :attr:`Radius.label`."""
+    return Radius.parse(eps).label
 
 
 def percent(x) -> str:
@@ -497,8 +497,7 @@ def metrics_summary(entry: PretrainedEntry) -> str:
     m = entry.metrics
     parts = [f"clean {percent(m['clean_accuracy'])}"] if "clean_accuracy" in m else []
     if certifies(entry):
-        pairs = sorted((float(e), float(a)) for e, a in (m.get("certified_accuracy") or {}).items())
-        parts += [f"certified {eps_label(e)}: {percent(a)}" for e, a in pairs]
+        parts += [f"certified {r.label}: {percent(float(a))}" for r, a in Radius.items(m.get("certified_accuracy"))]
     elif parts:
         parts.append("no certificate (unconstrained baseline)")
     if entry.status:

@@ -53,6 +53,7 @@ from ..hub import save_pretrained
 from ..layers.cayley import CayleyConv2d, initial_alpha
 from ..layers.soc import SOCConv2d
 from ..models import SIZES
+from ..radius import Radius
 from ..registry import CARDS_DIR, CONFIG_FILENAME, get_architecture
 from .cards import write_card
 
@@ -90,7 +91,7 @@ class PaperRelease:
 
     ``reported`` holds the paper's published numbers (or, where the release points to a rerun, that
     rerun's), labelled as reported by the authors; accuracies are fractions and the certified
-    accuracies are keyed like :meth:`lipzoo.CertificationResult.as_dict` (``f"{eps:.6g}"``).
+    accuracies are keyed like :meth:`lipzoo.CertificationResult.as_dict` (:attr:`lipzoo.radius.Radius.key`).
     ``sha256`` is the release file's hash once known (``None``: trust on first use).
     """
 
@@ -108,7 +109,7 @@ class PaperRelease:
         return f"{(base or url_base()).rstrip('/')}/{self.filename}"
 
 
-_EPS_KEYS = [f"{e:.6g}" for e in DEFAULT_EPS]  # 36/255, 72/255, 108/255, 1 (the paper's 255/255)
+_EPS_KEYS = [Radius(e).key for e in DEFAULT_EPS]  # 36/255, 72/255, 108/255, 1 (the paper's 255/255)
 _STATS = "data/runs/CIFAR10/final_training_24h/statistics.csv"
 _RERUN = "training_statistics.csv of the rerun (the run the released weights point to)"
 # size, layer: clean %, CRA 36, 72, 108, 255 (%), median margin, epochs, train img/s, val img/s, run, source

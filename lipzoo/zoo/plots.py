@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .._io import atomic_write_bytes
 from ..data import DATASETS
+from ..radius import Radius
 from ..registry import PRETRAINED, get_architecture
 from .bench import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
 from .training import Recipe, RecipeError
@@ -55,16 +56,12 @@ class Accuracy:
     source: str
 
 
-def _eps_key(eps: float) -> str:
-    return f"{eps:.6g}"  # how certify.py and training.py key their certified accuracies
-
-
 def collect_accuracies(runs_dir: str | os.PathLike | None = "runs", *, eps: float = CERT_EPS,
                        registry: bool = True) -> tuple[dict[tuple[str, str], Accuracy], list[str]]:
     """``{(architecture, dataset): Accuracy}`` from the registry and finished runs, and notes on
     what was skipped (unfinished or unreadable runs, entries marked undertrained: a model below
     its quality line says nothing about what its layer can reach)."""
-    key, found, notes = _eps_key(eps), {}, []
+    key, found, notes = Radius(eps).key, {}, []
     runs: list[tuple[float, Path, Recipe, dict]] = []
     for recipe_path in sorted(Path(runs_dir).glob("*/recipe.yaml")) if runs_dir and Path(runs_dir).is_dir() else []:
         run = recipe_path.parent
@@ -369,7 +366,7 @@ def learning_curve(epochs: list[dict], out: str | os.PathLike, *, title: str = "
     """
     if not epochs:
         raise PlotError("no epoch records to draw a learning curve from (empty metrics.jsonl?)")
-    key = _eps_key(eps)
+    key = Radius(eps).key
 
     def series(get) -> tuple[list[int], list[float]]:
         xs, ys = [], []
@@ -387,7 +384,7 @@ def learning_curve(epochs: list[dict], out: str | os.PathLike, *, title: str = "
     accs = [("train clean", series(lambda r: r.get("train_accuracy"))),
             ("val clean", series(lambda r: r.get("val_accuracy")))]
     if certified:
-        label = f"certified {round(eps * 255)}/255 (L = 1)"
+        label = f"certified {Radius(eps).label} (L = 1)"
         accs += [(f"train {label}", series(cert("train_certified"))), (f"val {label}", series(cert("val_certified")))]
     if not any(s[0] for _, s in losses + accs):
         raise PlotError("the epoch records hold none of train_loss, val_loss, train_accuracy, val_accuracy")

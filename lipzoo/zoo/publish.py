@@ -42,6 +42,7 @@ from ..certify import certify, proven_audit
 from ..data import dataset_info, load_tensors
 from ..hub import ChecksumError, HubError, _transport_errors, hf_endpoint, save_pretrained, sha256_file, write_config
 from ..layers import LAYERS
+from ..radius import Radius
 from ..registry import ARCHITECTURES, CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
 from .bench import bench_model, hardware_fingerprint
 from .cards import CARD_FILENAME, CURVE_FILENAME, render_card, write_card
@@ -59,7 +60,8 @@ CHECK_N = 1000  #: the first this many images of the split are also scored on th
 RECORD_N = 200  #: per-image records (prediction, certified radius) of the first this many images
 #: a run whose test clean accuracy is at most this many times chance (1 / classes) is not published
 CHANCE_FACTOR = 1.5
-GATE_EPS_KEY = f"{36 / 255:.6g}"  #: the certified accuracy that an optional ``publish_floor`` bounds
+GATE_RADIUS = Radius.of_steps(36)  #: the radius whose certified accuracy an optional ``publish_floor`` bounds
+GATE_EPS_KEY = GATE_RADIUS.key
 FLOOR_KEY = "publish_floor"
 CLEAN_FLOOR_KEY = "publish_clean_floor"
 
@@ -129,8 +131,8 @@ def evaluate_run(
     cert = certify(model, images, labels, recipe.eval_eps, batch_size=batch_size, progress=progress)
     k = min(CHECK_N, cert.n)  # the first CHECK_N images: a cheap exact re-check (CI, `lipzoo certify --limit`)
     check = {"n": k, "clean_accuracy": float((cert.predictions[:k] == labels[:k]).double().mean()) if k else 0.0,
-             "certified_accuracy": {f"{e:.6g}": float((cert.radii[:k] > e).double().mean()) if k else 0.0
-                                    for e in recipe.eval_eps}}
+             "certified_accuracy": Radius.keyed((e, float((cert.radii[:k] > e).double().mean()) if k else 0.0)
+                                                for e in recipe.eval_eps)}
     out: dict = {
         "run": run.name, "name": recipe.name, "architecture": recipe.architecture, "dataset": recipe.dataset,
         "certification": cert.as_dict() | {"split": split},
@@ -205,10 +207,11 @@ def publish_gate(clean_accuracy: float, certified_accuracy: dict, num_classes: i
     if floor is not None and certifies:
         got = certified_accuracy.get(GATE_EPS_KEY)
         if not isinstance(got, (int, float)):
-            reasons.append(f"no certified accuracy at 36/255 was measured, so the {FLOOR_KEY} "
+            reasons.append(f"no certified accuracy at {GATE_RADIUS.label} was measured, so the {FLOOR_KEY} "
                            f"{100 * floor:.2f}% cannot be checked")
         elif got < floor:
-            reasons.append(f"certified accuracy at 36/255 {100 * got:.2f}% is below the {FLOOR_KEY} {100 * floor:.2f}%")
+            reasons.append(f"certified accuracy at {GATE_RADIUS.label} {100 * got:.2f}% is below the {FLOOR_KEY} "
+                           f"{100 * floor:.2f}%")
     return reasons
 
 

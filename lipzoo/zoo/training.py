@@ -40,6 +40,7 @@ from .._version import __version__
 from ..audit import audit
 from ..certify import DEFAULT_EPS, certified_radius
 from ..data import dataset_info, load_tensors, rand_augment
+from ..radius import Radius
 from ..factory import create_model
 from ..registry import get_architecture
 
@@ -54,9 +55,13 @@ __all__ = [
     "apply_budget",
     "plan_budget",
     "search_lr",
+    "best_trial",
+    "SEARCH_RADIUS",
 ]
 
 PAPER_OFFSET = 2 * math.sqrt(2) * 36 / 255  # 0.3993: the paper's margin offset
+#: the radius whose validation certified accuracy scores a learning-rate trial (and the progress line shows)
+SEARCH_RADIUS = Radius.of_steps(36)
 PAPER_TEMPERATURE = 0.25
 #: training precisions of a recipe: "bf16" runs the training forward under bf16 autocast
 PRECISIONS = ("fp32", "bf16")
@@ -388,7 +393,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float
         for e in eps:
             cert[e] += int((r > e).sum())
     return {"val_loss": loss_sum / max(n, 1), "val_accuracy": correct / max(n, 1),
-            "val_certified": {f"{e:.6g}": c / max(n, 1) for e, c in cert.items()}}
+            "val_certified": Radius.keyed((e, c / max(n, 1)) for e, c in cert.items())}
 
 
 # --- the trainer ------------------------------------------------------------------------------
@@ -618,7 +623,7 @@ def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, prog
         local_n = math.ceil(len(tx) / world) if world > 1 else len(tx)
         train_acc = st.correct / max(local_n, 1)
         metrics = {"epoch": epoch, "train_loss": st.loss_sum / max(local_n, 1), "train_accuracy": train_acc,
-                   "train_certified": {f"{cert_eps:.6g}": st.certified / max(local_n, 1)},
+                   "train_certified": Radius.keyed({cert_eps: st.certified / max(local_n, 1)}),
                    "lr": opt.param_groups[0]["lr"], "epoch_time_s": epoch_time, "images_per_s": len(tx) / epoch_time}
         if is_main:
             metrics.update(evaluate(model, vx, vy, recipe.eval_eps, recipe, device))
@@ -637,7 +642,7 @@ def _train(recipe: Recipe, out: Path, device: str, resume: bool, data_root, prog
                 cert = metrics["val_certified"]
                 tqdm.write(f"epoch {epoch + 1}/{recipe.epochs} loss {metrics['train_loss']:.4f} "
                            f"train {train_acc:.3f} val {metrics['val_accuracy']:.3f} "
-                           f"cert36 {cert.get(f'{36 / 255:.6g}', float('nan')):.3f} "
+                           f"cert36 {cert.get(SEARCH_RADIUS.key, float('nan')):.3f} "
                            f"{metrics['images_per_s']:.0f} img/s")
         last = metrics
     if not last and is_main and metrics_path.is_file():  # nothing left to train: report the last finished epoch
@@ -752,7 +757,7 @@ def search_lr(
     out_root: str | os.PathLike,
     *,
     factors: tuple[float, ...] = (0.5, 1.0, 2.0),
-    metric: str = f"{36 / 255:.6g}",
+    metric: str = SEARCH_RADIUS.key,
     estimate: dict | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -791,6 +796,13 @@ def search_lr(
         trials.append({"lr": cand.lr, "factor": f, "val_accuracy": final["val_accuracy"],
                        "val_certified": final["val_certified"], "epochs": cand.epochs,
                        "train_limit": cand.train_limit, "run": str(run)})
-    best = max(trials, key=lambda t: (t["val_certified"].get(metric, 0.0), t["val_accuracy"]))
-    return {"best_lr": best["lr"], "metric": f"val_certified[{metric}]", "budget_seconds": budget_seconds,
-            "trials": trials}
+    return {"best_lr": best_trial(trials, metric)["lr"], "metric": f"val_certified[{metric}]",
+            "budget_seconds": budget_seconds, "trials": trials}
+
+
+def best_trial(trials: list[dict], metric: str = SEARCH_RADIUS.key) -> dict:
+    """THE winner rule of a learning-rate search: the trial with the best validation certified
+    accuracy at the radius key ``metric`` (missing: 0), ties broken by the validation accuracy."""
+    if not trials:
+        raise ValueError("a learning-rate search without trials has no winner")
+    return max(trials, key=lambda t: (t["val_certified"].get(metric, 0.0), t["val_accuracy"]))
