@@ -52,7 +52,8 @@ def create_model(
 
     ``input_mean``: a per-channel mean the model subtracts first (the paper's centring, as a
     fixed 1-Lipschitz shift). ``layer_kwargs`` go to every Lipschitz layer (e.g.
-    ``paper_compatible=True``).
+    ``paper_compatible=True``, which :meth:`lipzoo.layers.LayerSpec.layer_kwargs` passes on only
+    to families with a paper mode: a no-op for AOL and the standard baseline, refused for BRO and AOC).
 
     Pretrained (a name ``{architecture}.{dataset}`` or ``pretrained=True``): the weights are
     found in ``weights`` (a file or model folder), the local mirrors (``cards/`` of the

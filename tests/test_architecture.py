@@ -127,3 +127,30 @@ def test_the_checks_catch_violations():
     assert layering_violations("import lipzoo.export\n")
     assert layering_violations("import importlib\nimportlib.import_module('lipzoo.certify')\n")
     assert not layering_violations("from ._norms import matrix_norm\nfrom lipzoo.layers import _plain\nimport torch\n")
+
+
+# --- paper_compatible: the table says which families have a paper mode -----------------------------
+@pytest.mark.parametrize("layer_id", list(LAYERS))
+def test_only_families_with_a_paper_mode_take_paper_compatible(layer_id):
+    import inspect
+
+    spec = LAYERS[layer_id]
+    for cls in (spec.conv, spec.linear):
+        if cls is not None:
+            takes = "paper_compatible" in inspect.signature(cls).parameters
+            assert takes == (spec.paper_mode == "option"), f"{cls.__name__} vs paper_mode={spec.paper_mode!r}"
+
+
+@pytest.mark.parametrize("layer_id", list(LAYERS))
+def test_models_accept_paper_compatible_as_the_table_says(layer_id):
+    import lipzoo
+
+    spec, arch = LAYERS[layer_id], f"convnet_xs_{layer_id}"
+    plain = lipzoo.create_model(arch, paper_compatible=False)  # the default is accepted by every family
+    if spec.paper_mode == "none":
+        with pytest.raises(ValueError, match="no paper-compatible mode"):
+            lipzoo.create_model(arch, paper_compatible=True)
+        return
+    paper = lipzoo.create_model(arch, paper_compatible=True)
+    if spec.paper_mode == "same":  # a documented no-op: the very same model
+        assert list(paper.state_dict()) == list(plain.state_dict()) and repr(paper) == repr(plain)

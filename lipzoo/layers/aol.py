@@ -3,7 +3,9 @@
 The effective weight is ``W diag(d)`` with ``d_i = (sum_j sum_s |(W^T W)_ij(s)| + eps)^(-1/2)``,
 where ``W^T W`` is taken in its convolution form (the (2k-1)^2 autocorrelation of the kernel).
 By the Schur test ``||W diag(d)||_2 <= 1`` for every input size and both zero and circular
-padding: a guaranteed bound, not an estimate. AOL is 1-Lipschitz but not orthogonal.
+padding: a guaranteed bound, not an estimate. AOL is 1-Lipschitz but not orthogonal. This is
+the paper's function, so the family has no separate paper-compatible mode (``paper_mode="same"``
+in :data:`lipzoo.layers.LAYERS`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ class AOLConv2d(KernelConv):
         kernel_size: int = 3,
         *,
         input_size: tuple[int, int] | int | None = None,
-        paper_compatible: bool = False,
         init: str = "dirac",
     ) -> None:
         super().__init__()
@@ -71,9 +72,7 @@ class AOLConv2d(KernelConv):
 class AOLLinear(MatrixLayer):
     """AOL dense layer: ``W diag(d)`` with ``d_i = (sum_j |W^T W|_ij + eps)^(-1/2)``."""
 
-    def __init__(
-        self, in_features: int, out_features: int, *, paper_compatible: bool = False, init: str = "orthogonal"
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, *, init: str = "orthogonal") -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))

@@ -23,7 +23,6 @@ class StandardConv2d(KernelConv):
         kernel_size: int = 3,
         *,
         input_size: tuple[int, int] | int | None = None,
-        paper_compatible: bool = False,
     ) -> None:
         super().__init__()
         check_kernel_size(kernel_size)
@@ -52,7 +51,7 @@ class StandardConv2d(KernelConv):
 class StandardLinear(MatrixLayer):
     """``nn.Linear`` with PyTorch's default initialisation."""
 
-    def __init__(self, in_features: int, out_features: int, *, paper_compatible: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         ref = nn.Linear(in_features, out_features)
