@@ -154,3 +154,28 @@ def test_models_accept_paper_compatible_as_the_table_says(layer_id):
     paper = lipzoo.create_model(arch, paper_compatible=True)
     if spec.paper_mode == "same":  # a documented no-op: the very same model
         assert list(paper.state_dict()) == list(plain.state_dict()) and repr(paper) == repr(plain)
+
+
+# --- texts point at nothing outside the repository ------------------------------------------------
+#: pointers at documents that are not in the repository (built so this file does not match itself)
+OUTSIDE = re.compile(r"\b(" + "|".join(["spe" + r"c \d", "DESI" + "GN", "refer" + r"ence\.md"]) + r")")
+
+
+def test_no_text_points_at_a_document_outside_the_repository():
+    paths = [p for d in ("lipzoo", "scripts", "recipes", "tests") for p in sorted((ROOT / d).rglob("*"))
+             if p.is_file() and p.suffix in (".py", ".yaml", ".md")]
+    paths += [ROOT / "hubconf.py", ROOT / "README.md"]
+    found = [f"{p.relative_to(ROOT)}:{i}: {m.group(0)}" for p in paths
+             for i, line in enumerate(p.read_text().splitlines(), 1) for m in OUTSIDE.finditer(line)]
+    assert found == []
+
+
+def test_make_recipes_help_writes_nothing():
+    import subprocess
+    import sys
+
+    before = {p: p.stat().st_mtime_ns for p in (ROOT / "recipes").rglob("*.yaml")}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_recipes.py"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "--notes-only" in out.stdout
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "recipes").rglob("*.yaml")} == before
