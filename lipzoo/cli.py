@@ -426,7 +426,8 @@ def certify_cmd(name, dataset, split, limit, eps_list, batch_size, lipschitz, at
               help="Seconds of training between mid-epoch checkpoints (a checkpoint also ends every epoch).")
 def train_cmd(recipe, out_dir, device, resume, data_root, checkpoint_every) -> None:
     """Train the zoo entry described by RECIPE (a YAML file); works under torchrun for DDP."""
-    from .zoo.training import DivergenceError, Recipe, RecipeError, train
+    from .zoo.recipe import Recipe, RecipeError
+    from .zoo.trainer import DivergenceError, train
 
     try:
         r = Recipe.load(recipe)
@@ -543,7 +544,8 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
     A budget shorter than one epoch gives one epoch over the first train_limit images of the
     (seeded, shuffled) training split, as many whole batches as fit the budget. A progress bar
     on stderr shows which recipe is being timed and for how long."""
-    from .zoo.training import Recipe, apply_budget, estimate_epochs
+    from .zoo.lrsearch import apply_budget, estimate_epochs
+    from .zoo.recipe import Recipe
 
     if (hours is None) == (seconds is None):
         raise click.UsageError("give exactly one of --hours or --seconds")

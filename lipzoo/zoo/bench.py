@@ -77,7 +77,7 @@ from ..factory import create_model
 from ..layers import LAYERS
 from ..models import SIZES
 from ..registry import get_architecture
-from .training import training_autocast
+from .recipe import training_autocast
 
 __all__ = [
     "BenchResult",
@@ -263,7 +263,7 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _autocast(precision: str, device: str):
-    """The context of a timed forward pass: the training recipes' (:func:`lipzoo.zoo.training.training_autocast`)."""
+    """The context of a timed forward pass: the training recipes' (:func:`lipzoo.zoo.recipe.training_autocast`)."""
     return training_autocast(precision, device)
 
 

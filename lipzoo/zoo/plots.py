@@ -34,7 +34,7 @@ from ..data import DATASETS
 from ..radius import Radius
 from ..registry import PRETRAINED, get_architecture
 from .bench import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
-from .training import Recipe, RecipeError
+from .recipe import Recipe, RecipeError
 
 __all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS",
            "read_epochs", "learning_curve"]

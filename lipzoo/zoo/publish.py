@@ -47,7 +47,8 @@ from ..registry import ARCHITECTURES, CARDS_DIR, CONFIG_FILENAME, PRETRAINED, Pr
 from .bench import bench_model, hardware_fingerprint
 from .cards import CARD_FILENAME, CURVE_FILENAME, render_card, write_card
 from .plots import PlotError, learning_curve, read_epochs
-from .training import Recipe, build_model
+from .recipe import Recipe
+from .trainer import build_model
 
 __all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "publish_gate", "push_entry",
            "RunError", "CURVE_FILENAME", "CHANCE_FACTOR"]
