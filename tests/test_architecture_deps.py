@@ -10,7 +10,7 @@ The levels, bottom to top:
 4. ``factory``: ``create_model``, an architecture with its weights;
 5. ``zoo``: the tooling in ``lipzoo/zoo/`` (trainer, publishing, cards, benchmarks, plots, the
    paper importer);
-6. ``cli``: the ``lipzoo`` command;
+6. ``cli``: the ``lipzoo`` command (the package ``lipzoo/cli/``, one module per group of commands);
 7. ``root``: ``lipzoo/__init__.py``, which re-exports the public API; nothing imports it.
 
 Every ``import`` and ``from ... import`` counts, at module level and inside functions, with
@@ -217,12 +217,13 @@ def test_hub_does_not_import_factory():
 
 
 def test_nothing_imports_the_cli_or_the_package_root():
-    assert [str(i) for i in IMPORTS if i.target in ("lipzoo", "lipzoo.cli")] == []
+    assert [str(i) for i in IMPORTS if i.target == "lipzoo"
+            or (within(i.target, "lipzoo.cli") and not within(i.source, "lipzoo.cli"))] == []
 
 
 def test_only_the_cli_imports_inside_functions_and_only_the_zoo_tooling():
     lazy = [i for i in IMPORTS if i.in_function]
-    assert [str(i) for i in lazy if i.source != "lipzoo.cli" or not within(i.target, "lipzoo.zoo")] == []
+    assert [str(i) for i in lazy if not within(i.source, "lipzoo.cli") or not within(i.target, "lipzoo.zoo")] == []
 
 
 # --- the checks themselves ----------------------------------------------------------------------
