@@ -33,7 +33,7 @@ from .._io import atomic_write_bytes
 from ..data import DATASETS
 from ..radius import Radius
 from ..registry import PRETRAINED, get_architecture
-from .bench import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
+from .bench_results import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
 from .recipe import Recipe, RecipeError
 
 __all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS",
