@@ -6,7 +6,7 @@ The levels, bottom to top:
 1. ``library``: ``_version``, ``_io``, ``_provenance``, ``data``, ``layers``, ``models``, ``audit``, ``radius``,
    ``export``, ``certify``;
 2. ``registry``: architectures and pretrained entries;
-3. ``hub``: finds, downloads and verifies weights files;
+3. ``hub``: finds, downloads and verifies weights files (``_hf_cache``: the Hugging Face side);
 4. ``factory``: ``create_model``, an architecture with its weights;
 5. ``zoo``: the tooling in ``lipzoo/zoo/`` (trainer, publishing, cards, benchmarks, plots, the
    paper importer);
@@ -37,7 +37,7 @@ LEVELS: list[tuple[str, list[str]]] = [
     ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo.data", "lipzoo.layers",
                  "lipzoo.models", "lipzoo.audit", "lipzoo.export", "lipzoo.radius", "lipzoo.certify"]),
     ("registry", ["lipzoo.registry"]),
-    ("hub", ["lipzoo.hub"]),
+    ("hub", ["lipzoo._hf_cache", "lipzoo.hub"]),
     ("factory", ["lipzoo.factory"]),
     ("zoo", ["lipzoo.zoo"]),
     ("cli", ["lipzoo.cli"]),

@@ -40,7 +40,8 @@ from .._provenance import cpu_model
 from .._version import __version__
 from ..certify import certify, proven_audit
 from ..data import dataset_info, load_tensors
-from ..hub import ChecksumError, HubError, _transport_errors, hf_endpoint, save_pretrained, sha256_file, write_config
+from .._hf_cache import transport_errors
+from ..hub import ChecksumError, HubError, hf_endpoint, save_pretrained, sha256_file, write_config
 from ..layers import LAYERS
 from ..radius import Radius
 from ..registry import ARCHITECTURES, CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
@@ -441,7 +442,7 @@ def push_entry(
             info = api.upload_folder(repo_id=repo_id, folder_path=str(new), revision=branch, repo_type="model",
                                      commit_message=commit_message or f"lipzoo: upload {name}",
                                      allow_patterns=[CARD_FILENAME, CONFIG_FILENAME, entry.filename])
-        except (HfHubHTTPError, *_transport_errors()) as e:
+        except (HfHubHTTPError, *transport_errors()) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise HubError(f"upload of {name} to {repo_id} at {hf_endpoint()} failed ({first}); "
                            f"{folder} was left unchanged") from None
