@@ -3,7 +3,7 @@ every module depends only on its own level or the levels below.
 
 The levels, bottom to top:
 
-1. ``library``: ``_version``, ``_io``, ``_provenance``, ``data``, ``layers``, ``models``, ``audit``, ``radius``,
+1. ``library``: ``_version``, ``_io``, ``_provenance``, ``data``, ``data_config``, ``layers``, ``models``, ``audit``, ``radius``,
    ``export``, ``certify``;
 2. ``registry``: architectures and pretrained entries;
 3. ``hub``: finds, downloads and verifies weights files (``_hf_cache``: the Hugging Face side);
@@ -34,7 +34,7 @@ PACKAGE = "lipzoo"
 
 #: bottom to top; a module may import modules of its own level or of a level below
 LEVELS: list[tuple[str, list[str]]] = [
-    ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo.data", "lipzoo.layers",
+    ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo.data", "lipzoo.data_config", "lipzoo.layers",
                  "lipzoo.models", "lipzoo.audit", "lipzoo.export", "lipzoo.radius", "lipzoo.certify"]),
     ("registry", ["lipzoo.registry"]),
     ("hub", ["lipzoo._hf_cache", "lipzoo.hub"]),
