@@ -3,8 +3,8 @@ every module depends only on its own level or the levels below.
 
 The levels, bottom to top:
 
-1. ``library``: ``_version``, ``_io``, ``_provenance``, ``data``, ``data_config``, ``layers``, ``models``, ``audit``, ``radius``,
-   ``export``, ``certify``;
+1. ``library``: ``_version``, ``_io``, ``_provenance``, ``_tiny_imagenet``, ``data``, ``data_config``, ``layers``,
+   ``models``, ``audit``, ``export``, ``radius``, ``certify``;
 2. ``registry``: architectures and pretrained entries;
 3. ``hub``: finds, downloads and verifies weights files (``_hf_cache``: the Hugging Face side);
 4. ``factory``: ``create_model``, an architecture with its weights;
@@ -34,8 +34,9 @@ PACKAGE = "lipzoo"
 
 #: bottom to top; a module may import modules of its own level or of a level below
 LEVELS: list[tuple[str, list[str]]] = [
-    ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo.data", "lipzoo.data_config", "lipzoo.layers",
-                 "lipzoo.models", "lipzoo.audit", "lipzoo.export", "lipzoo.radius", "lipzoo.certify"]),
+    ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo._tiny_imagenet", "lipzoo.data",
+                 "lipzoo.data_config", "lipzoo.layers", "lipzoo.models", "lipzoo.audit", "lipzoo.export", "lipzoo.radius",
+                 "lipzoo.certify"]),
     ("registry", ["lipzoo.registry"]),
     ("hub", ["lipzoo._hf_cache", "lipzoo.hub"]),
     ("factory", ["lipzoo.factory"]),
