@@ -29,7 +29,7 @@ def _trained_model(name: str):
     path = Path(name)
     if path.is_dir():
         if (path / "recipe.yaml").is_file():
-            from ..zoo.publish import load_run_model
+            from ..zoo.evaluation import load_run_model
 
             model, recipe = load_run_model(path)
             return model, recipe.dataset, f"trained run {path}"

@@ -87,7 +87,7 @@ def budget_cmd(recipes, hours, seconds, device, batches, write, as_json) -> None
 def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> None:
     """Certify a finished run on the test split with its audited Lipschitz bound and measure its
     inference cost; writes RUN_DIR/eval.json (what `lipzoo publish` puts on the card)."""
-    from ..zoo.publish import RunError, evaluate_run
+    from ..zoo.evaluation import RunError, evaluate_run
 
     try:
         out = evaluate_run(run_dir, split=split, limit=limit, batch_size=batch_size, device=device, speed=speed,
