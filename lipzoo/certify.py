@@ -321,7 +321,19 @@ def certify(
     bound = resolve_bound(model, lipschitz, shape)  # the weights as the model computes them, bounded in float64
     model = as_float64(model, shape) if precision == "float64" else model
     lip = bound.value
-    dtype = torch.float64 if precision == "float64" else None
+    r, p = _radii(model, images, labels, lip, batch_size, device, torch.float64 if precision == "float64" else None,
+                  progress)
+    given.train(was_training)
+    n = len(r)
+    clean = float((p == labels.cpu()).double().mean()) if n else 0.0
+    cert = {float(e): float((r > e).double().mean()) if n else 0.0 for e in eps}
+    return CertificationResult(n=n, lipschitz=lip, clean_accuracy=clean, certified_accuracy=cert, radii=r,
+                               predictions=p, bound=bound, precision=precision)
+
+
+def _radii(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lip: float, batch_size: int, device,
+           dtype: torch.dtype | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Certified radius and prediction of every image, a batch at a time (inputs cast to ``dtype``)."""
     radii, preds = [], []
     with tqdm(total=len(images), desc="certify", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(images), batch_size):
@@ -333,14 +345,9 @@ def certify(
             radii.append(certified_radius(z, y, lip).cpu())
             preds.append(z.argmax(dim=1).cpu())
             bar.update(len(x))
-    given.train(was_training)
     r = torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64)
     p = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    n = len(r)
-    clean = float((p == labels.cpu()).double().mean()) if n else 0.0
-    cert = {float(e): float((r > e).double().mean()) if n else 0.0 for e in eps}
-    return CertificationResult(n=n, lipschitz=lip, clean_accuracy=clean, certified_accuracy=cert, radii=r,
-                               predictions=p, bound=bound, precision=precision)
+    return r, p
 
 
 def pgd_attack(
