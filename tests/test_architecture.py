@@ -7,6 +7,11 @@ plain form, so the audit and the exporter stay generic, and the layers depend on
   level or inside a function, with ``import``, ``from ... import`` or ``importlib.import_module``).
 
 Adding a layer is then one file in ``lipzoo/layers`` and one row of ``LAYERS``.
+
+Also checked here: only the families whose table row has ``paper_mode="option"`` take
+``paper_compatible``; no comment, docstring or recipe points at a document outside the
+repository; and no module of ``lipzoo`` is over 450 lines nor any function over 60 lines unless
+``SIZE_ALLOWED`` lists it with the reason.
 """
 
 from __future__ import annotations
@@ -179,3 +184,47 @@ def test_make_recipes_help_writes_nothing():
                          text=True, timeout=120)
     assert out.returncode == 0 and "--notes-only" in out.stdout
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "recipes").rglob("*.yaml")} == before
+
+
+# --- size: no long file, no long function --------------------------------------------------------
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 60  #: from the ``def`` line to the last line of the body (docstring included)
+#: ``"lipzoo/path.py"`` or ``"lipzoo/path.py:Qualified.name"`` -> why it may be longer; keep it short
+SIZE_ALLOWED: dict[str, str] = {}
+
+
+def too_long(source: str, path: str) -> list[str]:
+    """``path`` and its functions (methods and nested functions too) over the limits, as allow-list keys."""
+    found = [f"{path} ({len(source.splitlines())} lines)"] if len(source.splitlines()) > MAX_FILE_LINES else []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef) and child.end_lineno - child.lineno + 1 > MAX_FUNCTION_LINES:
+                    found.append(f"{path}:{name} ({child.end_lineno - child.lineno + 1} lines)")
+                visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def test_no_file_over_450_lines_and_no_function_over_60():
+    found = [hit for p in sorted((ROOT / "lipzoo").rglob("*.py"))
+             for hit in too_long(p.read_text(), p.relative_to(ROOT).as_posix())]
+    assert [hit for hit in found if hit.split(" (")[0] not in SIZE_ALLOWED] == []
+    # every allowed exception is still needed (and says why)
+    assert all(reason.strip() for reason in SIZE_ALLOWED.values())
+    assert sorted(SIZE_ALLOWED) == sorted(hit.split(" (")[0] for hit in found)
+
+
+def test_the_size_check_catches_long_code():
+    def lines(n: int, indent: str) -> str:
+        return "".join(f"{indent}x{i} = {i}\n" for i in range(n))
+
+    source = "class A:\n    def m(self):\n" + lines(MAX_FUNCTION_LINES, " " * 8) + "\n\ndef short():\n    return 1\n"
+    assert too_long(source, "lipzoo/x.py") == [f"lipzoo/x.py:A.m ({MAX_FUNCTION_LINES + 1} lines)"]
+    assert too_long("x = 1\n" * (MAX_FILE_LINES + 1), "lipzoo/y.py") == [f"lipzoo/y.py ({MAX_FILE_LINES + 1} lines)"]
+    assert too_long("def f():\n" + lines(MAX_FUNCTION_LINES - 1, "    "), "lipzoo/z.py") == []  # the limit itself is fine
