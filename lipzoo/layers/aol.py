@@ -12,11 +12,10 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import circular_pad, gram_row_sums
+from ._linalg import gram_row_sums
 
 __all__ = ["AOLConv2d", "AOLLinear", "aol_rescale"]
 
@@ -61,13 +60,6 @@ class AOLConv2d(KernelConv):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return aol_rescale(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_channels)
-        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
-
 
 class AOLLinear(MatrixLayer):
     """AOL dense layer: ``W diag(d)`` with ``d_i = (sum_j |W^T W|_ij + eps)^(-1/2)``."""
@@ -86,10 +78,3 @@ class AOLLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return aol_rescale(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
@@ -37,16 +36,6 @@ class StandardConv2d(KernelConv):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return self.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_channels)
-        p = self.kernel_size // 2
-        if p:
-            x = F.pad(x, (p, p, p, p), mode="circular")
-        return F.conv2d(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
-
 
 class StandardLinear(MatrixLayer):
     """``nn.Linear`` with PyTorch's default initialisation."""
@@ -60,10 +49,3 @@ class StandardLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return self.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"
