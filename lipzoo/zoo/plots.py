@@ -39,7 +39,8 @@ from .recipe import Recipe, RecipeError
 __all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS",
            "read_epochs", "learning_curve"]
 
-CERT_EPS = 36 / 255
+CERT_RADIUS = Radius.of_steps(36)  #: the radius of the pictures' certified accuracies
+CERT_EPS = CERT_RADIUS.value
 NOT_MEASURED = "not measured yet"
 SIZE_ORDER = ("xs", "s", "m", "l")
 SIZE_MARKERS = {"xs": "o", "s": "s", "m": "D", "l": "^"}
@@ -156,7 +157,7 @@ def _default_dataset(accs: dict[tuple[str, str], Accuracy], archs: set[str], inp
 # --- the charts -------------------------------------------------------------------------------
 RADAR_AXES = (  # (label, bench column or accuracy field, higher is better, log scale)
     ("accuracy", "accuracy", True, False),
-    ("certified accuracy\n(36/255)", "certified", True, False),
+    (f"certified accuracy\n({CERT_RADIUS.label})", "certified", True, False),
     ("training speed", "train_images_per_s", True, True),
     ("inference speed", "infer_images_per_s", True, True),
     ("training memory", "train_peak_mib", False, True),
@@ -247,7 +248,7 @@ def pareto_chart(rows: list[dict], accs: dict[tuple[str, str], Accuracy], out: s
                 label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel(f"training time per epoch of {dataset} (s, log scale; batch {sel[0].get('batch_size')})")
-    ax.set_ylabel("certified accuracy at 36/255")
+    ax.set_ylabel(f"certified accuracy at {CERT_RADIUS.label}")
     ax.set_ylim(band - 0.06, 1.0)
     ax.axhline(band / 2, color="grey", linestyle=":", linewidth=1)
     ticks = [0, 0.2, 0.4, 0.6, 0.8, 1.0]
