@@ -21,7 +21,6 @@ _WNID = re.compile(r"^n\d{8}$")
 _IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-
 def hub_snapshot() -> Path | None:
     """The local Hugging Face cache's copy of zh-plus/tiny-imagenet, if any (no network)."""
     try:

@@ -145,6 +145,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+
+
 def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]

@@ -66,6 +66,7 @@ __all__ = [
     "save_pretrained", "write_config",
 ]
 
+
 class ChecksumError(HubError):
     """A weights file whose sha256 (or size) differs from the registry's: it was not loaded."""
 

@@ -9,6 +9,7 @@ import click
 from ..layers import LAYERS
 from ._app import echo_json, main
 
+
 @main.command("bench")
 @click.option("--layer", "layer_pattern", default="*", show_default=True,
               help="Layer ids: shell wildcards, comma-separated (e.g. 'aol,s*'); standard is always added.")

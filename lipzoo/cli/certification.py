@@ -17,6 +17,7 @@ from ..radius import Radius
 from ..registry import PRETRAINED, PretrainedEntry, get_architecture, get_pretrained
 from ._app import DeviceType, FiniteFloat, dataset_choice, echo_json, main
 
+
 def _trained_model(name: str):
     """``(model, dataset, source)`` when NAME names trained weights, else ``None`` for an architecture.
 

@@ -12,6 +12,7 @@ from ..hub import HubError, download, verify
 from ..registry import CARDS_DIR, PRETRAINED, UnknownModelError, get_pretrained, list_models
 from ._app import echo_json, main
 
+
 def _pretrained_names(patterns: tuple[str, ...], default_all: bool) -> list[str]:
     """Registry names matching the patterns (shell wildcards); an unmatched pattern is an error."""
 

@@ -11,6 +11,7 @@ from ..layers import LAYERS
 from ..registry import get_architecture, list_models, model_info
 from ._app import echo_json, eps_label, main
 
+
 @main.command("list")
 @click.argument("pattern", default="*")
 @click.option("--layer", default=None, help="Only this layer id (wildcards allowed), e.g. 'sll'.")

@@ -11,6 +11,7 @@ import click
 from ..data import DatasetNotFoundError
 from ._app import DeviceType, FiniteFloat, Ticker, echo_json, eps_label, main
 
+
 @main.command("train")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/<name>).")

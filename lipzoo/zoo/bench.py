@@ -102,6 +102,7 @@ __all__ = [
     "PRECISIONS",
 ]
 
+
 @dataclass(frozen=True)
 class BenchOptions:
     """How every model of a benchmark run is measured (:func:`bench_model`, :func:`bench_layers`).

@@ -111,7 +111,6 @@ def load_checkpoint(path: Path, model: nn.Module, opt, sched) -> Resumed:
                    json.loads(meta.get("partial", "{}")))
 
 
-
 class RunLockedError(RuntimeError):
     """Another process is training into the same run directory."""
 

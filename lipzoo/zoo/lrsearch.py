@@ -17,8 +17,8 @@ import torch
 from .._provenance import hardware
 from ..data import dataset_info
 from ..radius import Radius
-from .recipe import Recipe, RecipeError
-from .trainer import build_model, load_splits, offset_cross_entropy, optimizer_and_schedule, train, training_autocast
+from .recipe import Recipe, RecipeError, offset_cross_entropy, training_autocast
+from .trainer import build_model, load_splits, optimizer_and_schedule, train
 
 __all__ = ["estimate_epochs", "plan_budget", "apply_budget", "search_lr", "best_trial", "SEARCH_RADIUS"]
 

@@ -39,7 +39,6 @@ class RecipeError(ValueError):
     """A recipe file that is missing a field or holds an invalid value."""
 
 
-
 @dataclass
 class Recipe:
     """Everything needed to (re)train one zoo entry."""

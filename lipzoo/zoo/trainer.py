@@ -138,7 +138,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: list[float
             "val_certified": Radius.keyed((e, c / max(n, 1)) for e, c in cert.items())}
 
 
-
 # --- the trainer ------------------------------------------------------------------------------
 def _dist_info() -> tuple[int, int]:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
@@ -155,7 +154,6 @@ class _EpochState:
     correct: int = 0
     certified: int = 0  # training-batch margins (train mode, L = 1) above sqrt(2) * eps_0
     elapsed_s: float = 0.0
-
 
 
 def train(
