@@ -29,7 +29,7 @@ Fashion-MNIST), and times, in one process, with the two models alternating:
 Each model first gets ``--warmup`` untimed steps; then ``--repeats`` rounds each time one step of
 both models (the order flips every round, so a drift of the shared machine hits both alike).
 The reported time of each is the median of its rounds, measured with lipzoo's timing helper
-(``lipzoo.zoo.bench._timed``); speedup = paper time / lipzoo time (> 1: lipzoo is faster).
+(``lipzoo.zoo.measure.timed``); speedup = paper time / lipzoo time (> 1: lipzoo is faster).
 
 Shims (the paper's files are never edited; each shim is recorded in the JSON's ``shims``):
 
@@ -84,7 +84,8 @@ from lipzoo._io import atomic_path, atomic_write_text
 from lipzoo.data import DATASETS
 from lipzoo.factory import create_model
 from lipzoo.layers import LAYERS
-from lipzoo.zoo.bench import _timed, hardware_fingerprint
+from lipzoo.zoo.bench import hardware_fingerprint
+from lipzoo.zoo.measure import timed
 
 #: lipzoo layer id -> the paper's conv class name (``models.layers.<name>``, ``get_model``'s argument)
 PAPER_LAYERS = {
@@ -269,7 +270,7 @@ def _alternate(steps: dict, warmup: int, repeats: int) -> dict[str, list[float]]
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     for r in range(repeats):
         for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
-            times[side].append(_timed(steps[side], DEVICE, 0, 1))
+            times[side].append(timed(steps[side], DEVICE, 0, 1))
     return times
 
 
@@ -306,7 +307,7 @@ def measure_layer(paper: PaperCode, layer: str, size: str, x: torch.Tensor, *, w
         # the paper's own inference timing runs inside parametrize.cached() (its AOL is a parametrisation)
         with torch.nn.utils.parametrize.cached():
             for side in SIDES:  # the first eval call builds the eval caches
-                row[f"{side}_infer_first_s"] = _timed(infer[side], DEVICE, 0, 1)
+                row[f"{side}_infer_first_s"] = timed(infer[side], DEVICE, 0, 1)
             t = _alternate(infer, max(warmup - 1, 0), repeats)
         for side in SIDES:
             row[f"{side}_infer_s"], row[f"{side}_infer_all_s"] = statistics.median(t[side]), t[side]

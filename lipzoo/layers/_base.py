@@ -28,9 +28,10 @@ import contextlib
 from typing import Any, Hashable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import gram_bound
+from ._linalg import circular_pad, gram_bound
 from ._norms import circular_conv_norm, matrix_norm
 from ._plain import plain_circular_conv, plain_linear
 
@@ -230,8 +231,17 @@ class LipschitzModule(nn.Module):
 class MatrixLayer(LipschitzModule):
     """A dense layer ``y = W x + b`` whose effective weight is one (out, in) matrix ``W`` (``self.bias``: b or None).
 
-    Its bound is the EXACT spectral norm of ``W`` (float64 SVD); its plain form one ``nn.Linear``.
+    Its bound is the EXACT spectral norm of ``W`` (float64 SVD); its plain form one ``nn.Linear``;
+    its forward ``F.linear`` of (N, in_features) inputs. Subclasses set ``in_features``,
+    ``out_features`` and ``bias`` and define ``compute_weight``.
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_features, ndim=(2,))
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         return matrix_norm(self.effective_weight()), "exact spectral norm", None, {}
@@ -247,8 +257,16 @@ class KernelConv(LipschitzModule):
     Its bound is the EXACT norm of that circular operator on the input grid, ``max_f
     sigma_max(W_hat(f))`` over all frequencies (float64 FFT; a kernel larger than the grid is
     folded onto it), with the size-independent ``gram_bound`` (Schur test) reported beside it; its
-    plain form one ``nn.Conv2d`` with circular padding.
+    plain form one ``nn.Conv2d`` with circular padding. Subclasses set ``in_channels``,
+    ``out_channels``, ``kernel_size`` and ``bias`` and define ``compute_weight``.
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_channels)
+        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         k = self.effective_weight()

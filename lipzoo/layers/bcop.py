@@ -24,11 +24,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import bjorck_orthonormalize, circular_pad, gram_row_sums, power_iteration_sigma
+from ._linalg import bjorck_orthonormalize, gram_row_sums, power_iteration_sigma
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
 
@@ -162,15 +161,8 @@ class BCOPConv2d(KernelConv):
             return kernel
         return kernel / norm_bound(kernel).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_channels)
-        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular, "
-            f"bjorck_iters={self.bjorck_iters}, paper_compatible={self.paper_compatible}"
-        )
+        return super().extra_repr() + f", bjorck_iters={self.bjorck_iters}, paper_compatible={self.paper_compatible}"
 
 
 class BjorckLinear(MatrixLayer):
@@ -218,12 +210,6 @@ class BjorckLinear(MatrixLayer):
             return w
         return w / norm_bound(w).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_features}, {self.out_features}, train_iters={self.train_iters}, "
-            f"eval_iters={self.eval_iters}, paper_compatible={self.paper_compatible}"
-        )
+        return (super().extra_repr() + f", train_iters={self.train_iters}, eval_iters={self.eval_iters}, "
+                f"paper_compatible={self.paper_compatible}")

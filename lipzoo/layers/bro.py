@@ -253,9 +253,5 @@ class BROLinear(MatrixLayer):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return block_reflector(self.weight, self.out_features, self.in_features, self.eps_rel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, rank={self.rank}, init={self.init}"
+        return super().extra_repr() + f", rank={self.rank}, init={self.init}"

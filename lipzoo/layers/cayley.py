@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
@@ -160,10 +159,3 @@ class CayleyLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return cayley_transform(self.alpha * self.weight / self.weight.norm())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"

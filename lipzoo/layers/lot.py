@@ -214,9 +214,5 @@ class LOTLinear(MatrixLayer):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return lot_orthogonalize(self.weight, self.iters if self.training else self.eval_iters)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, iters={self.iters}, eval_iters={self.eval_iters}"
+        return super().extra_repr() + f", iters={self.iters}, eval_iters={self.eval_iters}"

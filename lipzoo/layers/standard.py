@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
@@ -51,7 +50,6 @@ class StandardConv2d(KernelConv):
         kernel_size: int = 3,
         *,
         input_size: tuple[int, int] | int | None = None,
-        paper_compatible: bool = False,
         init: str = "default",
     ) -> None:
         super().__init__()
@@ -64,23 +62,11 @@ class StandardConv2d(KernelConv):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return self.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_channels)
-        p = self.kernel_size // 2
-        if p:
-            x = F.pad(x, (p, p, p, p), mode="circular")
-        return F.conv2d(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
-
 
 class StandardLinear(MatrixLayer):
     """``nn.Linear``; ``init``: ``"default"`` (PyTorch's) or ``"orthogonal"`` (zero bias)."""
 
-    def __init__(
-        self, in_features: int, out_features: int, *, paper_compatible: bool = False, init: str = "default"
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, *, init: str = "default") -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -89,10 +75,3 @@ class StandardLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return self.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"
