@@ -309,6 +309,7 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochState | None:
         g.set_state(at.data_state)
         first, st = at.batch, _EpochState(**at.partial)
     t0, last_ckpt = time.time() - st.elapsed_s, time.time()
+    rate_t0, rate_seen0 = time.time(), st.seen  # throughput of this process: checkpoints do not reset it
     fill = torch.tensor(dataset_info(recipe.dataset).mean[: tx.shape[1]], dtype=torch.float32)
     bar = tqdm(range(first, run.steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="batch",
                disable=not (run.progress and run.is_main), leave=False, initial=first, total=run.steps_per_epoch)
@@ -327,7 +328,7 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochState | None:
         if run.batches_left is not None:
             run.batches_left -= 1
         bar.set_postfix(loss=f"{loss:.4f}",
-                        img_s=f"{(st.seen - first * recipe.batch_size) / max(time.time() - last_ckpt, 1e-9):.0f}")
+                        img_s=f"{(st.seen - rate_seen0) / max(time.time() - rate_t0, 1e-9):.0f}")
         if run.is_main and b + 1 < run.steps_per_epoch and time.time() - last_ckpt >= run.checkpoint_every_s:
             st.elapsed_s = time.time() - t0
             run.checkpoint(epoch, batch=b + 1, generator=g, partial=asdict(st))
