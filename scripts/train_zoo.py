@@ -155,6 +155,7 @@ def plan_converge(base, args: argparse.Namespace):
         f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
         f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
         f"paper's. Test-split numbers come from `lipzoo evaluate`, never from this search."
+        + (f" Layer options {dict(base.layer_options)}: see the layer's documentation." if base.layer_options else "")
     )
     return final
 
