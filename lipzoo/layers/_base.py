@@ -152,7 +152,15 @@ class LipschitzModule(nn.Module):
         return "cpu"
 
     def effective_weight(self, size: tuple[int, int] | None = None) -> Any:
-        """``compute_weight(size)`` with autocast disabled, cached in eval mode while no parameter has changed."""
+        """``compute_weight(size)`` with autocast disabled, cached in eval mode while no parameter has changed.
+
+        While ``torch.compile`` traces, the weight is computed inside the graph, uncached: the cache key
+        (storage pointers and version counters) cannot be traced. For fast compiled inference export
+        the model first (``lipzoo.to_plain`` materialises every weight).
+        """
+        if torch.compiler.is_compiling():
+            with (contextlib.nullcontext() if self.training else torch.no_grad()), full_precision(self._device_type()):
+                return self.compute_weight(size)
         if self.training or self._needs_grad():
             self._weight_cache.clear()
             with full_precision(self._device_type()):
