@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.autograd import gradcheck
 from torch import nn
 
 import lipzoo
@@ -237,3 +238,151 @@ def test_bjorck_matches_explicit_iteration():
         ref = 1.5 * ref - 0.5 * ref @ ref.T @ ref
     # power iteration (10 steps) is an estimate: close to the true sigma for this matrix
     torch.testing.assert_close(bjorck(w, 20), ref.T, atol=1e-6, rtol=0)
+
+
+# --- training evaluates the Bjorck polynomial by eigendecomposition ----------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 7), (3, 9, 4), (2, 4, 9), (6, 6)])
+@pytest.mark.parametrize("scaling", [True, False])
+@pytest.mark.parametrize("iters", [1, 3, 20])
+def test_bjorck_eigh_equals_the_iteration_values_and_gradients(shape, scaling, iters):
+    torch.manual_seed(iters)
+    w = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    fast = bjorck(w, iters, power_iteration_scaling=scaling, method="eigh")
+    literal = bjorck(w, iters, power_iteration_scaling=scaling)
+    torch.testing.assert_close(fast, literal, rtol=1e-9, atol=1e-11)
+    g = torch.randn_like(literal)
+    got, = torch.autograd.grad((fast * g).sum(), w)
+    want, = torch.autograd.grad((literal * g).sum(), w)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+
+
+def test_bjorck_eigh_gradcheck_including_orthogonal_input():
+    """Backward and forward mode, on a random stack and on an orthogonal matrix (every eigenvalue of
+    W^T W equal: where Bjorck starts for BCOP's orthogonal initialisation)."""
+    torch.manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    for w in (torch.randn(2, 5, 4, dtype=torch.float64), q[None] / 5 ** 0.5):
+        assert gradcheck(lambda x: bjorck(x, 20, method="eigh"), (w.requires_grad_(),), check_forward_ad=True)
+
+
+def test_power_iteration_estimate_in_closed_form():
+    from lipzoo.layers._linalg import power_iteration_sigma
+    from lipzoo.layers._spectral import gram_eigh
+    from lipzoo.layers.bcop import _power_sigma_from_eigh
+
+    torch.manual_seed(2)
+    for w in (torch.randn(5, 16, 16, dtype=torch.float64), torch.randn(3, 9, 4, dtype=torch.float64), torch.zeros(1, 3, 3, dtype=torch.float64)):
+        lam, v = gram_eigh(w)
+        torch.testing.assert_close(_power_sigma_from_eigh(w, lam, v, 10), power_iteration_sigma(w, 10), rtol=1e-12, atol=1e-12)
+    # the adversarial matrix of test_rescale_catches_a_failed_power_iteration: both miss sigma_max alike
+    w = adversarial_matrix(start_vector(torch.empty(8, 8, dtype=torch.float64)), 3.0)[None]
+    lam, v = gram_eigh(w)
+    torch.testing.assert_close(_power_sigma_from_eigh(w, lam, v, 10), power_iteration_sigma(w, 10))
+
+
+@pytest.mark.parametrize("cin,cout,k", [(8, 8, 3), (6, 10, 3), (10, 6, 5), (8, 8, 1)])
+def test_training_kernel_equals_the_literal_one_values_and_gradients(cin, cout, k):
+    """Training mode (eigendecomposition) versus eval mode (literal iteration): same kernel; and the
+    same parameter gradients as training with the literal iteration."""
+    torch.manual_seed(3)
+    layer = BCOPConv2d(cin, cout, k).double()
+    perturb(layer, 0.5)
+    kernels, grads = [], []
+    for fast in (True, False):
+        layer._fast = lambda f=fast: f
+        kernel = layer.compute_weight()
+        kernels.append(kernel)
+        grads.append(torch.autograd.grad((kernel * torch.linspace(-1, 1, kernel.numel(), dtype=torch.float64).view_as(kernel)).sum(), layer.param_matrices)[0])
+    del layer._fast
+    assert layer.training and layer._fast() and layer._bjorck_method() == "eigh"
+    assert not layer.eval()._fast() and layer._bjorck_method() == "iterate"
+    torch.testing.assert_close(kernels[0], kernels[1], rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(layer.compute_weight(), kernels[1], rtol=0, atol=0)  # eval: the literal path
+
+
+def test_norm_bound_value_is_unchanged_and_its_gradient_is_the_maxs():
+    from lipzoo.layers._linalg import gram_row_sums
+    from torch.func import jvp, vmap
+
+    torch.manual_seed(4)
+    for shape in [(8, 8, 3, 3), (5, 9, 3, 3), (9, 5, 5, 5), (7, 4), (4, 7), (6, 6, 1, 1)]:
+        w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        over = "in" if shape[0] >= shape[1] else "out"
+        old = lambda x: gram_row_sums(x, over).max().sqrt()  # noqa: E731
+        assert norm_bound(w).item() == old(w).item()  # the same value, bit for bit
+        got, = torch.autograd.grad(norm_bound(w), w)
+        want, = torch.autograd.grad(old(w), w)
+        torch.testing.assert_close(got, want)
+        t = torch.randn_like(w)
+        torch.testing.assert_close(jvp(norm_bound, (w.detach(),), (t,))[1], jvp(old, (w.detach(),), (t,))[1])
+        torch.testing.assert_close(vmap(norm_bound)(torch.stack([w.detach(), 2 * w.detach()])),
+                                   torch.stack([old(w), old(2 * w)]).detach())
+
+
+def test_lean_circular_pad_equals_f_pad():
+    from torch.func import jvp, vmap
+
+    from lipzoo.layers.bcop import _circular_pad
+
+    for shape, p in [((2, 3, 5, 6), 1), ((2, 3, 4, 4), 2), ((1, 2, 2, 3), 2), ((2, 1, 1, 1), 1)]:
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        ref = F.pad(x, (p,) * 4, mode="circular")
+        assert torch.equal(_circular_pad(x, p), ref)
+        assert gradcheck(lambda v: _circular_pad(v, p), (x,), check_forward_ad=True)
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(_circular_pad(x, p), x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        t = torch.randn_like(x)
+        assert torch.equal(jvp(lambda v: _circular_pad(v, p), (x.detach(),), (t,))[1], F.pad(t, (p,) * 4, mode="circular"))
+        assert torch.equal(vmap(lambda v: _circular_pad(v, p))(x.detach()[None])[0], ref.detach())
+    with pytest.raises(Exception, match="more than once"):
+        _circular_pad(torch.randn(1, 1, 2, 2), 3)
+
+
+@pytest.mark.parametrize("cin,cout,k", [(8, 8, 3), (6, 10, 3), (10, 6, 3), (8, 8, 5), (6, 10, 5), (10, 6, 7), (5, 3, 1)])
+def test_factored_assembly_equals_the_papers(cin, cout, k):
+    from lipzoo.layers.bcop import _bcop_kernel_factored
+
+    layer = BCOPConv2d(cin, cout, k).double()
+    ortho = bjorck(layer.param_matrices, 20).detach().requires_grad_()
+    literal = bcop_kernel(ortho, layer.mask, cin, cout, k)
+    fast = _bcop_kernel_factored(ortho, layer.mask, cin, cout, k)
+    torch.testing.assert_close(fast, literal, rtol=1e-12, atol=1e-13)
+    g = torch.randn_like(literal)
+    torch.testing.assert_close(torch.autograd.grad((fast * g).sum(), ortho)[0],
+                               torch.autograd.grad((literal * g).sum(), ortho)[0], rtol=1e-12, atol=1e-13)
+
+
+def test_norm_bound_row_sums_by_shift_equal_the_convolution():
+    from lipzoo.layers._linalg import gram_row_sums
+    from lipzoo.layers.bcop import _gram_row_sums_by_shift
+
+    torch.manual_seed(5)
+    for shape in [(8, 8, 3, 3), (5, 9, 3, 3), (9, 5, 5, 5), (7, 4), (4, 7), (6, 6, 1, 1), (3, 4, 3, 5)]:
+        w = torch.randn(shape, dtype=torch.float64)
+        for over in ("in", "out"):
+            torch.testing.assert_close(_gram_row_sums_by_shift(w, over), gram_row_sums(w, over), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(norm_bound(w, fast=True), norm_bound(w), rtol=1e-12, atol=0)
+
+
+def test_bjorck_steps_are_bit_identical_with_a_cheaper_backward():
+    from torch.func import jvp, vmap
+
+    from lipzoo.layers._linalg import bjorck_orthonormalize
+    from lipzoo.layers.bcop import _bjorck_iterate
+
+    torch.manual_seed(6)
+    for dtype in (torch.float32, torch.float64):
+        w = torch.randn(3, 7, 5, dtype=dtype) / 3
+        assert torch.equal(_bjorck_iterate(w, 5, 0.5), bjorck_orthonormalize(w, 5, 0.5))
+    w = (torch.randn(3, 7, 5, dtype=torch.float64) / 3).requires_grad_()
+    assert gradcheck(lambda x: _bjorck_iterate(x, 3, 0.5), (w,), check_forward_ad=True)
+    g = torch.randn(3, 7, 5, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((_bjorck_iterate(w, 4, 0.5) * g).sum(), w)[0],
+                               torch.autograd.grad((bjorck_orthonormalize(w, 4, 0.5) * g).sum(), w)[0])
+    t = torch.randn_like(g)
+    torch.testing.assert_close(jvp(lambda x: _bjorck_iterate(x, 3, 0.5), (w.detach(),), (t,))[1],
+                               jvp(lambda x: bjorck_orthonormalize(x, 3, 0.5), (w.detach(),), (t,))[1])
+    torch.testing.assert_close(vmap(lambda x: _bjorck_iterate(x, 3, 0.5))(w.detach()), bjorck_orthonormalize(w.detach(), 3, 0.5))

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.autograd import gradcheck
 
 import lipzoo
 from lipzoo.layers.lot import LOTConv2d, LOTLinear, lot_orthogonalize
@@ -195,3 +196,100 @@ def test_trainable_parameter_counts(size, count):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
     assert {n.rsplit(".", 1)[-1] for n, _ in model.named_parameters()} == {"weight", "bias"}
     assert not list(model.buffers())
+
+
+# --- the default evaluates the Newton-Schulz polynomial by eigendecomposition -----------------
+
+
+@pytest.mark.parametrize("method", ["eigh", "eigh-refined"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("shape", [(3, 5, 5), (2, 6, 4), (2, 4, 6)])
+@pytest.mark.parametrize("iters", [0, 1, 10])
+def test_eigh_equals_the_matrix_iteration_values_and_gradients(method, dtype, shape, iters):
+    torch.manual_seed(iters)
+    w = torch.randn(*shape, dtype=dtype, requires_grad=True)
+    fast, literal = lot_orthogonalize(w, iters, method=method), lot_orthogonalize(w, iters, method="newton")
+    torch.testing.assert_close(fast, literal, rtol=1e-10, atol=1e-12)
+    g = torch.randn_like(literal)
+    got, = torch.autograd.grad((fast * g.conj()).real.sum(), w)
+    want, = torch.autograd.grad((literal * g.conj()).real.sum(), w)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_eigh_gradcheck_on_random_and_identity_weights(dtype):
+    """Backward and forward mode; the identity (LOT's Dirac start: S = (1 + eps) I, every
+    eigenvalue repeated) and a phase times the identity (a Dirac kernel's spectrum)."""
+    torch.manual_seed(0)
+    cases = [torch.randn(2, 4, 3, dtype=dtype), torch.eye(4, dtype=dtype).repeat(2, 1, 1)]
+    if dtype.is_complex:
+        cases.append(torch.polar(torch.ones(3, 1, 1, dtype=torch.float64), torch.rand(3, 1, 1, dtype=torch.float64) * 6) * torch.eye(4))
+    for w in cases:
+        for method in ("eigh", "eigh-refined"):
+            assert gradcheck(lambda x: lot_orthogonalize(x, 10, method=method), (w.requires_grad_(),), check_forward_ad=True)
+
+
+def test_eigh_and_newton_layers_agree_values_and_gradients():
+    """A real LOT layer in float64 with either method: same outputs, same parameter and input gradients
+    (random weights, and the Dirac initialisation)."""
+    for layer in (random_layer(4, 4, 3, seed=5), LOTConv2d(4, 4, 3)):
+        layer = layer.double()
+        x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+        results = []
+        for method in ("eigh", "eigh-refined", "newton"):
+            layer._method = lambda m=method: m
+            y = layer(x)
+            results.append((y, *torch.autograd.grad(y.square().sum(), (x, layer.weight, layer.bias))))
+        del layer._method
+        for fast in results[:2]:
+            for a, b in zip(fast, results[2]):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_float32_default_gradients_match_the_papers_computation():
+    """float32: the default (rfft, eigendecomposition) and paper_compatible (fft2, matrix iteration)
+    gradients agree to float round-off."""
+    default = random_layer(8, 8, 3, seed=6)
+    paper = random_layer(8, 8, 3, seed=6, paper_compatible=True)
+    x = torch.randn(3, 8, 7, 7)
+    grads = []
+    for layer in (default, paper):
+        layer(x).square().sum().backward()
+        grads.append(layer.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4 * grads[1].abs().max().item())
+
+
+def test_kernel_spectrum_by_dft_equals_the_fft():
+    from lipzoo.layers._linalg import conv_kernel_rfft
+    from lipzoo.layers.lot import _kernel_rfft
+
+    for shape, size in [((4, 3, 3, 3), (8, 8)), ((2, 5, 5, 5), (7, 10)), ((3, 3, 1, 1), (5, 6)), ((2, 2, 3, 3), (3, 3))]:
+        w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        fast, ref = _kernel_rfft(w, *size), conv_kernel_rfft(w, *size)
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(ref)
+        got, = torch.autograd.grad((fast * g.conj()).real.sum(), w)
+        want, = torch.autograd.grad((ref * g.conj()).real.sum(), w)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="does not fit"):
+        _kernel_rfft(torch.randn(2, 2, 5, 5), 4, 4)
+
+
+def test_bad_method_is_rejected():
+    with pytest.raises(ValueError, match="method"):
+        lot_orthogonalize(torch.randn(3, 3), method="svd")
+
+
+def test_training_and_eval_methods():
+    """Training: single-precision eigendecomposition with refined eigenvalues; eval weight: double
+    precision; paper_compatible: the matrix iteration. In float32 all three are within round-off of
+    the float64 result."""
+    from lipzoo.layers.lot import _kernel_rfft
+
+    layer = random_layer(8, 8, 3, seed=7)
+    assert layer._method() == "eigh-refined" and layer.eval()._method() == "eigh"
+    assert random_layer(paper_compatible=True)._method() == "newton"
+    wf = _kernel_rfft(layer.weight.detach(), 9, 9)
+    ref = lot_orthogonalize(wf.to(torch.complex128), 10, method="newton")
+    for method in ("eigh", "eigh-refined", "newton"):
+        assert (lot_orthogonalize(wf, 10, method=method) - ref).abs().max() < 1e-5, method

@@ -17,23 +17,151 @@ for a near-orthogonal kernel that bound is 1 + O(round-off), so orthogonality is
 
 The power-iteration prescaling starts from a fixed pseudo-random vector (the paper draws a
 fresh random one on every call), so the forward pass is a pure function of the parameters.
+
+Faster training, same function. Each Bjorck step keeps the singular vectors and maps every
+singular value by ``s -> s (1.5 - 0.5 s^2)``, so the 20-step result is ``W r(W^T W)`` for a
+polynomial ``r`` (:func:`bjorck_scalar`), and the power-iteration estimate is, in exact arithmetic,
+a ratio of sums over the eigenpairs of ``W^T W``. In training (default mode) both come from ONE
+float64 eigendecomposition of ``W^T W`` per layer (``bjorck(method="eigh")``,
+:func:`~lipzoo.layers._spectral.gram_apply`, derivative by Daleckii-Krein: 7 products and an
+``eigh`` instead of 120 products and 10 power steps): equal to the iteration within float round-off,
+values and gradients (tested). In eval mode, and with ``paper_compatible``, the iteration runs
+literally, so the eval weight (cached; what the audit, the exporter and certification see) is
+bit-identical to the iteration's: the norm rescale below turns the kernel's round-off-level
+non-orthogonality into a Lipschitz constant a few 1e-6 below 1 per layer, which a different
+rounding pattern moves by as much, and published audits are reproduced to 5e-5 over ~27 layers.
+In training the kernel is also assembled as a product of factors (:func:`_bcop_kernel_factored`,
+13 products instead of 33 for k = 3) and the norm bound's row sums take one product per pair of
+opposite shifts (:func:`_gram_row_sums_by_shift`). Everywhere, the Bjorck steps that do run
+have a 3-product backward (:class:`_BjorckStep`), the norm bound's gradient is computed from its
+maximal row only (:func:`norm_bound`) and the circular padding has a lean backward
+(:class:`_CircularPad`): all three give bit-identical values.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import bjorck_orthonormalize, gram_row_sums, power_iteration_sigma
+from ._linalg import circular_pad, gram_row_sums, power_iteration_sigma, power_start_vector
+from ._spectral import gram_apply, gram_eigh
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
 
 POWER_ITERS = 10
+BJORCK_METHODS = ("iterate", "eigh")
+
+
+def bjorck_scalar(lam: torch.Tensor, iters: int, beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Bjorck recursion on an eigenvalue ``lam = sigma_0^2`` of ``W_0^T W_0``: ``(r_T, r_T')``.
+
+    ``W_{t+1} = (1 + beta) W_t - beta W_t W_t^T W_t`` keeps the singular vectors and maps each
+    singular value ``sigma_t`` to ``sigma_t ((1 + beta) - beta sigma_t^2)``, so
+    ``W_T = W_0 r_T(W_0^T W_0)`` with ``r_0 = 1``, ``r_{t+1} = r_t ((1 + beta) - beta lam r_t^2)``
+    (``r_t = sigma_t / sigma_0``): a polynomial in ``lam``, defined for every real ``lam``; its
+    derivative is carried alongside (forward mode).
+    """
+    r, dr = torch.ones_like(lam), torch.zeros_like(lam)
+    for _ in range(iters):
+        q = lam * r * r
+        dq = r * r + 2 * lam * r * dr
+        m = (1 + beta) - beta * q
+        r, dr = r * m, dr * m - beta * r * dq
+    return r, dr
+
+
+def _power_sigma_from_eigh(w: torch.Tensor, lam: torch.Tensor, v: torch.Tensor, iters: int) -> torch.Tensor:
+    """``power_iteration_sigma(w, iters)`` in closed form from the eigendecomposition ``(lam, V)`` of ``W^T W``.
+
+    From the start ``u_0`` the iteration's ``v_t`` is ``G^(t-1) b / ||.||`` (``G = W^T W``,
+    ``b = W^T u_0``) and its estimate ``u_t^T W v_t = ||W v_t||``; with ``c = V^T b`` that is
+    ``sigma^2 = sum lam^(2T-1) c^2 / sum lam^(2T-2) c^2`` (computed relative to the largest ``lam``).
+    The same number in exact arithmetic; evaluated in float64 here.
+    """
+    b = w.transpose(-1, -2) @ power_start_vector(w)
+    c2 = (v.transpose(-1, -2) @ b)[..., 0].square()
+    lam = lam.clamp_min(0)
+    top = lam.amax(dim=-1, keepdim=True)
+    r = lam / torch.where(top > 0, top, torch.ones_like(top))
+    num = (r.pow(2 * iters - 1) * c2).sum(dim=-1)
+    den = (r.pow(2 * iters - 2) * c2).sum(dim=-1)
+    ok = den > 0  # b = 0: the iteration's vectors vanish and its estimate is 0
+    return torch.where(ok, (top[..., 0] * num / torch.where(ok, den, torch.ones_like(den))).sqrt(), torch.zeros_like(den))
+
+
+def _bjorck_eigh(w: torch.Tensor, iters: int, beta: float, power_iteration_scaling: bool) -> torch.Tensor:
+    """Prescaling and ``bjorck_orthonormalize`` of a tall (..., m, n) stack from one float64
+    eigendecomposition of ``W^T W``: the power-iteration estimate in closed form, then
+    ``W_T = W_s r_T(W_s^T W_s)`` with ``W_s`` the prescaled matrix (whose Gram matrix has the
+    same eigenvectors and eigenvalues divided by ``sigma^2``), the products in ``W``'s precision.
+    (The Gram matrix squares the condition number, hence the double-precision decomposition.)"""
+    lam, v = gram_eigh(w)
+    if power_iteration_scaling:
+        sigma = _power_sigma_from_eigh(w.detach().to(torch.float64), lam, v, POWER_ITERS)
+        w = w / sigma.to(w.dtype)[..., None, None]
+    else:
+        scale = math.sqrt(w.shape[0] * w.shape[1])
+        sigma = torch.full(lam.shape[:-1], scale, dtype=torch.float64, device=lam.device)
+        w = w / scale
+    fn = functools.partial(bjorck_scalar, iters=iters, beta=beta)
+    return gram_apply(w, fn, eigh=(lam / sigma[..., None].square(), v))
+
+
+class _BjorckStep(torch.autograd.Function):
+    """One first-order Bjorck step ``Y = (1 + beta) W - (beta W)(W^T W)``, computed exactly as
+    ``_linalg.bjorck_orthonormalize`` computes it (bit-identical values), with a 3-product backward:
+    for ``A = W^T W`` (kept from the forward as a second output) and ``G = dL/dY``,
+    ``dL/dW = (1 + beta) G - beta G A^T + W (C + C^T)`` with ``C = -beta W^T G`` (autograd through
+    the two products takes four)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(w: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        a = w.transpose(-1, -2) @ w
+        return (1 + beta) * w - beta * w @ a, a
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        w, beta = inputs
+        a = output[1]
+        ctx.mark_non_differentiable(a)
+        ctx.beta = beta
+        ctx.save_for_backward(w, a)
+        ctx.save_for_forward(w, a)
+
+    @staticmethod
+    def jvp(ctx, dw: torch.Tensor, _) -> tuple[torch.Tensor, None]:
+        w, a = ctx.saved_tensors
+        da = dw.transpose(-1, -2) @ w
+        return (1 + ctx.beta) * dw - ctx.beta * (dw @ a + w @ (da + da.transpose(-1, -2))), None
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _):
+        w, a = ctx.saved_tensors
+        beta = ctx.beta
+        c = -beta * (w.transpose(-1, -2) @ g)
+        return (1 + beta) * g - beta * (g @ a.transpose(-1, -2)) + w @ (c + c.transpose(-1, -2)), None
+
+
+def _bjorck_iterate(w: torch.Tensor, iters: int, beta: float) -> torch.Tensor:
+    """``_linalg.bjorck_orthonormalize(w, iters, beta)``: the same values, a cheaper backward."""
+    for _ in range(iters):
+        w = _BjorckStep.apply(w, beta)[0]
+    return w
+
+
 def bjorck(
-    w: torch.Tensor, iters: int, beta: float = 0.5, power_iteration_scaling: bool = True
+    w: torch.Tensor,
+    iters: int,
+    beta: float = 0.5,
+    power_iteration_scaling: bool = True,
+    method: str = "iterate",
 ) -> torch.Tensor:
     """The paper's ``bjorck_orthonormalize`` on a (..., m, n) stack (first order).
 
@@ -41,27 +169,141 @@ def bjorck(
     divided by its (deterministic) power-iteration sigma estimate, without gradient through the
     estimate; otherwise by sqrt(shape[0] * shape[1]) (the paper's "default scaling", which for a
     batched stack uses the batch and row sizes: a quirk kept for fidelity).
+    ``method="iterate"`` runs the power and Bjorck iterations literally (two matrix products per
+    step); ``method="eigh"`` evaluates both from one float64 eigendecomposition of ``W^T W``
+    (:func:`_bjorck_eigh`): equal within float round-off, values and gradients, and much cheaper
+    to differentiate for many iterations.
     """
+    if method not in BJORCK_METHODS:
+        raise ValueError(f"method must be one of {BJORCK_METHODS}, got {method!r}")
     wide = w.shape[-2] < w.shape[-1]
     if wide:
         w = w.transpose(-1, -2)
+    if method == "eigh":
+        w = _bjorck_eigh(w, iters, beta, power_iteration_scaling)
+        return w.transpose(-1, -2) if wide else w
     if power_iteration_scaling:
         w = w / power_iteration_sigma(w.detach(), POWER_ITERS)[..., None, None]
     else:
         w = w / math.sqrt(w.shape[0] * w.shape[1])
-    w = bjorck_orthonormalize(w, iters=iters, beta=beta)
+    w = _bjorck_iterate(w, iters, beta)
     return w.transpose(-1, -2) if wide else w
 
 
-def norm_bound(weight: torch.Tensor) -> torch.Tensor:
+EIGH_MIN_ITERS = 8  #: from this many Bjorck iterations on, the eigendecomposition is the cheaper way
+
+
+def _wrap(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    """Circular padding of one dimension: ``[x[-pad:], x, x[:pad]]``."""
+    n = x.shape[dim]
+    return torch.cat([x.narrow(dim, n - pad, pad), x, x.narrow(dim, 0, pad)], dim=dim)
+
+
+def _fold(g: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
+    """The adjoint of :func:`_wrap`: the centre plus the two wrapped strips added back where they came from."""
+    n = g.shape[dim] - 2 * pad
+    out = g.narrow(dim, pad, n).clone()
+    out.narrow(dim, 0, pad).add_(g.narrow(dim, n + pad, pad))
+    out.narrow(dim, n - pad, pad).add_(g.narrow(dim, 0, pad))
+    return out
+
+
+class _CircularPad(torch.autograd.Function):
+    """``F.pad(x, (p, p, p, p), mode="circular")`` with a lean backward.
+
+    Same values and gradients. ``F.pad``'s circular mode is composed of slice copies whose backward
+    zero-fills and accumulates several full-size tensors; here the forward is two concatenations
+    and the backward two copies plus strip additions (about a third of the memory traffic, which
+    on CPU is most of BCOP's cost beyond the convolution itself).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, pad: int) -> torch.Tensor:
+        return _wrap(_wrap(x, pad, -1), pad, -2)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.pad = inputs[1]
+
+    @staticmethod
+    def jvp(ctx, dx: torch.Tensor, _) -> torch.Tensor:
+        return _wrap(_wrap(dx, ctx.pad, -1), ctx.pad, -2)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _fold(_fold(g, ctx.pad, -2), ctx.pad, -1), None
+
+
+def _circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``_linalg.circular_pad`` (wrapping at most once, as ``F.pad`` requires), faster in training."""
+    if pad == 0:
+        return x
+    if pad > min(x.shape[-2:]):
+        return circular_pad(x, pad)  # F.pad raises its own error
+    return _CircularPad.apply(x, pad)
+
+
+def _gram_row(weight: torch.Tensor, over: str, row: torch.Tensor) -> torch.Tensor:
+    """``gram_row_sums(weight, over)[row]`` for one row (a 1-element index tensor): the row of the
+    autocorrelation is the self-convolution of that one filter with all of them."""
+    k = weight if weight.ndim == 4 else weight[:, :, None, None]
+    if over == "in":
+        k = k.transpose(0, 1)
+    k_h, k_w = k.shape[-2:]
+    return F.conv2d(k.index_select(0, row), k, padding=(k_h - 1, k_w - 1)).abs().sum()
+
+
+def _gram_row_sums_by_shift(weight: torch.Tensor, over: str) -> torch.Tensor:
+    """``_linalg.gram_row_sums(weight, over)`` by one product per shift, half of the shifts.
+
+    ``P(s) = sum_q K_(q+s)^T K_q`` (``K_t`` the (out, in) tap matrices, ``over="in"``) is one
+    product of the stacked overlapping taps, and ``P(-s) = P(s)^T``: the row sums of ``|P(-s)|``
+    are the column sums of ``|P(s)|``. So 13 products for a 3x3 kernel, 45 tap pairs, where the
+    zero-padded self-convolution multiplies 225: the same sums within float round-off.
+    """
+    k = weight if weight.ndim == 4 else weight[:, :, None, None]
+    if over == "out":
+        k = k.transpose(0, 1)
+    taps = k.permute(2, 3, 0, 1)  # (kh, kw, reduced, rows)
+    k_h, k_w, _, c = taps.shape
+    rows = taps.new_zeros(c)
+    for dh in range(k_h):
+        for dw in range(-(k_w - 1), k_w):
+            if dh == 0 and dw < 0:
+                continue  # the mirrored half: P(-s) = P(s)^T
+            a = taps[dh:, max(dw, 0) : k_w + min(dw, 0)].reshape(-1, c)  # taps q + s
+            b = taps[: k_h - dh, max(-dw, 0) : k_w + min(-dw, 0)].reshape(-1, c)  # taps q
+            p = (a.transpose(0, 1) @ b).abs()
+            rows = rows + p.sum(dim=1)
+            if dh or dw:
+                rows = rows + p.sum(dim=0)
+    return rows
+
+
+def norm_bound(weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
     """Guaranteed upper bound on the l2 norm of a conv kernel (out, in, k, k) or matrix (out, in).
 
     The Schur / Gershgorin test on the autocorrelation of the kernel, taken on the side where it
     is near the identity for a near-isometry: ``K^T K`` when out >= in, ``K K^T`` otherwise
-    (``||K|| = ||K^T||``). Valid for zero and circular padding and every input size.
+    (``||K|| = ||K^T||``): ``sqrt(max_i r_i)``, ``r_i`` the absolute row sums. Valid for zero and
+    circular padding and every input size.
+
+    The value is computed without autograd; the gradient is that of the maximal row ``r_i*``
+    alone (the gradient of the max), recomputed from that one row: the backward of the full
+    self-convolution, which costs more than the Bjorck iteration's, is never run. (At an exact tie
+    of the largest rows the gradient follows one of them, a valid subgradient, where
+    ``Tensor.max`` would split it.) ``fast``: the row sums by :func:`_gram_row_sums_by_shift`
+    (the same sums, another rounding; BCOP's training path), else exactly as
+    ``_linalg.gram_row_sums``.
     """
     over = "in" if weight.shape[0] >= weight.shape[1] else "out"
-    return gram_row_sums(weight, over).max().sqrt()
+    with torch.no_grad():
+        rows = (_gram_row_sums_by_shift if fast else gram_row_sums)(weight.detach(), over)
+        top = rows.argmax().reshape(1)
+    row = _gram_row(weight, over, top)
+    return (rows.max() + (row - row.detach())).sqrt()
 
 
 def _block_orth(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -107,8 +349,44 @@ def bcop_kernel(ortho: torch.Tensor, mask: torch.Tensor, in_channels: int, out_c
     return (h.transpose(0, 1) @ p).permute(2, 3, 1, 0)  # taps (k, k, out, in)
 
 
+def _times_factor(t: torch.Tensor, proj: torch.Tensor, dim: int) -> torch.Tensor:
+    """``T(z) (P + (I - P) z)`` for a polynomial ``T`` with matrix coefficients stacked along ``dim``:
+    coefficient ``c`` becomes ``T_c P + T_(c-1) - T_(c-1) P``."""
+    tp = torch.matmul(t, proj)
+    pad = [0, 0] * (t.ndim - 1 - dim)
+    return F.pad(tp, pad + [0, 1]) + F.pad(t - tp, pad + [1, 0])
+
+
+def _bcop_kernel_factored(ortho: torch.Tensor, mask: torch.Tensor, in_channels: int, out_channels: int,
+                          kernel_size: int) -> torch.Tensor:
+    """:func:`bcop_kernel` evaluated as a product of factors (same kernel within float round-off).
+
+    The block kernel ``[[P Q, P (I-Q)], [(I-P) Q, (I-P)(I-Q)]]`` is the 2-D polynomial
+    ``(P + (I-P) z_1)(Q + (I-Q) z_2)`` and the matrix convolution of kernels is the product of
+    their polynomials, so the assembled kernel is ``H (P_0 + (I-P_0) z_1)(P_1 + (I-P_1) z_2) ...``:
+    multiplying ``H`` by one factor at a time takes 13 products for k = 3 where the block kernels,
+    their convolution and the final product with ``H`` take 33.
+    """
+    if kernel_size == 1:
+        return bcop_kernel(ortho, mask, in_channels, out_channels, kernel_size)
+    h = ortho[0, :in_channels, :out_channels]
+    q = ortho[1:] * mask
+    proj = q @ q.transpose(-1, -2)
+    t = (h if in_channels <= out_channels else h.transpose(0, 1))[None, None]  # coefficients (i, j, r, n)
+    for m in range(kernel_size - 1):
+        t = _times_factor(t, proj[2 * m], 0)
+        t = _times_factor(t, proj[2 * m + 1], 1)
+    if in_channels <= out_channels:
+        return t.permute(3, 2, 1, 0)
+    return t.permute(2, 3, 1, 0)
+
+
 class BCOPConv2d(KernelConv):
     """BCOP convolution (orthogonal, circular padding k//2, stride 1).
+
+    Training (default mode) evaluates the Bjorck polynomial by eigendecomposition and assembles
+    the kernel factor by factor; eval mode and ``paper_compatible`` run the literal iteration and
+    assembly (module docstring).
 
     Trainable: ``param_matrices`` (2(k-1)+1, c_max, c_max) and ``bias`` (out); ``mask`` is a
     persistent buffer. Options: ``bjorck_iters`` (20), ``power_iteration_scaling`` (True),
@@ -154,12 +432,26 @@ class BCOPConv2d(KernelConv):
             bound = 1.0 / math.sqrt(self.out_channels)
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def _fast(self) -> bool:
+        """Training in the default mode: the eigendecomposition and the factored assembly."""
+        return self.training and not self.paper_compatible
+
+    def _bjorck_method(self) -> str:
+        return "eigh" if self._fast() and self.bjorck_iters >= EIGH_MIN_ITERS else "iterate"
+
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        ortho = bjorck(self.param_matrices, self.bjorck_iters, power_iteration_scaling=self.power_iteration_scaling)
-        kernel = bcop_kernel(ortho, self.mask, self.in_channels, self.out_channels, self.kernel_size)
+        ortho = bjorck(self.param_matrices, self.bjorck_iters, power_iteration_scaling=self.power_iteration_scaling,
+                       method=self._bjorck_method())
+        assemble = _bcop_kernel_factored if self._fast() else bcop_kernel
+        kernel = assemble(ortho, self.mask, self.in_channels, self.out_channels, self.kernel_size)
         if self.paper_compatible:
             return kernel
-        return kernel / norm_bound(kernel).clamp_min(1.0)
+        kernel = kernel.contiguous()  # one copy, not one per convolution (forward and backward)
+        return kernel / norm_bound(kernel, fast=self._fast()).clamp_min(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_channels)
+        return F.conv2d(_circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bjorck_iters={self.bjorck_iters}, paper_compatible={self.paper_compatible}"
