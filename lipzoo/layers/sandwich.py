@@ -10,7 +10,9 @@ and mapped by the Cayley transform to ``[A B]`` with orthonormal ROWS (``A`` is 
 For the convolution all of this happens per frequency: ``W_hat`` is the rfft2 of the kernel on
 the input grid with the paper's centring phase and conjugation (the per-frequency matrices of the
 circular 'same' cross-correlation), ``||W_hat||_F`` is taken over the whole half spectrum, and
-``A``, ``B`` are applied with FFTs; bias and ReLU act in the spatial domain between them.
+``A``, ``B`` are applied with FFTs; bias and ReLU act in the spatial domain between them. A 1x1
+kernel has one real matrix at every frequency (``||W_hat||_F = sqrt(#freq) ||W||_F``): it is
+transformed once and ``A``, ``B`` are applied pointwise (1x1 ``conv2d``), the same operators.
 
 Why the DEFAULT is sound (1-Lipschitz up to float round-off, no estimate anywhere): the Cayley
 transform gives ``A A^H + B B^H = I`` exactly at every frequency, hence ``A A^T + B B^T = I`` for
@@ -247,6 +249,17 @@ class SandwichConv2d(LipschitzModule):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> SandwichWeight:
         size = self.input_size if size is None else size
+        if self.kernel_size == 1:
+            # A 1x1 kernel has the same real matrix W at every frequency and ||W_hat||_F =
+            # sqrt(#freq) ||W||_F: transform it once and broadcast (same function, far cheaper).
+            n_h, n_w = size
+            n_freq = n_h * (n_w // 2 + 1)
+            w = self.weight[:, :, 0, 0]
+            a, b_mat = sandwich_factors(w, self.alpha / math.sqrt(n_freq))
+            first, bias, second = _assemble(a, b_mat, self.psi, self.bias, self.scale, self.numerical_stable)
+            cdt = torch.promote_types(w.dtype, torch.complex64)
+            stack = lambda m: m.to(cdt).expand(n_h, n_w // 2 + 1, *m.shape)  # noqa: E731
+            return SandwichWeight(stack(first), bias, stack(second))
         a, b_mat = sandwich_factors(self.weight_fft(size), self.alpha)
         return _assemble(a, b_mat, self.psi, self.bias, self.scale, self.numerical_stable)
 
@@ -259,6 +272,11 @@ class SandwichConv2d(LipschitzModule):
                 f"at least that size, got {size[0]}x{size[1]}"
             )
         first, bias, second = self.effective_weight(size)
+        if self.kernel_size == 1:
+            # every frequency holds the same real matrices: both circular convolutions are
+            # pointwise, applied without FFTs (same function, far cheaper)
+            z = F.conv2d(x, first[0, 0].real[:, :, None, None], bias)
+            return F.conv2d(F.relu(z), second[0, 0].real[:, :, None, None])
         z = fft_conv2d(x, first)
         if bias is not None:
             z = z + bias[:, None, None]
