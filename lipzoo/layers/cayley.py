@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm
 from ._norms import matrix_norm
 from ._plain import frequency_op
 
@@ -79,7 +79,7 @@ def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tup
         q = q.to(torch.promote_types(q.dtype, torch.complex64))
         return q.expand(n_h, n_w // 2 + 1, out_c, in_c)
     wf = conv_kernel_rfft(weight, n_h, n_w)
-    wf = alpha * wf / torch.linalg.vector_norm(wf)
+    wf = wf * (alpha / frobenius_norm(wf))
     return cayley_transform(wf)
 
 

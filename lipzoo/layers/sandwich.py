@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import as_size, InputError, LipschitzModule, map_size, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm
 from ._norms import matrix_norm
 from ._plain import SandwichResidual, frequency_op, plain_linear
 
@@ -87,7 +87,7 @@ def sandwich_factors(w: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor
     The Frobenius norm is over the whole stack (all frequencies). ``[A B]`` has orthonormal rows.
     """
     out = w.shape[-2]
-    q = cayley_transform(alpha * w / w.norm())
+    q = cayley_transform(w * (alpha / frobenius_norm(w)))
     return q[..., :out], q[..., out:]
 
 
@@ -107,7 +107,7 @@ def _assemble(
         bias = None if bias is None else torch.exp(psi) * bias
     else:
         first = (SQRT2 * scale) * torch.exp(-psi)[:, None] * b_mat
-        second = SQRT2 * a_h * torch.exp(psi)[None, :]
+        second = a_h * (SQRT2 * torch.exp(psi))[None, :]
     return SandwichWeight(first, bias, second)
 
 
