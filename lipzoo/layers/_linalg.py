@@ -9,6 +9,7 @@ matrices laid out as ``(H, W_freq, out, in)``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "bjorck_orthonormalize",
     "cayley_transform",
     "frobenius_norm",
+    "half_spectrum_map",
     "conv_kernel_rfft",
     "conv_kernel_fft",
     "fft_conv2d",
@@ -205,6 +207,71 @@ def cayley_transform(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, -2 * matmul(v, inv)], dim=-2)
 
 
+@functools.lru_cache(maxsize=64)
+def _half_spectrum_plan(n_h: int, n_w: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Index lists over the flattened (n_h * (n_w//2 + 1)) rfft frequencies of an n_h x n_w grid.
+
+    Returns ``(distinct, real, mirror_of, order)``: the frequencies whose conjugate mirror
+    ``(-u mod n_h, -v mod n_w)`` is not in the half spectrum or comes later ("distinct", complex),
+    the self-mirrored ones ("real": their matrices are real for a real kernel), for every other
+    frequency the position in ``distinct`` of its mirror, and the permutation that puts
+    ``cat([distinct, real, mirrored])`` back in frequency order.
+    """
+    n_wf = n_w // 2 + 1
+    edges = {0, n_w // 2} if n_w % 2 == 0 else {0}  # columns that are their own mirror
+    distinct, real, mirrored = [], [], []
+    for u in range(n_h):
+        for v in range(n_wf):
+            f = u * n_wf + v
+            if v not in edges:
+                distinct.append(f)
+            elif (-u) % n_h == u:
+                real.append(f)
+            elif u < (-u) % n_h:
+                distinct.append(f)
+            else:
+                mirrored.append(f)
+    where = {f: i for i, f in enumerate(distinct)}
+    mirror_of = [where[((-(f // n_wf)) % n_h) * n_wf + f % n_wf] for f in mirrored]
+    pool = distinct + real + mirrored
+    order = [0] * len(pool)
+    for i, f in enumerate(pool):
+        order[f] = i
+    return distinct, real, mirror_of, order
+
+
+def half_spectrum_map(fn, wf: torch.Tensor, n_w: int) -> torch.Tensor:
+    """``fn`` applied to every matrix of an rfft half-spectrum stack ``wf`` (H, W//2+1, ...) of a
+    REAL kernel on an H x ``n_w`` grid, evaluated only on the matrices that are not determined by
+    the others.
+
+    ``fn`` must commute with conjugation (``fn(conj(M)) = conj(fn(M))``) and keep real matrices
+    real, as any rational function of ``M`` and ``M^H`` does (the Cayley transform). The spectrum
+    of a real kernel is Hermitian: in the columns that are their own mirror (0, and W/2 for even
+    W) the matrix at row ``-u`` is the conjugate of the one at row ``u``, and the rows ``0`` and
+    ``H/2`` hold real matrices (up to the round-off of the FFT and the centring phase, whose
+    imaginary parts are dropped here; ``irfft2`` ignores them anyway). So those are computed
+    once, in real arithmetic for the real ones, and the mirrored rows are conjugated copies: the
+    same stack up to float round-off, e.g. 7 complex-equivalent transforms instead of 12 for a
+    4 x 4 grid, 31 instead of 40 for 8 x 8.
+    """
+    n_h = wf.shape[0]
+    distinct, real, mirror_of, order = _half_spectrum_plan(n_h, n_w)
+    flat = wf.flatten(0, 1)
+    idx = lambda ix: torch.tensor(ix, dtype=torch.long, device=wf.device)  # noqa: E731
+    parts = []
+    q_distinct = fn(flat.index_select(0, idx(distinct))) if distinct else None
+    if q_distinct is not None:
+        parts.append(q_distinct)
+    if real:
+        q_real = fn(flat.index_select(0, idx(real)).real)
+        parts.append(q_real.to(q_distinct.dtype if q_distinct is not None else wf.dtype))
+    if mirror_of:
+        parts.append(q_distinct.index_select(0, idx(mirror_of)).conj())
+    pool = torch.cat(parts)
+    return pool.index_select(0, idx(order)).unflatten(0, wf.shape[:2])
+
+
 def frobenius_norm(t: torch.Tensor) -> torch.Tensor:
     """``||t||_F`` (0-dim, ``t``'s real dtype) of a real or complex tensor, summed in float64.
 
@@ -242,10 +309,39 @@ def conv_kernel_fft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
     return _conv_kernel_freq(weight, n_h, n_w, full=True)
 
 
+#: kernels with at most this many taps are transformed by one product with a DFT matrix instead of
+#: an FFT of the zero-padded kernel (out * in tiny FFTs, whose per-transform cost dominates)
+DFT_MATMUL_MAX_TAPS = 25
+
+
+@functools.lru_cache(maxsize=256)
+def _centred_dft_matrix(k_h: int, k_w: int, n_h: int, n_w: int, full: bool, dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor:
+    """(k_h * k_w, n_h * n_f * 2) real matrix: cos and sin (interleaved) of
+    ``2 pi (u (a - c_h) / n_h + v (b - c_w) / n_w)`` for tap (a, b) and frequency (u, v),
+    ``c = (k - 1) // 2`` (n_f = n_w, or n_w//2 + 1 for the rfft half spectrum). Computed in
+    float64 with the phases reduced modulo n (exact integers) before the cosine."""
+    n_f = n_w if full else n_w // 2 + 1
+    a = torch.arange(k_h, dtype=torch.int64) - (k_h - 1) // 2
+    b = torch.arange(k_w, dtype=torch.int64) - (k_w - 1) // 2
+    ph = torch.remainder(a[:, None] * torch.arange(n_h, dtype=torch.int64)[None, :], n_h).double() / n_h
+    pw = torch.remainder(b[:, None] * torch.arange(n_f, dtype=torch.int64)[None, :], n_w).double() / n_w
+    ang = 2 * math.pi * (ph[:, None, :, None] + pw[None, :, None, :])  # (k_h, k_w, n_h, n_f)
+    e = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
+    return e.reshape(k_h * k_w, n_h * n_f * 2).to(dtype=dtype, device=device)
+
+
 def _conv_kernel_freq(weight: torch.Tensor, n_h: int, n_w: int, full: bool) -> torch.Tensor:
     k_h, k_w = weight.shape[-2:]
     if k_h > n_h or k_w > n_w:
         raise ValueError(f"a {k_h}x{k_w} kernel does not fit a {n_h}x{n_w} input for an FFT convolution")
+    if k_h * k_w <= DFT_MATMUL_MAX_TAPS and weight.dtype in (torch.float32, torch.float64):
+        # the same sum as below, sum_p W[p] e^{+2 pi i f (p - c) / n}, as one real matrix product
+        out_c, in_c = weight.shape[:2]
+        n_f = n_w if full else n_w // 2 + 1
+        e = _centred_dft_matrix(k_h, k_w, n_h, n_w, full, weight.dtype, weight.device)
+        wf = (weight.reshape(out_c * in_c, k_h * k_w) @ e).view(out_c, in_c, n_h, n_f, 2)
+        return torch.view_as_complex(wf).permute(2, 3, 0, 1)
     fft = torch.fft.fft2 if full else torch.fft.rfft2
     wf = fft(weight, s=(n_h, n_w))  # (out, in, H, Wf): sum_p W[p] e^{-2 pi i f p / n}
     phase = _centre_phase(k_h, k_w, n_h, n_w, full, weight.dtype, weight.device)
@@ -254,13 +350,51 @@ def _conv_kernel_freq(weight: torch.Tensor, n_h: int, n_w: int, full: bool) -> t
     return wf.permute(2, 3, 0, 1)
 
 
+def _half_column_weights(n_w: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_w//2 + 1,) real weights: 1/2 on the rfft columns whose mirror image is not stored, else 1."""
+    m = torch.ones(n_w // 2 + 1, dtype=like.real.dtype, device=like.device)
+    m[1 : (n_w + 1) // 2] = 0.5
+    return m
+
+
+class _RFFT2(torch.autograd.Function):
+    """``torch.fft.rfft2`` (last two dimensions) with a backward at the cost of one ``irfft2``.
+
+    PyTorch's backward zero-pads the half spectrum ``G`` to the full one and runs a full complex
+    inverse FFT, ``Re(IFFT(pad(G)))`` (unnormalised). That equals ``irfft2(m * G,
+    norm="forward")`` with ``m = 1/2`` on the columns 1 .. ceil(W/2) - 1, whose conjugate mirror
+    ``irfft2`` adds in, and ``m = 1`` on the self-mirrored columns 0 (and W/2 for even W), of
+    which ``irfft2``, like ``Re``, keeps only the real part: the same gradient from a half-size
+    inverse transform and no padded copy.
+    """
+
+    generate_vmap_rule = True  # usable under torch.func transforms
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft2(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.size = tuple(inputs[0].shape[-2:])
+
+    @staticmethod
+    def jvp(ctx, dx: torch.Tensor) -> torch.Tensor:
+        return torch.fft.rfft2(dx)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        n_h, n_w = ctx.size
+        return torch.fft.irfft2(g * _half_column_weights(n_w, g), s=(n_h, n_w), norm="forward")
+
+
 def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torch.Tensor:
     """Apply per-frequency matrices (H, Wf, out, in) to a real (N, in, H, W) batch, circularly."""
     n_h, n_w = x.shape[-2:]
     if full:
         xf = torch.fft.fft2(x)
     else:
-        xf = torch.fft.rfft2(x)
+        xf = _RFFT2.apply(x)
     xf = xf.permute(2, 3, 1, 0)  # (H, Wf, in, N)
     yf = matmul(wfreq, xf).permute(3, 2, 0, 1)
     if full:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm
+from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
 from ._norms import matrix_norm
 from ._plain import frequency_op
 
@@ -80,7 +80,7 @@ def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tup
         return q.expand(n_h, n_w // 2 + 1, out_c, in_c)
     wf = conv_kernel_rfft(weight, n_h, n_w)
     wf = wf * (alpha / frobenius_norm(wf))
-    return cayley_transform(wf)
+    return half_spectrum_map(cayley_transform, wf, n_w)
 
 
 class CayleyConv2d(LipschitzModule):

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import as_size, InputError, LipschitzModule, map_size, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm
+from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
 from ._norms import matrix_norm
 from ._plain import SandwichResidual, frequency_op, plain_linear
 
@@ -81,13 +81,18 @@ class SandwichWeight(NamedTuple):
     second: torch.Tensor
 
 
-def sandwich_factors(w: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sandwich_factors(
+    w: torch.Tensor, alpha: torch.Tensor, n_w: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[A B] = cayley(alpha * W / ||W||_F)`` for a (..., out, in + out) stack; returns (A, B).
 
     The Frobenius norm is over the whole stack (all frequencies). ``[A B]`` has orthonormal rows.
+    With ``n_w`` (the grid width) ``w`` is the rfft half spectrum (H, n_w//2+1, out, in + out) of
+    a real kernel and each distinct frequency is transformed once (see ``half_spectrum_map``).
     """
     out = w.shape[-2]
-    q = cayley_transform(w * (alpha / frobenius_norm(w)))
+    w = w * (alpha / frobenius_norm(w))
+    q = cayley_transform(w) if n_w is None else half_spectrum_map(cayley_transform, w, n_w)
     return q[..., :out], q[..., out:]
 
 
@@ -260,7 +265,7 @@ class SandwichConv2d(LipschitzModule):
             cdt = torch.promote_types(w.dtype, torch.complex64)
             stack = lambda m: m.to(cdt).expand(n_h, n_w // 2 + 1, *m.shape)  # noqa: E731
             return SandwichWeight(stack(first), bias, stack(second))
-        a, b_mat = sandwich_factors(self.weight_fft(size), self.alpha)
+        a, b_mat = sandwich_factors(self.weight_fft(size), self.alpha, size[1])
         return _assemble(a, b_mat, self.psi, self.bias, self.scale, self.numerical_stable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
