@@ -362,56 +362,100 @@ def _conv_kernel_freq(weight: torch.Tensor, n_h: int, n_w: int, full: bool) -> t
     return wf.permute(2, 3, 0, 1)
 
 
-def _half_column_weights(n_w: int, like: torch.Tensor) -> torch.Tensor:
-    """(n_w//2 + 1,) real weights: 1/2 on the rfft columns whose mirror image is not stored, else 1."""
+def _column_multiplicity(n_w: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_w//2 + 1,) real: 2 on the rfft columns that stand for themselves and their unstored
+    conjugate mirror (1 .. ceil(n_w/2) - 1), 1 on the self-mirrored ones (0, and n_w/2 for even n_w)."""
     m = torch.ones(n_w // 2 + 1, dtype=like.real.dtype, device=like.device)
-    m[1 : (n_w + 1) // 2] = 0.5
+    m[1 : (n_w + 1) // 2] = 2.0
     return m
 
 
-class _RFFT2(torch.autograd.Function):
-    """``torch.fft.rfft2`` (last two dimensions) with a backward at the cost of one ``irfft2``.
+#: grids of at most this many points are transformed by two 1-D FFTs and fed to the inverse FFT
+#: contiguously (MKL's 2-D transforms of many tiny grids, and its inverse of a strided stack, are slow)
+SMALL_FFT_GRID = 64
 
-    PyTorch's backward zero-pads the half spectrum ``G`` to the full one and runs a full complex
-    inverse FFT, ``Re(IFFT(pad(G)))`` (unnormalised). That equals ``irfft2(m * G,
-    norm="forward")`` with ``m = 1/2`` on the columns 1 .. ceil(W/2) - 1, whose conjugate mirror
-    ``irfft2`` adds in, and ``m = 1`` on the self-mirrored columns 0 (and W/2 for even W), of
-    which ``irfft2``, like ``Re``, keeps only the real part: the same gradient from a half-size
-    inverse transform and no padded copy.
+
+def _rfft2(x: torch.Tensor) -> torch.Tensor:
+    """``rfft2`` over the last two dimensions."""
+    if x.shape[-1] * x.shape[-2] <= SMALL_FFT_GRID:
+        return torch.fft.fft(torch.fft.rfft(x, dim=-1), dim=-2)
+    return torch.fft.rfft2(x)
+
+
+def _irfft2(xf: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``irfft2`` to ``size`` over the last two dimensions."""
+    if size[0] * size[1] <= SMALL_FFT_GRID:
+        xf = xf.contiguous()
+    return torch.fft.irfft2(xf, s=size)
+
+
+class _FFTConv2d(torch.autograd.Function):
+    """``irfft2(W(f) rfft2(x)(f))``: per-frequency matrices applied to a real batch, with a backward
+    written out for its layouts.
+
+    Forward: ``X = rfft2(x)`` laid out once as (H, Wf, in, N), ``Y = W X``, ``y = irfft2(Y)``.
+    Backward, from ``G = rfft2(g)`` in the same layout: the input gradient is the adjoint
+    operator ``irfft2(W^H G)`` (the masks of the two real transforms' backwards, 2/(HW) on the
+    columns whose mirror is not stored and 1/(HW) on the others, and 1/2 resp. 1, cancel) and the
+    weight gradient ``(G X^H) m`` with that per-column mask ``m``: what autograd computes
+    through rfft2, matmul and irfft2, with one inverse FFT instead of a full-spectrum one and
+    one copy per operand.
     """
 
     generate_vmap_rule = True  # usable under torch.func transforms
 
     @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.fft.rfft2(x)
+    def forward(x: torch.Tensor, wfreq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = tuple(x.shape[-2:])
+        xp = _rfft2(x).permute(2, 3, 1, 0).contiguous()  # (H, Wf, in, N)
+        y = _irfft2(torch.matmul(_dense(wfreq), xp).permute(3, 2, 0, 1), size)
+        return y, xp  # xp: kept for the backward (not differentiable)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        ctx.size = tuple(inputs[0].shape[-2:])
+        x, wfreq = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.size = tuple(x.shape[-2:])
+        ctx.save_for_backward(output[1], wfreq)
+        ctx.save_for_forward(x, wfreq)
 
     @staticmethod
-    def jvp(ctx, dx: torch.Tensor) -> torch.Tensor:
-        return torch.fft.rfft2(dx)
+    def jvp(ctx, dx: torch.Tensor | None, dw: torch.Tensor | None):
+        x, wfreq = ctx.saved_tensors
+        out = 0
+        if dw is not None:
+            out = out + torch.matmul(_dense(dw), _rfft2(x).permute(2, 3, 1, 0).contiguous())
+        if dx is not None:
+            out = out + torch.matmul(_dense(wfreq), _rfft2(dx).permute(2, 3, 1, 0).contiguous())
+        return _irfft2(out.permute(3, 2, 0, 1), ctx.size), None
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, g: torch.Tensor, _g_xp: torch.Tensor | None):
+        xp, wfreq = ctx.saved_tensors
         n_h, n_w = ctx.size
-        return torch.fft.irfft2(g * _half_column_weights(n_w, g), s=(n_h, n_w), norm="forward")
+        gp = _rfft2(g).permute(2, 3, 1, 0).contiguous()  # (H, Wf, out, N)
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = _irfft2(torch.matmul(_dense(wfreq.mH), gp).permute(3, 2, 0, 1), (n_h, n_w))
+        if ctx.needs_input_grad[1]:
+            m = _column_multiplicity(n_w, gp) / (n_h * n_w)
+            gw = _sum_to(torch.matmul(gp, _dense(xp.mH)) * m[:, None, None], wfreq.shape)
+        return gx, gw
 
 
 def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torch.Tensor:
     """Apply per-frequency matrices (H, Wf, out, in) to a real (N, in, H, W) batch, circularly."""
     n_h, n_w = x.shape[-2:]
-    if full:
-        xf = torch.fft.fft2(x)
-    else:
-        xf = _RFFT2.apply(x)
-    xf = xf.permute(2, 3, 1, 0)  # (H, Wf, in, N)
+    if not full:
+        cdt = torch.promote_types(torch.promote_types(x.dtype, torch.complex64), wfreq.dtype)
+        if wfreq.dtype != cdt:
+            wfreq = wfreq.to(cdt)
+        if cdt == torch.complex128 and x.dtype != torch.float64:
+            x = x.to(torch.float64)
+        return _FFTConv2d.apply(x, wfreq)[0]
+    xf = torch.fft.fft2(x).permute(2, 3, 1, 0)  # (H, W, in, N)
     yf = matmul(wfreq, xf).permute(3, 2, 0, 1)
-    if full:
-        return torch.fft.ifft2(yf, s=(n_h, n_w)).real
-    return torch.fft.irfft2(yf, s=(n_h, n_w))
+    return torch.fft.ifft2(yf, s=(n_h, n_w)).real
 
 
 def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
