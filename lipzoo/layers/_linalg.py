@@ -105,20 +105,124 @@ def _as_kernel(w: torch.Tensor) -> torch.Tensor:
     return w
 
 
+class _Gram(torch.autograd.Function):
+    """``a^T conj(a)`` for a (..., m, n) stack, with a one-product backward.
+
+    The gradient of ``a^T conj(a)`` is ``a (G^T + conj(G))``: one matrix product where autograd
+    spends two (one per operand) and a sum.
+    """
+
+    generate_vmap_rule = True  # usable under torch.func transforms
+
+    @staticmethod
+    def forward(a: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a.mT, a.conj()) if a.is_complex() else torch.matmul(a.mT, a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def jvp(ctx, da: torch.Tensor) -> torch.Tensor:
+        (a,) = ctx.saved_tensors
+        if a.is_complex():
+            return torch.matmul(da.mT, a.conj()) + torch.matmul(a.mT, da.conj())
+        return torch.matmul(da.mT, a) + torch.matmul(a.mT, da)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        (a,) = ctx.saved_tensors
+        return torch.matmul(a, g.mT + (g.conj() if g.is_complex() else g))
+
+
+#: kernels with at most this many taps and at least this many (out, in) channel pairs get their
+#: autocorrelation through the DFT (see ``_autocorrelation_dft``), others through one convolution
+#: of the kernel with itself (measured on CPU, 3 x 3 kernels: the DFT 1.5x faster at 64 x 64
+#: channels, 1.9x at 128 x 128, its fixed overhead a loss at 32 x 32)
+AUTOCORR_DFT_MAX_TAPS = 25
+AUTOCORR_DFT_MIN_PAIRS = 48 * 48
+
+
+@functools.lru_cache(maxsize=64)
+def _autocorr_dft_matrices(k_h: int, k_w: int, dtype: torch.dtype, device: torch.device):
+    """The DFT matrices of ``_autocorrelation_dft`` for a k_h x k_w kernel.
+
+    On the (2k_h - 1) x (2k_w - 1) grid that holds every shift of the autocorrelation without
+    wrapping, the frequencies ``D`` = one of each pair ``(f, -f)`` other than 0: rows
+    1 .. k_h - 1 of column 0 and all rows of columns 1 .. k_w - 1. Returns ``(fwd, inv)``:
+    ``fwd`` (k_h k_w, 2|D|) holds ``cos, sin`` of ``-theta_f . p`` (tap p, interleaved per f) and
+    ``inv`` (2|D|, S) the real and imaginary coefficients ``2 cos(theta_f . s) / N``,
+    ``-2 sin(theta_f . s) / N`` of ``Re(Phat(f) e^{i theta_f . s})`` for the S shifts ``s`` in
+    row-major order from ``-(k - 1)`` to ``k - 1`` (N = grid size).
+    """
+    n_h, n_w = 2 * k_h - 1, 2 * k_w - 1
+    freqs = [(u, 0) for u in range(1, k_h)] + [(u, v) for v in range(1, k_w) for u in range(n_h)]
+    u = torch.tensor([f[0] for f in freqs], dtype=torch.int64)
+    v = torch.tensor([f[1] for f in freqs], dtype=torch.int64)
+
+    def angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (len(a) * len(b), |D|): 2 pi (u a/n_h + v b/n_w)
+        ph = torch.remainder(a[:, None, None] * u[None, None, :], n_h).double() / n_h
+        pw = torch.remainder(b[None, :, None] * v[None, None, :], n_w).double() / n_w
+        return (2 * math.pi * (ph + pw)).reshape(len(a) * len(b), len(freqs))
+
+    taps = angles(torch.arange(k_h), torch.arange(k_w))
+    fwd = torch.stack([torch.cos(-taps), torch.sin(-taps)], dim=-1).reshape(k_h * k_w, 2 * len(freqs))
+    shifts = angles(torch.arange(-(k_h - 1), k_h), torch.arange(-(k_w - 1), k_w))
+    inv = torch.stack([torch.cos(shifts), -torch.sin(shifts)], dim=-1) * (2.0 / (n_h * n_w))
+    inv = inv.permute(1, 2, 0).reshape(2 * len(freqs), n_h * n_w)
+    return fwd.to(dtype=dtype, device=device), inv.to(dtype=dtype, device=device)
+
+
+def _autocorrelation_dft(k: torch.Tensor) -> torch.Tensor:
+    """``autocorrelation(k, "in")`` of a (out, in, k_h, k_w) kernel through the DFT.
+
+    On a grid of (2k - 1) points per axis the shifts of the autocorrelation do not wrap, so
+    ``P(s) = (1/N) sum_f Phat(f) e^{i theta_f . s}`` exactly, with the per-frequency Gram
+    matrices ``Phat(f) = Khat(f)^T conj(Khat(f))`` of the kernel's DFT ``Khat`` (in x in, from out
+    x in). P is real, so ``Phat(-f) = conj(Phat(f))``: only the frequency 0 (a real Gram matrix of
+    the tap sums) and one of each pair are formed, e.g. 12 complex and 1 real in x in products
+    for a 3 x 3 kernel instead of a convolution over 25 shifts x 9 taps. Equal to the
+    convolution up to float round-off (measured no less accurate in float32).
+    """
+    out_c, in_c, k_h, k_w = k.shape
+    fwd, inv = _autocorr_dft_matrices(k_h, k_w, k.dtype, k.device)
+    n_f = fwd.shape[1] // 2
+    kf = torch.view_as_complex((k.reshape(out_c * in_c, k_h * k_w) @ fwd).view(out_c, in_c, n_f, 2))
+    phat = _Gram.apply(kf.permute(2, 0, 1).contiguous())  # (|D|, in, in)
+    p = torch.view_as_real(phat).permute(1, 2, 0, 3).reshape(in_c * in_c, 2 * n_f) @ inv
+    p0 = _Gram.apply(k.sum(dim=(2, 3))) * (1.0 / ((2 * k_h - 1) * (2 * k_w - 1)))  # frequency 0
+    return (p + p0.reshape(in_c * in_c, 1)).view(in_c, in_c, 2 * k_h - 1, 2 * k_w - 1)
+
+
 def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
     """The convolution form of ``K^T K`` (``over="in"``) or ``K K^T`` (``over="out"``).
 
     For a kernel of shape (out, in, k, k) and ``over="in"`` the result P has shape
-    (in, in, 2k-1, 2k-1) with ``P[i, j, s] = sum_o sum_p K[o, i, p] K[o, j, p + s]``: the kernel
-    of the self-adjoint operator ``K^T K`` on an unbounded grid. ``over="out"`` does the same
-    for ``K K^T`` over output channels.
+    (in, in, 2k-1, 2k-1) with ``P[i, j, s] = sum_o sum_p K[o, i, p + s] K[o, j, p]`` (index
+    ``s + k - 1``): the kernel of the self-adjoint operator ``K^T K`` on an unbounded grid.
+    ``over="out"`` does the same for ``K K^T`` over output channels.
+
+    Computed, for the same numbers up to float round-off: for 1 x 1 kernels as the Gram matrix
+    ``K^T K`` (one matrix product forward, one backward); for kernels of up to
+    ``AUTOCORR_DFT_MAX_TAPS`` taps and enough channels through the DFT
+    (``_autocorrelation_dft``, up to 2x faster than the convolution on CPU for 3 x 3 kernels);
+    else as the convolution of the kernel with itself, ``conv2d(K^T, K^T, padding=k - 1)``.
     """
     k = _as_kernel(kernel)
     if over == "in":
-        k = k.transpose(0, 1)  # (in, out, kh, kw): "batch" of in-channel filters
-    elif over != "out":
+        pass
+    elif over == "out":
+        k = k.transpose(0, 1)
+    else:
         raise ValueError("over must be 'in' or 'out'")
-    kh, kw = k.shape[-2:]
+    out_c, in_c, kh, kw = k.shape
+    if kh == kw == 1:
+        return _Gram.apply(k[:, :, 0, 0])[:, :, None, None]
+    if (kh * kw <= AUTOCORR_DFT_MAX_TAPS and out_c * in_c >= AUTOCORR_DFT_MIN_PAIRS
+            and k.dtype in (torch.float32, torch.float64)):
+        return _autocorrelation_dft(k)
+    k = k.transpose(0, 1)  # (in, out, kh, kw): "batch" of in-channel filters
     return F.conv2d(k, k, padding=(kh - 1, kw - 1))
 
 
