@@ -13,7 +13,7 @@ from torch.autograd import gradcheck
 from torch import nn
 
 import lipzoo
-from lipzoo.layers._linalg import conv_kernel_fft
+from lipzoo.layers._fourier import conv_kernel_fft
 from lipzoo.layers._linalg import power_start_vector as start_vector
 from lipzoo.layers.bcop import BCOPConv2d, BjorckLinear, bcop_kernel, bjorck, norm_bound
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import lipzoo
-from lipzoo.layers._linalg import cayley_transform, conv_kernel_rfft
+from lipzoo.layers._fourier import conv_kernel_rfft
+from lipzoo.layers._linalg import cayley_transform
 from lipzoo.layers.cayley import CayleyConv2d, CayleyLinear, cayley_frequency_weight
 
 from lipschitz import circular_conv_matrix, impulse_matrix, n_trainable

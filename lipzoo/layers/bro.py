@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import LipschitzModule, MatrixLayer, as_size, check_kernel_size, map_size, spatial_size
-from ._linalg import conv_kernel_rfft, fft_conv2d, matmul
+from ._fourier import conv_kernel_rfft, fft_conv2d
+from ._linalg import matmul
 from ._norms import matrix_norm
 from ._plain import frequency_op, plain_conv1x1
 

@@ -12,7 +12,7 @@ Phase convention (checked against the paper's golden logits): the paper takes
 ``rfft2(W, (n, n))``, conjugates it and multiplies by ``exp(-2 pi i c (u + v) / n)`` with
 ``c = (k - 1) // 2``. That is exactly ``conj(rfft2(W) * exp(+2 pi i c (u + v) / n))``, i.e. the
 frequency form of PyTorch's circular 'same' cross-correlation ``F.conv2d`` with a centred
-kernel, so the shared ``_linalg.conv_kernel_rfft`` / ``fft_conv2d`` reproduce it; only the
+kernel, so the shared ``_fourier.conv_kernel_rfft`` / ``fft_conv2d`` reproduce it; only the
 paper's normalisation (Frobenius norm over the ``H x (W//2 + 1)`` half spectrum) is specific.
 
 Why the default is sound: ``A + A^H = 2 V^H V``, hence ``Q^H Q = I`` exactly and ``I + A`` is
@@ -33,10 +33,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
+from ._fourier import conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
+from ._linalg import cayley_transform
 from ._norms import matrix_norm
 from ._plain import frequency_op
 

@@ -11,7 +11,7 @@ coupled Newton-Schulz iteration ``T = (3I - Z Y)/2, Y <- Y T, Z <- T Z`` (``Y_0 
 
 Phase convention (checked against the paper's golden logits): the paper's
 ``shift * conj(fft2(W, (n, n)))`` with ``shift = exp(-2 pi i c (u + v) / n)``, ``c = (k-1)//2``,
-is exactly ``_linalg.conv_kernel_fft`` (the frequency form of a centred circular 'same'
+is exactly ``_fourier.conv_kernel_fft`` (the frequency form of a centred circular 'same'
 ``F.conv2d``), laid out ``(Hp, Wp, out, in)``.
 
 Why the default is sound (no estimate involved, so the default IS the paper's maths): every
@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
-from ._linalg import conv_kernel_fft, fft_conv2d, matmul
+from ._fourier import conv_kernel_fft, fft_conv2d
+from ._linalg import matmul
 from ._norms import matrix_norm
 from ._plain import frequency_op, plain_conv1x1
 from ._spectral import _adjoint, _higher, _real_dtype, divided_differences
@@ -235,7 +236,7 @@ def _lot_eigh(w: torch.Tensor, iters: int, eps: float, refine: bool) -> torch.Te
 
 
 def _kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int) -> torch.Tensor:
-    """``_linalg.conv_kernel_rfft(weight, n_h, n_w)`` as a product with the k x k taps' DFT matrix.
+    """``_fourier.conv_kernel_rfft(weight, n_h, n_w)`` as a product with the k x k taps' DFT matrix.
 
     ``W_hat(f)[o, i] = sum_t W[o, i, t] exp(2 pi i <f, t - c> / n)`` (``c = (k-1)//2`` the centre):
     the same sums (equal within float round-off; the angles are exact in float64, where the FFT

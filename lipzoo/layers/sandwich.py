@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import as_size, InputError, LipschitzModule, map_size, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
+from ._fourier import conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
+from ._linalg import cayley_transform
 from ._norms import matrix_norm
 from ._plain import SandwichResidual, frequency_op, plain_linear
 
