@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from ._provenance import cpu_model
 from .audit import audit
 from .export import to_plain
+from .radius import Radius
 
-__all__ = ["DEFAULT_EPS", "eps_key", "Bound", "resolve_bound", "as_float64", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack",
+__all__ = ["DEFAULT_EPS", "Radius", "eps_key", "certifying_bound", "Bound", "resolve_bound", "as_float64", "CertificationResult", "certify", "margins", "certified_radius", "pgd_attack",
            "empirical_robust_accuracy", "check_eps", "check_labels", "check_lipschitz", "check_images_range"]
 
 #: the paper's radii: 36/255, 72/255, 108/255 and 1.0 (exact fractions, not the paper's rounded decimals)
@@ -43,8 +44,16 @@ ROUNDOFF_SLACK = 1e-5
 
 
 def eps_key(eps: float) -> str:
-    """The one string form of a radius used as a key in every result file (``36/255`` -> ``'0.141176'``)."""
-    return f"{float(eps):.6g}"
+    """The key of a radius in every result file (``36/255`` -> ``'0.141176'``): ``Radius(eps).key``."""
+    return Radius(eps).key
+
+
+def certifying_bound(bound: float) -> float:
+    """THE rule for the L a certificate divides by: a proven (or given) Lipschitz bound, never below 1.
+
+    Every 1-Lipschitz layer can only shrink distances, but the audited bound of a network may
+    come out below 1 (its layers are not tight); certificates still use at least 1."""
+    return max(1.0, float(bound))
 
 
 def check_labels(labels: torch.Tensor, num_classes: int | None = None, n: int | None = None) -> None:
@@ -153,7 +162,7 @@ class CertificationResult:
             "n": self.n,
             "lipschitz_bound": self.lipschitz,
             "clean_accuracy": self.clean_accuracy,
-            "certified_accuracy": {eps_key(e): a for e, a in self.certified_accuracy.items()},
+            "certified_accuracy": Radius.keyed(self.certified_accuracy),
             "median_radius": float(self.radii.median()) if self.n else 0.0,
             "precision": self.precision,
         }
@@ -164,8 +173,7 @@ class CertificationResult:
     def table(self) -> str:
         rows = [f"{'eps':>12} | {'accuracy':>9}", "-" * 25, f"{'clean':>12} | {100 * self.clean_accuracy:8.2f}%"]
         for e, a in self.certified_accuracy.items():
-            label = f"{round(e * 255)}/255" if abs(e * 255 - round(e * 255)) < 1e-9 else f"{e:.4g}"
-            rows.append(f"{label:>12} | {100 * a:8.2f}%")
+            rows.append(f"{Radius(e).label:>12} | {100 * a:8.2f}%")
         rows.append(f"(n={self.n}, Lipschitz bound L={self.lipschitz:.6g}, certified when margin > sqrt(2)*L*eps)")
         return "\n".join(rows)
 
@@ -174,7 +182,7 @@ class CertificationResult:
 class Bound:
     """The Lipschitz constant a certificate divides by, and why.
 
-    ``value`` = max(1, given or audited) and never below ``audited``, the guaranteed upper bound
+    ``value`` = :func:`certifying_bound` (given or audited) and never below ``audited``, the guaranteed upper bound
     :func:`lipzoo.audit` proved for the evaluated network on this machine (``machine``).
     """
 
@@ -230,17 +238,18 @@ def resolve_bound(model: nn.Module, lipschitz: float | None = None,
         if lip is None:
             raise ValueError(f"cannot audit {type(model).__name__} ({e}); pass lipschitz= a bound you have "
                              f"proven for it") from None
-        return Bound(max(1.0, lip), float("nan"), f"given (--lipschitz / lipschitz=); not audited ({type(model).__name__} is not "
+        return Bound(certifying_bound(lip), float("nan"), f"given (--lipschitz / lipschitz=); not audited ({type(model).__name__} is not "
                      f"analysable by lipzoo.audit)", machine)
     if lip is None:
-        if audited >= 1.0:
+        if certifying_bound(audited) == audited:
             return Bound(audited, audited, "audited on this machine; at least 1", machine)
-        return Bound(1.0, audited, f"audited on this machine: {audited:.8g}; raised to 1, never below 1", machine)
+        return Bound(certifying_bound(audited), audited,
+                     f"audited on this machine: {audited:.8g}; raised to 1, never below 1", machine)
     if lip < audited:
         raise ValueError(f"lipschitz={lip!r} is below the bound proven for these weights on this machine "
                          f"({audited!r}); certificates with it would be unsound: omit it or give a value >= {audited!r}")
-    return Bound(max(1.0, lip), audited, f"given (--lipschitz / lipschitz=); audited on this machine: {audited:.8g}"
-                 + ("; raised to 1" if lip < 1 else ""), machine)
+    return Bound(certifying_bound(lip), audited, f"given (--lipschitz / lipschitz=); audited on this machine: "
+                 f"{audited:.8g}" + ("; raised to 1" if certifying_bound(lip) != lip else ""), machine)
 
 
 def _double(module: nn.Module) -> nn.Module:
@@ -312,7 +321,19 @@ def certify(
     bound = resolve_bound(model, lipschitz, shape)  # the weights as the model computes them, bounded in float64
     model = as_float64(model, shape) if precision == "float64" else model
     lip = bound.value
-    dtype = torch.float64 if precision == "float64" else None
+    r, p = _radii(model, images, labels, lip, batch_size, device, torch.float64 if precision == "float64" else None,
+                  progress)
+    given.train(was_training)
+    n = len(r)
+    clean = float((p == labels.cpu()).double().mean()) if n else 0.0
+    cert = {float(e): float((r > e).double().mean()) if n else 0.0 for e in eps}
+    return CertificationResult(n=n, lipschitz=lip, clean_accuracy=clean, certified_accuracy=cert, radii=r,
+                               predictions=p, bound=bound, precision=precision)
+
+
+def _radii(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lip: float, batch_size: int, device,
+           dtype: torch.dtype | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Certified radius and prediction of every image, a batch at a time (inputs cast to ``dtype``)."""
     radii, preds = [], []
     with tqdm(total=len(images), desc="certify", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(images), batch_size):
@@ -324,14 +345,9 @@ def certify(
             radii.append(certified_radius(z, y, lip).cpu())
             preds.append(z.argmax(dim=1).cpu())
             bar.update(len(x))
-    given.train(was_training)
     r = torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64)
     p = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-    n = len(r)
-    clean = float((p == labels.cpu()).double().mean()) if n else 0.0
-    cert = {float(e): float((r > e).double().mean()) if n else 0.0 for e in eps}
-    return CertificationResult(n=n, lipschitz=lip, clean_accuracy=clean, certified_accuracy=cert, radii=r,
-                               predictions=p, bound=bound, precision=precision)
+    return r, p
 
 
 def pgd_attack(
@@ -405,7 +421,7 @@ def empirical_robust_accuracy(
             y = labels[start : start + batch_size].to(device)
             for e in eps:
                 def show(step: int, e: float = e, start: int = start) -> None:
-                    bar.set_postfix_str(f"eps {e:.4g}, images {start}-{start + len(x)}, step {step}/{steps}")
+                    bar.set_postfix_str(f"eps {Radius(e).label}, images {start}-{start + len(x)}, step {step}/{steps}")
 
                 adv = pgd_attack(model, x, y, e, steps=steps, callback=show if progress else None)
                 with torch.no_grad():

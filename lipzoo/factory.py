@@ -10,13 +10,12 @@ with weights, and neither imports this module.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .hub import load_weights, pretrained_entry
+from .hub import Lookup, load_weights, pretrained_entry
 from .layers import LAYERS
 from .models import ConvNet
 from .registry import (
@@ -52,7 +51,8 @@ def create_model(
 
     ``input_mean``: a per-channel mean the model subtracts first (the paper's centring, as a
     fixed 1-Lipschitz shift). ``layer_kwargs`` go to every Lipschitz layer (e.g.
-    ``paper_compatible=True``).
+    ``paper_compatible=True``, which :meth:`lipzoo.layers.LayerSpec.layer_kwargs` passes on only
+    to families with a paper mode: a no-op for AOL and the standard baseline, refused for BRO and AOC).
 
     Pretrained (a name ``{architecture}.{dataset}`` or ``pretrained=True``): the weights are
     found in ``weights`` (a file or model folder), the local mirrors (``cards/`` of the
@@ -72,9 +72,9 @@ def create_model(
     if pretrained or "." in name or weights is not None:
         if pretrained and weights is None and name in ARCHITECTURES:
             name = default_pretrained(name).name
-        return load_pretrained(name, device=device, revision=revision, cache_dir=cache_dir,
-                               local_files_only=local_files_only, weights=weights, num_classes=num_classes,
-                               in_chans=in_chans, input_mean=input_mean, **layer_kwargs)
+        lookup = Lookup(weights=weights, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return load_pretrained(name, lookup, device=device, num_classes=num_classes, in_chans=in_chans,
+                               input_mean=input_mean, **layer_kwargs)
     arch = get_architecture(name)
     config = arch.config(num_classes=10 if num_classes is None else num_classes,
                          in_chans=3 if in_chans is None else in_chans, input_mean=input_mean)
@@ -84,26 +84,25 @@ def create_model(
 
 def load_pretrained(
     name: str,
+    lookup: Lookup | None = None,
     *,
     device: str | torch.device | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    weights: str | os.PathLike | None = None,
-    mirrors: Sequence[Path] | None = None,
     num_classes: int | None = None,
     in_chans: int | None = None,
     input_mean: Sequence[float] | None = None,
-    **layer_kwargs,
+    **options,
 ) -> nn.Module:
-    """The pretrained model ``name`` (see :mod:`lipzoo.hub` for where it is found), verified, in eval mode.
+    """The pretrained model ``name``, verified, in eval mode.
 
-    ``num_classes``, ``in_chans``, ``input_mean``: ``None``, or the entry's own values; anything
-    else raises ``ValueError`` before any file is read or downloaded (the head is never reset).
+    Where its weights are looked for is ``lookup`` (:class:`lipzoo.hub.Lookup`), with the options
+    named like its fields overriding it (``load_pretrained(name, weights=folder)``); the other
+    ``options`` go to the layers, after the entry's own ``layer_kwargs``. ``num_classes``,
+    ``in_chans``, ``input_mean``: ``None``, or the entry's own values; anything else raises
+    ``ValueError`` before any file is read or downloaded (the head is never reset).
     """
-    _check_shape(pretrained_entry(name, weights), num_classes, in_chans, input_mean)
-    e, state = load_weights(name, weights=weights, revision=revision, cache_dir=cache_dir,
-                            local_files_only=local_files_only, mirrors=mirrors)
+    lookup, layer_kwargs = (lookup or Lookup()).split(options)
+    _check_shape(pretrained_entry(name, lookup.weights), num_classes, in_chans, input_mean)
+    e, state = load_weights(name, lookup)
     model = create_model(e.architecture, num_classes=e.data.num_classes, in_chans=e.data.in_chans,
                          input_mean=e.data.mean, **(e.layer_kwargs | layer_kwargs))
     model.load_state_dict(state, strict=True)

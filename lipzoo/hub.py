@@ -34,7 +34,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,6 +42,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ._hf_cache import (DEFAULT_ENDPOINT, DownloadError, HubError, WeightsNotFoundError, cache_dir_of, cache_path,
+                        evict, hf_endpoint, hub_download, is_offline, revision_of)
 from ._io import atomic_path, atomic_write_text
 from ._provenance import git_commit
 from ._version import __version__
@@ -58,66 +60,46 @@ from .registry import (
 )
 
 __all__ = [
-    "HubError", "ChecksumError", "WeightsNotFoundError", "DownloadError", "Resolved",
+    "HubError", "ChecksumError", "WeightsNotFoundError", "DownloadError", "Resolved", "Lookup", "DEFAULT_ENDPOINT",
     "hf_endpoint", "is_offline", "weights_mirrors", "cache_path", "sha256_file",
     "resolve_weights", "find_local", "read_verified", "pretrained_entry", "load_weights", "download", "verify",
     "save_pretrained", "write_config",
 ]
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
-_TRUE = {"1", "true", "yes", "on"}
-
-
-class HubError(RuntimeError):
-    """Pretrained weights could not be found, fetched or trusted."""
 
 
 class ChecksumError(HubError):
     """A weights file whose sha256 (or size) differs from the registry's: it was not loaded."""
 
 
-class WeightsNotFoundError(HubError, FileNotFoundError):
-    """The weights are not available locally and downloading is off (offline)."""
-
-
-class DownloadError(HubError):
-    """The Hub (or mirror) could not deliver the file: unknown repo, revision or file, or a failed transfer."""
-
-
-# --- configuration ------------------------------------------------------------------------------
-def hf_endpoint() -> str:
-    """The Hub to download from: ``$LIPZOO_HF_ENDPOINT``, else ``$HF_ENDPOINT``, else huggingface.co."""
-    return (os.environ.get("LIPZOO_HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def is_offline(local_files_only: bool = False) -> bool:
-    """True when nothing may be downloaded (argument, ``HF_HUB_OFFLINE``, ``LIPZOO_OFFLINE``)."""
-    from huggingface_hub import constants
-
-    env = any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "LIPZOO_OFFLINE"))
-    return bool(local_files_only or env or constants.HF_HUB_OFFLINE)
-
-
+# --- where to look ------------------------------------------------------------------------------
 def weights_mirrors() -> list[Path]:
     """Local mirror folders holding ``NAME/model.safetensors``: the checkout's cards/, then $LIPZOO_WEIGHTS."""
     extra = [Path(p).expanduser() for p in os.environ.get("LIPZOO_WEIGHTS", "").split(os.pathsep) if p.strip()]
     return [CARDS_DIR, *extra]
 
 
-def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    from huggingface_hub import constants
-
-    return Path(cache_dir or os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE).expanduser()
+def _mirrors(mirrors: Sequence[Path] | None) -> Sequence[Path]:
+    return weights_mirrors() if mirrors is None else mirrors
 
 
-def _revision(entry: PretrainedEntry, revision: str | None) -> str:
-    return revision or entry.revision or "main"
+@dataclass(frozen=True)
+class Lookup:
+    """Where the weights of a name are looked for, in order (see the module doc): the explicit
+    file or model folder ``weights``; the local mirror folders ``mirrors`` (``None``:
+    :func:`weights_mirrors`); the Hugging Face cache ``cache_dir`` at ``revision`` (``None``: the
+    entry's pinned one); the Hub, unless ``local_files_only`` (or the environment) says offline."""
 
+    weights: str | os.PathLike | None = None
+    revision: str | None = None
+    cache_dir: str | os.PathLike | None = None
+    local_files_only: bool = False
+    mirrors: Sequence[Path] | None = None
 
-def cache_path(entry: PretrainedEntry, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the HF cache keeps the entry's file (for a branch revision, the ``refs/`` file names the commit)."""
-    folder = _cache_dir(cache_dir) / f"models--{entry.repo_id.replace('/', '--')}"
-    return folder / "snapshots" / _revision(entry, revision) / entry.filename
+    def split(self, options: dict) -> tuple["Lookup", dict]:
+        """This lookup with the ``options`` named like its fields, and the other options."""
+        mine = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in options.items() if k in mine}), \
+            {k: v for k, v in options.items() if k not in mine}
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -168,139 +150,33 @@ def find_local(
     mirrors: Sequence[Path] | None = None,
 ) -> Resolved | None:
     """The entry's file in a local mirror folder or the HF cache, without any network access."""
-    for d in weights_mirrors() if mirrors is None else mirrors:
+    for d in _mirrors(mirrors):
         p = Path(d) / entry.name / entry.filename
         if p.is_file():
             return Resolved(entry, p, "mirror")
     from huggingface_hub import try_to_load_from_cache
 
-    hit = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=str(_cache_dir(cache_dir)),
-                                 revision=_revision(entry, revision))
+    hit = try_to_load_from_cache(entry.repo_id, entry.filename, cache_dir=str(cache_dir_of(cache_dir)),
+                                 revision=revision_of(entry, revision))
     if isinstance(hit, str) and os.path.isfile(hit):
         return Resolved(entry, Path(hit), "cache")
     return None
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Network failures of huggingface_hub's HTTP client (httpx2 in recent versions), plus OSError."""
-    errors: list[type[BaseException]] = [OSError]
-    for mod in ("httpx2", "httpx", "requests"):
-        try:
-            m = __import__(mod)
-        except ImportError:
-            continue
-        errors.append(getattr(m, "TransportError", None) or getattr(m, "RequestException"))
-    return tuple(errors)
-
-
-def _hub_download(entry: PretrainedEntry, revision: str | None, cache_dir: str | os.PathLike | None,
-                  force: bool = False, local_files_only: bool = False, mirrors: Sequence[Path] | None = None) -> Path:
-    """Fetch the file into the HF cache; each failure becomes a :class:`DownloadError` saying what was wrong.
-
-    The one place that goes to the network: offline, it raises :class:`WeightsNotFoundError` instead.
-    """
-    if is_offline(local_files_only):
-        looked = [str(Path(d) / entry.name / entry.filename) for d in (weights_mirrors() if mirrors is None else mirrors)]
-        raise WeightsNotFoundError(
-            f"the weights of {entry.name} are not available offline: not in the Hugging Face cache "
-            f"({cache_path(entry, revision, cache_dir)})" + (f" nor in the mirror folders ({', '.join(looked)})" if looked else "")
-            + f". Run `lipzoo download {entry.name}` while online (or unset HF_HUB_OFFLINE / local_files_only), "
-            f"or put the file in $LIPZOO_WEIGHTS/{entry.name}/{entry.filename}"
-        )
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
-
-    endpoint, rev, repo = hf_endpoint(), _revision(entry, revision), entry.repo_id
-    api = HfApi(endpoint=endpoint)
-    where = f"{repo} at {endpoint}"
-    unreachable = _transport_errors()
-    try:
-        info = api.model_info(repo, revision=rev)
-    except HfHubHTTPError as e:  # repo or revision unknown: tell which
-        try:
-            try:
-                refs = api.list_repo_refs(repo)
-            except unreachable:  # a server may drop its keep-alive connection after the error: ask again once
-                refs = api.list_repo_refs(repo)
-        except (HfHubHTTPError, *unreachable):
-            raise DownloadError(
-                f"repository {where} not found (for {entry.name}); check the repo id "
-                f"(LIPZOO_HUB_ORG={os.environ.get('LIPZOO_HUB_ORG', '')!r}) and the endpoint (LIPZOO_HF_ENDPOINT)"
-            ) from e
-        known = [b.name for b in refs.branches] + [t.name for t in refs.tags]
-        raise DownloadError(
-            f"revision {rev!r} not found in {where}; its branches and tags: {', '.join(known) or '(none)'}"
-        ) from e
-    except unreachable as e:
-        raise DownloadError(
-            f"cannot reach {endpoint} to download {entry.name} ({type(e).__name__}: {e}); the file is not cached "
-            f"at {cache_path(entry, revision, cache_dir)}. Run `lipzoo download {entry.name}` when online, "
-            "or set LIPZOO_HF_ENDPOINT to a reachable mirror"
-        ) from e
-    files = [s.rfilename for s in info.siblings or []]
-    if entry.filename not in files:
-        raise DownloadError(
-            f"{where} has no file {entry.filename!r} at revision {rev!r}; it has: {', '.join(files) or '(no files)'}"
-        )
-    try:
-        path = hf_hub_download(repo, entry.filename, revision=rev, cache_dir=str(_cache_dir(cache_dir)),
-                               endpoint=endpoint, library_name="lipzoo", library_version=__version__,
-                               force_download=force)
-    except (HfHubHTTPError, *unreachable) as e:
-        raise DownloadError(
-            f"download of {entry.filename} from {where} (revision {rev!r}) failed: {e}. Nothing was loaded and "
-            f"no partial file is used; run `lipzoo download {entry.name}` again to resume"
-        ) from e
-    return Path(path)
-
-
-def resolve_weights(
-    name: str,
-    *,
-    weights: str | os.PathLike | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    mirrors: Sequence[Path] | None = None,
-) -> Resolved:
-    """Locate (and if needed download) the weights of ``name``; nothing is verified yet."""
-    entry, explicit = _entry_and_path(name, weights)
+def resolve_weights(name: str, lookup: Lookup | None = None, **where) -> Resolved:
+    """Locate (and if needed download) the weights of ``name`` as ``lookup`` says, with ``where``
+    overriding its fields (``resolve_weights(name, weights=folder)``); nothing is verified yet."""
+    at = replace(lookup or Lookup(), **where)
+    entry, explicit = _entry_and_path(name, at.weights)
     if explicit is not None:
         if not explicit.is_file():
             raise WeightsNotFoundError(f"{explicit} does not exist (weights of {entry.name})")
         return Resolved(entry, explicit, "path")
-    local = find_local(entry, revision=revision, cache_dir=cache_dir, mirrors=mirrors)
+    local = find_local(entry, revision=at.revision, cache_dir=at.cache_dir, mirrors=at.mirrors)
     if local is not None:
         return local
-    return Resolved(entry, _hub_download(entry, revision, cache_dir, local_files_only=local_files_only,
-                                         mirrors=mirrors), "download")
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """True if the fully resolved ``path`` lies under the fully resolved folder ``root``."""
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except (ValueError, OSError):
-        return False
-
-
-def _evict(path: Path, cache_dir: str | os.PathLike | None) -> list[Path]:
-    """Delete a bad cached file: the snapshot entry and the blob it links to, each only if it lies
-    inside the HF cache folder (a link that leads out of the cache is removed, its target never).
-    Returns what was deleted."""
-    root = _cache_dir(cache_dir)
-    link = path.parent.resolve() / path.name  # the snapshot entry itself, not what it points to
-    gone = []
-    for p in dict.fromkeys([link, path.resolve()]):
-        if not (_inside(p.parent, root) and (p.is_symlink() or _inside(p, root))):
-            continue
-        try:
-            p.unlink()
-            gone.append(p)
-        except FileNotFoundError:
-            pass
-    return gone
+    return Resolved(entry, hub_download(entry, at.revision, at.cache_dir, local_files_only=at.local_files_only,
+                                        mirrors=_mirrors(at.mirrors)), "download")
 
 
 #: how long a weights file that was just replaced may disagree with its folder's config.json
@@ -382,7 +258,7 @@ def _same_dir(a: Path, b: Path) -> bool:
 
 def _checksum_error(r: Resolved, entry: PretrainedEntry, data: bytes, digest: str,
                     cache_dir: str | os.PathLike | None) -> ChecksumError:
-    evicted = r.source in ("cache", "download") and bool(_evict(r.path, cache_dir))
+    evicted = r.source in ("cache", "download") and bool(evict(r.path, cache_dir))
     return ChecksumError(
         f"{r.path} ({r.source}) is not the file registered for {entry.name}: sha256 {digest} "
         f"({len(data)} bytes), expected {entry.sha256} ({entry.size} bytes). Nothing was loaded. "
@@ -406,24 +282,16 @@ def pretrained_entry(name: str, weights: str | os.PathLike | None = None) -> Pre
     return _entry_and_path(name, weights)[0]
 
 
-def load_weights(
-    name: str,
-    *,
-    weights: str | os.PathLike | None = None,
-    revision: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-    mirrors: Sequence[Path] | None = None,
-) -> tuple[PretrainedEntry, dict[str, torch.Tensor]]:
-    """The verified state dict of ``name`` (see the module doc for where it is found) and the entry
-    it was verified against. The bytes that were checked (size, sha256) are the bytes parsed; a
+def load_weights(name: str, lookup: Lookup | None = None, **where) -> tuple[PretrainedEntry, dict[str, torch.Tensor]]:
+    """The verified state dict of ``name`` (found as ``lookup`` with ``where`` says, see
+    :func:`resolve_weights`) and the entry it was verified against. The bytes that were checked (size, sha256) are the bytes parsed; a
     file whose safetensors metadata names another architecture raises :class:`HubError`.
     :func:`lipzoo.factory.load_pretrained` builds the model and loads it strictly."""
     from safetensors.torch import load as load_safetensors
 
-    r = resolve_weights(name, weights=weights, revision=revision, cache_dir=cache_dir,
-                        local_files_only=local_files_only, mirrors=mirrors)
-    e, data = read_verified(r, cache_dir)
+    at = replace(lookup or Lookup(), **where)
+    r = resolve_weights(name, at)
+    e, data = read_verified(r, at.cache_dir)
     meta = _safetensors_metadata(data)
     if meta.get("architecture", e.architecture) != e.architecture:
         raise HubError(f"{r.path} holds a {meta['architecture']!r} model but {e.name} is a {e.architecture}")
@@ -448,7 +316,7 @@ def download(name: str, *, revision: str | None = None, cache_dir: str | os.Path
                 if hit.source != "mirror" or is_offline():
                     raise
                 # a bad mirror copy: fetch a good one into the cache instead
-    r = Resolved(entry, _hub_download(entry, revision, cache_dir, force=force, mirrors=mirrors), "download")
+    r = Resolved(entry, hub_download(entry, revision, cache_dir, force=force, mirrors=_mirrors(mirrors)), "download")
     read_verified(r, cache_dir)
     return r
 
@@ -487,6 +355,27 @@ def _recipe_path(recipe: str | None, arch: str, dataset: str) -> str | None:
     return default if (CARDS_DIR.parent / default).is_file() else None
 
 
+def _state_to_save(model: nn.Module, arch: str, data: DataConfig, layer_kwargs: dict) -> dict[str, torch.Tensor]:
+    """The model's state dict on the CPU, once checked: the model is built for ``data`` (channels,
+    classes, mean) and the state loads back strictly into ``arch`` built with ``layer_kwargs``."""
+    cfg = model.config
+    mean = tuple(cfg.input_mean) if cfg.input_mean is not None else None
+    if (cfg.in_chans, cfg.num_classes) != (data.in_chans, data.num_classes) or mean is None or any(
+        abs(a - b) > 1e-6 for a, b in zip(mean, data.mean)
+    ):
+        raise ValueError(
+            f"the model (in_chans={cfg.in_chans}, num_classes={cfg.num_classes}, input_mean={mean}) is not built for "
+            f"{data.dataset} (in_chans={data.in_chans}, num_classes={data.num_classes}, mean={data.mean}); build it "
+            f"with lipzoo.create_model({arch!r}, num_classes={data.num_classes}, in_chans={data.in_chans}, "
+            f"input_mean={data.mean})"
+        )
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    probe = ConvNet(ARCHITECTURES[arch].config(num_classes=data.num_classes, in_chans=data.in_chans,
+                                           input_mean=data.mean), **layer_kwargs)
+    probe.load_state_dict(state, strict=True)  # what we write must load back exactly
+    return state
+
+
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike,
@@ -520,22 +409,9 @@ def save_pretrained(
 
     arch = _architecture_of(model)
     data = DataConfig.from_dataset(dataset)
-    cfg = model.config
-    mean = tuple(cfg.input_mean) if cfg.input_mean is not None else None
-    if (cfg.in_chans, cfg.num_classes) != (data.in_chans, data.num_classes) or mean is None or any(
-        abs(a - b) > 1e-6 for a, b in zip(mean, data.mean)
-    ):
-        raise ValueError(
-            f"the model (in_chans={cfg.in_chans}, num_classes={cfg.num_classes}, input_mean={mean}) is not built for "
-            f"{dataset} (in_chans={data.in_chans}, num_classes={data.num_classes}, mean={data.mean}); build it with "
-            f"lipzoo.create_model({arch!r}, num_classes={data.num_classes}, in_chans={data.in_chans}, input_mean={data.mean})"
-        )
     name = name or f"{arch}.{dataset}"
     layer_kwargs = dict(layer_kwargs or {})
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    probe = ConvNet(ARCHITECTURES[arch].config(num_classes=data.num_classes, in_chans=data.in_chans,
-                                           input_mean=data.mean), **layer_kwargs)
-    probe.load_state_dict(state, strict=True)  # what we write must load back exactly
+    state = _state_to_save(model, arch, data, layer_kwargs)
     if hasattr(metrics, "as_dict"):
         metrics = metrics.as_dict()
     prov = {"commit": git_commit(), "torch_version": torch.__version__, "lipzoo_version": __version__,

@@ -20,12 +20,13 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from .data import DATASETS, dataset_info
+from .data import DATASETS
+from .data_config import DataConfig, ImageTransform
 from .layers import LAYERS
 from .models import FAMILIES, SIZES, ConvNetConfig
+from .radius import Radius
 
 __all__ = [
     "Architecture", "ARCHITECTURES", "list_models", "get_architecture", "UnknownModelError",
@@ -111,91 +112,6 @@ def hub_org() -> str:
     return os.environ.get("LIPZOO_HUB_ORG") or DEFAULT_HUB_ORG
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """What a pretrained model expects: [0, 1] images of ``in_chans x input_size x input_size``."""
-
-    dataset: str
-    input_size: int
-    in_chans: int
-    num_classes: int
-    class_names: tuple[str, ...]
-    mean: tuple[float, ...]  # subtracted inside the model (its ``Centering`` module)
-
-    @classmethod
-    def from_dataset(cls, dataset: str) -> "DataConfig":
-        info = dataset_info(dataset)
-        return cls(dataset, info.input_size, info.in_chans, info.num_classes, tuple(info.class_names), tuple(info.mean))
-
-    def transform(self) -> "ImageTransform":
-        """A callable turning images as data sets ship them into this model's input (see :class:`ImageTransform`)."""
-        return ImageTransform(self.in_chans, self.input_size)
-
-    def as_dict(self) -> dict:
-        return {"dataset": self.dataset, "input_size": self.input_size, "in_chans": self.in_chans,
-                "num_classes": self.num_classes, "class_names": list(self.class_names), "mean": list(self.mean)}
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """Images as data sets ship them -> float32 model input in [0, 1], zero-padded to ``input_size``.
-
-    Accepted: a PIL image (converted to ``L`` for one channel, ``RGB`` for three); a numpy array
-    ``H x W``, ``H x W x C``, ``N x H x W`` (one channel) or ``N x H x W x C`` (the layout of image
-    files and of IDX/CIFAR arrays); a torch tensor ``H x W``, ``C x H x W``, ``N x H x W`` (one
-    channel) or ``N x C x H x W``. Integer values are 0..255 and divided by 255; float values must
-    already lie in [0, 1]. Images smaller than ``input_size`` are padded with zeros (black) on all
-    sides equally, exactly as lipzoo's data loaders pad 28x28 Fashion-MNIST/MNIST to 32x32 for
-    training and evaluation. One image gives ``C x S x S``, a batch ``N x C x S x S``. Anything
-    else (wrong channels, larger images, an odd size difference) raises ``ValueError``: nothing
-    is resized or recoloured behind your back.
-    """
-
-    in_chans: int
-    input_size: int
-
-    def __call__(self, image) -> "torch.Tensor":
-        import numpy as np
-
-        if type(image).__module__.startswith("PIL."):
-            image = np.asarray(image.convert("L" if self.in_chans == 1 else "RGB"))
-        if isinstance(image, np.ndarray):
-            if image.ndim in (3, 4) and image.shape[-1] == self.in_chans:
-                image = np.moveaxis(image, -1, -3)  # channels last -> channels first
-            image = torch.from_numpy(np.array(image, copy=True))  # a private, writable copy
-        if not isinstance(image, torch.Tensor):
-            raise ValueError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
-        x = image
-        if x.ndim == 2:
-            x = x[None]
-        elif x.ndim == 3 and x.shape[0] != self.in_chans and self.in_chans == 1:
-            x = x[:, None]  # a batch of one-channel images
-        elif x.ndim not in (3, 4):
-            raise ValueError(f"expected an image (H, W) or ({self.in_chans}, H, W) or a batch (N, {self.in_chans}, H, W), "
-                             f"got shape {tuple(image.shape)}")
-        if x.shape[-3] != self.in_chans:
-            raise ValueError(f"the model takes {self.in_chans}-channel images, got shape {tuple(image.shape)} "
-                             f"({x.shape[-3]} channels)")
-        if x.dtype == torch.bool or x.is_complex():
-            raise ValueError(f"expected uint8 (0..255) or float ([0, 1]) images, got {x.dtype}")
-        if x.dtype.is_floating_point:
-            x = x.to(torch.float32)
-            if x.numel() and not (x.min() >= 0 and x.max() <= 1):  # NaN fails too
-                raise ValueError(f"float images must lie in [0, 1], got values in [{x.min().item():g}, {x.max().item():g}]; "
-                                 "pass uint8 0..255 or divide by 255")
-        else:
-            if x.numel() and (x.min() < 0 or x.max() > 255):
-                raise ValueError(f"integer images must lie in 0..255, got {x.min().item()}..{x.max().item()}")
-            x = x.to(torch.float32) / 255
-        h, w, s = x.shape[-2], x.shape[-1], self.input_size
-        if h > s or w > s or (s - h) % 2 or (s - w) % 2:
-            raise ValueError(f"the model takes {s}x{s} images; got {h}x{w}, which cannot be zero-padded evenly to it "
-                             f"(expected at most {s}x{s}, with an even difference)")
-        ph, pw = (s - h) // 2, (s - w) // 2
-        x = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x.clone()
-        return x.contiguous()
-
-
 @dataclass(frozen=True, eq=True)
 class PretrainedEntry:
     """One pretrained model ``{architecture}.{dataset}``: everything to find, verify and describe it.
@@ -244,57 +160,23 @@ class PretrainedEntry:
         :class:`RegistryError` with a one-line message naming ``source``, never another exception."""
         if not isinstance(cfg, dict):
             raise RegistryError(f"{source}: must hold a JSON object, got {_short(cfg)}")
-
-        def need(d: dict, key: str, kind: type | tuple, where: str = ""):
-            if key not in d:
-                raise RegistryError(f"{source}: missing field {where}{key!r}")
-            return check(d, key, kind, where)
-
-        def check(d: dict, key: str, kind: type | tuple, where: str = ""):
-            value = d.get(key)
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-                raise RegistryError(f"{source}: field {where}{key!r} must be {names}, got {_short(value)}")
-            return value
-
-        def items(d: dict, key: str, kind: type | tuple, where: str) -> list:
-            values = need(d, key, list, where)
-            for i, v in enumerate(values):
-                if not isinstance(v, kind) or isinstance(v, bool):
-                    raise RegistryError(f"{source}: field {where}{key!r}[{i}] has the wrong type: {_short(v)}")
-            return values
-
-        name, arch, dataset = need(cfg, "name", str), need(cfg, "architecture", str), need(cfg, "dataset", str)
+        r = _Fields(source)
+        name, arch, dataset = r.need(cfg, "name", str), r.need(cfg, "architecture", str), r.need(cfg, "dataset", str)
         if arch not in ARCHITECTURES:
             raise RegistryError(f"{source}: unknown architecture {arch!r}; known ones: lipzoo.list_models()")
         if dataset not in DATASETS:
             raise RegistryError(f"{source}: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
         if name != f"{arch}.{dataset}" and not name.startswith(f"{arch}.{dataset}_"):
             raise RegistryError(f"{source}: name {name!r} must be '{arch}.{dataset}' (optionally '_<budget>')")
-        d = need(cfg, "data", dict)
-        data = DataConfig(
-            dataset, need(d, "input_size", int, "data."), need(d, "in_chans", int, "data."),
-            need(d, "num_classes", int, "data."), tuple(items(d, "class_names", str, "data.")),
-            tuple(float(m) for m in items(d, "mean", (int, float), "data.")),
-        )
-        if min(data.input_size, data.in_chans, data.num_classes) < 1:
-            raise RegistryError(f"{source}: data.input_size, data.in_chans and data.num_classes must be positive")
-        if len(data.mean) != data.in_chans or len(data.class_names) != data.num_classes:
-            raise RegistryError(f"{source}: data.mean needs in_chans values and data.class_names num_classes names")
-        hub, f = check(cfg, "hub", (dict, type(None))) or {}, need(cfg, "file", dict)
+        data = r.data_config(r.need(cfg, "data", dict), dataset)
+        hub, f = r.check(cfg, "hub", (dict, type(None))) or {}, r.need(cfg, "file", dict)
         for key in ("repo_id", "revision", "filename"):
-            check(hub, key, (str, type(None)), "hub.")
+            r.check(hub, key, (str, type(None)), "hub.")
         for key in ("recipe", "lipzoo_version", "license"):
-            check(cfg, key, (str, type(None)))
+            r.check(cfg, key, (str, type(None)))
         for key in ("layer_kwargs", "metrics", "timing", "provenance"):
-            check(cfg, key, (dict, type(None)))
-        sha = need(f, "sha256", str, "file.").lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise RegistryError(f"{source}: file.sha256 must be 64 hex digits, got {_short(sha)}")
-        size = need(f, "size", int, "file.")
-        if size < 0:
-            raise RegistryError(f"{source}: file.size must be >= 0, got {size}")
+            r.check(cfg, key, (dict, type(None)))
+        sha, size = r.file_record(f)
         status = cfg.get("status")
         if status is not None and status not in ENTRY_STATUSES:
             raise RegistryError(f"{source}: status must be one of {ENTRY_STATUSES} or absent, got {status!r}")
@@ -334,6 +216,57 @@ class PretrainedEntry:
     def transforms(self) -> "ImageTransform":
         """The input transform of this model: see :meth:`DataConfig.transform`."""
         return self.data.transform()
+
+
+class _Fields:
+    """Typed reads of a ``config.json`` dict: a missing field or a wrong type raises a one-line
+    :class:`RegistryError` naming the file (``source``) and the field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def need(self, d: dict, key: str, kind: type | tuple, where: str = ""):
+        if key not in d:
+            raise RegistryError(f"{self.source}: missing field {where}{key!r}")
+        return self.check(d, key, kind, where)
+
+    def check(self, d: dict, key: str, kind: type | tuple, where: str = ""):
+        value = d.get(key)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            raise RegistryError(f"{self.source}: field {where}{key!r} must be {names}, got {_short(value)}")
+        return value
+
+    def items(self, d: dict, key: str, kind: type | tuple, where: str) -> list:
+        values = self.need(d, key, list, where)
+        for i, v in enumerate(values):
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise RegistryError(f"{self.source}: field {where}{key!r}[{i}] has the wrong type: {_short(v)}")
+        return values
+
+    def data_config(self, d: dict, dataset: str) -> DataConfig:
+        """The ``data`` record: what the model takes."""
+        data = DataConfig(
+            dataset, self.need(d, "input_size", int, "data."), self.need(d, "in_chans", int, "data."),
+            self.need(d, "num_classes", int, "data."), tuple(self.items(d, "class_names", str, "data.")),
+            tuple(float(m) for m in self.items(d, "mean", (int, float), "data.")),
+        )
+        if min(data.input_size, data.in_chans, data.num_classes) < 1:
+            raise RegistryError(f"{self.source}: data.input_size, data.in_chans and data.num_classes must be positive")
+        if len(data.mean) != data.in_chans or len(data.class_names) != data.num_classes:
+            raise RegistryError(f"{self.source}: data.mean needs in_chans values and data.class_names num_classes names")
+        return data
+
+    def file_record(self, f: dict) -> tuple[str, int]:
+        """The ``file`` record: the weights' sha256 (64 hex digits, lowercased) and size."""
+        sha = self.need(f, "sha256", str, "file.").lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise RegistryError(f"{self.source}: file.sha256 must be 64 hex digits, got {_short(sha)}")
+        size = self.need(f, "size", int, "file.")
+        if size < 0:
+            raise RegistryError(f"{self.source}: file.size must be >= 0, got {size}")
+        return sha, size
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -476,9 +409,8 @@ def model_info(name: str) -> dict:
 
 # --- describing an entry's metrics ---------------------------------------------------------------
 def eps_label(eps: float) -> str:
-    """``36/255`` for multiples of 1/255, else the number (``1``, ``0.5``)."""
-    k = eps * 255  # metrics keys carry 6 significant digits (f"{eps:.6g}"), hence the tolerance
-    return f"{round(k)}/255" if abs(k - round(k)) < 5e-4 and 0 < eps < 1 else f"{eps:.4g}"
+    """``36/255`` for multiples of 1/255, else the number (``1``, ``0.5``): :attr:`Radius.label`."""
+    return Radius.parse(eps).label
 
 
 def percent(x) -> str:
@@ -497,8 +429,7 @@ def metrics_summary(entry: PretrainedEntry) -> str:
     m = entry.metrics
     parts = [f"clean {percent(m['clean_accuracy'])}"] if "clean_accuracy" in m else []
     if certifies(entry):
-        pairs = sorted((float(e), float(a)) for e, a in (m.get("certified_accuracy") or {}).items())
-        parts += [f"certified {eps_label(e)}: {percent(a)}" for e, a in pairs]
+        parts += [f"certified {r.label}: {percent(float(a))}" for r, a in Radius.items(m.get("certified_accuracy"))]
     elif parts:
         parts.append("no certificate (unconstrained baseline)")
     if entry.status:

@@ -15,7 +15,8 @@ import sys
 
 import torch
 
-from lipzoo.zoo.bench import _timed, hardware_fingerprint
+from lipzoo.zoo.bench import hardware_fingerprint
+from lipzoo.zoo.measure import timed
 from lipzoo.export import CIRCULAR_FORMS, to_plain
 from lipzoo.layers import LAYERS
 from lipzoo.factory import create_model
@@ -28,7 +29,7 @@ def _images_per_s(model: torch.nn.Module, x: torch.Tensor, device: str, warmup: 
         with torch.no_grad():
             model(x)
 
-    return x.shape[0] / _timed(step, device, warmup, repeats)
+    return x.shape[0] / timed(step, device, warmup, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipzoo._io import atomic_path, atomic_write_text  # noqa: E402
-from lipzoo.certify import eps_key  # noqa: E402
+from lipzoo.radius import Radius  # noqa: E402
 
 
 def rows(folder: Path) -> list[dict]:
@@ -35,8 +35,8 @@ def rows(folder: Path) -> list[dict]:
         budget = recipe.get("budget") or {}
         out.append({
             "model": ev["architecture"], "layer": ev["architecture"].rsplit("_", 1)[-1],
-            "clean": c["clean_accuracy"], "cert36": c["certified_accuracy"][eps_key(36 / 255)],
-            "cert72": c["certified_accuracy"][eps_key(72 / 255)], "lipschitz": c["lipschitz_bound"],
+            "clean": c["clean_accuracy"], "cert36": c["certified_accuracy"][Radius.of_steps(36).key],
+            "cert72": c["certified_accuracy"][Radius.of_steps(72).key], "lipschitz": c["lipschitz_bound"],
             "budget_s": budget.get("seconds"), "train_images": recipe.get("train_limit"),
             "wall_s": rec.get("wall_time_s"), "images_per_s": rec["final"].get("images_per_s"),
             "cpu": ev.get("hardware", {}).get("cpu_model") or rec.get("hardware", {}).get("cpu"),

@@ -3,7 +3,7 @@
 
 ``lipzoo evaluate`` writes ``check.json`` for every new run (and ``lipzoo publish`` copies it next
 to the weights); this script adds it to folders published before that: for each folder it loads the
-sha256-verified weights, certifies the first ``lipzoo.zoo.publish.RECORD_N`` test images in float64
+sha256-verified weights, certifies the first ``lipzoo.zoo.evaluation.RECORD_N`` test images in float64
 with the bound audited on this machine, exactly as ``evaluate`` does, and writes the records
 (label, prediction, certified radius per image; the CPU model). The test suite recomputes a prefix
 of them on whatever machine it runs on and compares image by image.
@@ -25,7 +25,7 @@ def main() -> None:
     import lipzoo
     from lipzoo._io import atomic_write_text
     from lipzoo.registry import PretrainedEntry
-    from lipzoo.zoo.publish import CHECK_FILENAME, RECORD_N, check_records
+    from lipzoo.zoo.evaluation import CHECK_FILENAME, RECORD_N, check_records
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="*", type=Path, help="model folders (default: every cards/*/ with a config.json)")

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 import lipzoo
+from lipzoo._provenance import cpu_model
 from lipzoo.data import dataset_info, load_tensors
 from lipzoo.layers import LipschitzModule
 from lipzoo.zoo.training import offset_cross_entropy
@@ -45,16 +46,6 @@ CONFIGS = {
     "sandwich_paper_init": ("convnet_xs_sandwich", {"paper_compatible": True}),
     "sandwich_default": ("convnet_xs_sandwich", {}),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def slug(s: str) -> str:

@@ -46,10 +46,18 @@ def recipe_path(layer: str) -> Path:
     return ROOT / "recipes" / "fashion_mnist" / f"convnet_xs_{layer}.yaml"
 
 
+def trials_text(search: dict) -> str:
+    """The search's trials in one line of the recipe's notes."""
+    from lipzoo.zoo.training import SEARCH_RADIUS
+
+    return "; ".join(f"lr {t['lr']:.4g}: val acc {t['val_accuracy']:.3f}, val cert36 "
+                     f"{t['val_certified'].get(SEARCH_RADIUS.key, 0):.3f}" for t in search["trials"])
+
+
 def run_layer(layer: str, args: argparse.Namespace) -> None:
     import torch
 
-    from lipzoo.zoo.training import Recipe, apply_budget, estimate_epochs, load_splits, search_lr, train
+    from lipzoo.zoo.training import Recipe, apply_budget, best_trial, estimate_epochs, load_splits, search_lr, train
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -83,11 +91,8 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
                            data=data)
         if earlier:  # both searches count: the best of all trials wins
             search["trials"] = earlier["trials"] + search["trials"]
-            key = f"{36 / 255:.6g}"
-            search["best_lr"] = max(search["trials"], key=lambda t: (t["val_certified"].get(key, 0.0),
-                                                                      t["val_accuracy"]))["lr"]
-        trials = "; ".join(f"lr {t['lr']:.4g}: val acc {t['val_accuracy']:.3f}, val cert36 "
-                           f"{t['val_certified'].get(f'{36 / 255:.6g}', 0):.3f}" for t in search["trials"])
+            search["best_lr"] = best_trial(search["trials"])["lr"]
+        trials = trials_text(search)
         factor_list = ", ".join(f"{t['factor']:g}" for t in search["trials"])
         final = apply_budget(replace(base, lr=search["best_lr"]), est)
         final.budget |= {"zoo": "scripts/train_zoo.py", "workers": args.workers, "threads": args.threads,
@@ -135,9 +140,7 @@ def plan_converge(base, args: argparse.Namespace):
     search = search_lr(trial, args.search_images, Path(args.out) / "search" / base.architecture,
                        factors=factors, estimate=estimate | {"epochs": 1}, progress=False, data=data,
                        plan=lambda cand: {"epochs": 1, "train_limit": args.search_images})
-    key = f"{36 / 255:.6g}"
-    trials = "; ".join(f"lr {t['lr']:.4g}: val acc {t['val_accuracy']:.3f}, val cert36 "
-                       f"{t['val_certified'].get(key, 0):.3f}" for t in search["trials"])
+    trials = trials_text(search)
     lipschitz = LAYERS[ARCHITECTURES[base.architecture].layer].lipschitz
     # the zoo's quality line: a model below it is only published marked 'undertrained'
     final = replace(base, lr=search["best_lr"], publish_clean_floor=ZOO_CLEAN_FLOOR if lipschitz else STANDARD_CLEAN_FLOOR,
@@ -152,6 +155,7 @@ def plan_converge(base, args: argparse.Namespace):
         f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
         f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
         f"paper's. Test-split numbers come from `lipzoo evaluate`, never from this search."
+        + (f" Layer options {dict(base.layer_options)}: see the layer's documentation." if base.layer_options else "")
     )
     return final
 

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def n_trainable(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters() if p.requires_grad)
+
+
+def circular_conv_matrix(weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Dense (out*h*w, in*h*w) matrix of the circular 'same' cross-correlation with ``weight``."""
+    out_c, in_c, k, _ = weight.shape
+    p = k // 2
+    eye = torch.eye(in_c * h * w, dtype=weight.dtype).view(-1, in_c, h, w)
+    cols = F.conv2d(F.pad(eye, (p, p, p, p), mode="circular"), weight)
+    return cols.reshape(in_c * h * w, out_c * h * w).T
 
 
 def flat_fn(module: nn.Module, in_shape: tuple[int, ...]):

@@ -3,14 +3,14 @@ every module depends only on its own level or the levels below.
 
 The levels, bottom to top:
 
-1. ``library``: ``_version``, ``_io``, ``_provenance``, ``data``, ``layers``, ``models``, ``audit``,
-   ``export``, ``certify``;
+1. ``library``: ``_version``, ``_io``, ``_provenance``, ``_tiny_imagenet``, ``data``, ``data_config``, ``layers``,
+   ``models``, ``audit``, ``export``, ``radius``, ``certify``;
 2. ``registry``: architectures and pretrained entries;
-3. ``hub``: finds, downloads and verifies weights files;
+3. ``hub``: finds, downloads and verifies weights files (``_hf_cache``: the Hugging Face side);
 4. ``factory``: ``create_model``, an architecture with its weights;
 5. ``zoo``: the tooling in ``lipzoo/zoo/`` (trainer, publishing, cards, benchmarks, plots, the
    paper importer);
-6. ``cli``: the ``lipzoo`` command;
+6. ``cli``: the ``lipzoo`` command (the package ``lipzoo/cli/``, one module per group of commands);
 7. ``root``: ``lipzoo/__init__.py``, which re-exports the public API; nothing imports it.
 
 Every ``import`` and ``from ... import`` counts, at module level and inside functions, with
@@ -34,10 +34,11 @@ PACKAGE = "lipzoo"
 
 #: bottom to top; a module may import modules of its own level or of a level below
 LEVELS: list[tuple[str, list[str]]] = [
-    ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo.data", "lipzoo.layers",
-                 "lipzoo.models", "lipzoo.audit", "lipzoo.export", "lipzoo.certify"]),
+    ("library", ["lipzoo._version", "lipzoo._io", "lipzoo._provenance", "lipzoo._tiny_imagenet", "lipzoo.data",
+                 "lipzoo.data_config", "lipzoo.layers", "lipzoo.models", "lipzoo.audit", "lipzoo.export", "lipzoo.radius",
+                 "lipzoo.certify"]),
     ("registry", ["lipzoo.registry"]),
-    ("hub", ["lipzoo.hub"]),
+    ("hub", ["lipzoo._hf_cache", "lipzoo.hub"]),
     ("factory", ["lipzoo.factory"]),
     ("zoo", ["lipzoo.zoo"]),
     ("cli", ["lipzoo.cli"]),
@@ -217,12 +218,13 @@ def test_hub_does_not_import_factory():
 
 
 def test_nothing_imports_the_cli_or_the_package_root():
-    assert [str(i) for i in IMPORTS if i.target in ("lipzoo", "lipzoo.cli")] == []
+    assert [str(i) for i in IMPORTS if i.target == "lipzoo"
+            or (within(i.target, "lipzoo.cli") and not within(i.source, "lipzoo.cli"))] == []
 
 
 def test_only_the_cli_imports_inside_functions_and_only_the_zoo_tooling():
     lazy = [i for i in IMPORTS if i.in_function]
-    assert [str(i) for i in lazy if i.source != "lipzoo.cli" or not within(i.target, "lipzoo.zoo")] == []
+    assert [str(i) for i in lazy if not within(i.source, "lipzoo.cli") or not within(i.target, "lipzoo.zoo")] == []
 
 
 # --- the checks themselves ----------------------------------------------------------------------

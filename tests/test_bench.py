@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lipzoo.zoo import bench
+from lipzoo.zoo import bench, measure
 from lipzoo.zoo.bench import (
     CSV_COLUMNS,
     RATIO_FIGURES,
@@ -66,7 +66,7 @@ def test_epoch_seconds_follow_train_size(measured):
 
 
 def test_plain_inference_column(measured):
-    to_plain, why = bench._plain_converter()
+    to_plain, why = measure.plain_converter()
     for r in measured:
         if to_plain is None:
             assert r.plain_images_per_s is None and "to_plain" in r.note
@@ -75,7 +75,7 @@ def test_plain_inference_column(measured):
 
 
 def test_plain_unavailable_is_a_note(monkeypatch):
-    monkeypatch.setattr(bench, "_plain_converter", lambda: (None, "plain inference not measured: test"))
+    monkeypatch.setattr(measure, "plain_converter", lambda: (None, "plain inference not measured: test"))
     r = bench_model("convnet_xs_standard", batch_size=2, warmup=0, repeats=1, memory=False)
     assert r.status == "ok" and r.plain_images_per_s is None and r.note == "plain inference not measured: test"
 
@@ -97,7 +97,7 @@ def test_csv_file_columns_fingerprint_and_round_trip(measured, tmp_path):
     assert save_results(measured, tmp_path, stamp=path.stem.split("-", 2)[2]) != path  # never overwrites
 
 
-@pytest.mark.skipif(not bench._cpu_memory_supported(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.skipif(not measure.cpu_memory_supported(), reason="needs Linux /proc/self/clear_refs")
 def test_cpu_peak_memory_counts_weights_grads_and_momentum():
     r = bench_model("convnet_xs_standard", batch_size=2, warmup=0, repeats=1, plain=False, memory=True)
     assert r.status == "ok" and r.memory_method == "cpu_peak_rss"
@@ -124,8 +124,8 @@ def test_compile_option_compiles_both_passes_and_reports_compile_time(monkeypatc
 
 def test_first_model_gets_a_process_warm_up(monkeypatch):
     calls = []
-    real = bench._measure
-    monkeypatch.setattr(bench, "_measure", lambda name, **kw: calls.append((name, kw["deadline"])) or real(name, **kw))
+    real = bench.measure
+    monkeypatch.setattr(bench, "measure", lambda name, **kw: calls.append((name, kw["deadline"])) or real(name, **kw))
     bench_layers("standard", ("xs",), memory=False, plain=False, **FAST)
     assert [c[0] for c in calls] == ["convnet_xs_standard"] * 2
     assert calls[0][1] is None  # the untimed warm-up pass comes first
@@ -138,14 +138,14 @@ def test_too_slow_is_reported_not_fatal():
 
 
 def test_out_of_memory_is_a_row(monkeypatch):
-    real = bench._measure
+    real = bench.measure
 
     def fake(name, **kw):
         if "aol" in name:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(name, **kw)
 
-    monkeypatch.setattr(bench, "_measure", fake)
+    monkeypatch.setattr(bench, "measure", fake)
     std, aol = bench_layers("aol", ("xs",), memory=False, plain=False, **FAST)
     assert std.status == "ok" and aol.status == "oom" and "out of memory" in aol.error
     assert aol.train_images_per_s is None and aol.params > 0

@@ -191,3 +191,25 @@ def test_a_model_the_audit_cannot_analyse_needs_a_given_bound():
         certify(_Slice(), x, y)
     res = certify(_Slice(), x, y, lipschitz=2.0)
     assert res.lipschitz == 2.0 and "not audited" in res.bound.reason
+
+
+def test_radius_key_and_label_are_the_stored_forms():
+    from lipzoo.radius import Radius
+
+    # the keys of every result file and card: they must never change
+    assert [Radius(e).key for e in lipzoo.DEFAULT_EPS] == ["0.141176", "0.282353", "0.423529", "1"]
+    assert [Radius.parse(k).label for k in ("0.141176", "0.282353", "0.423529", "1")] == \
+        ["36/255", "72/255", "108/255", "1"]
+    assert Radius.of_steps(36) == Radius(36 / 255) and Radius.of_steps(36).label == "36/255"
+    assert Radius.parse("0.141176").key == "0.141176"  # a key reads back to itself
+    assert [Radius(e).label for e in (0.0, 0.5, 0.123456, 1 / 255)] == ["0", "0.5", "0.1235", "1/255"]
+    assert Radius.keyed({36 / 255: 0.5, 1.0: 0.1}) == {"0.141176": 0.5, "1": 0.1}
+    assert Radius.items({"1": 0.1, "0.141176": 0.5}) == [(Radius.parse("0.141176"), 0.5), (Radius(1.0), 0.1)]
+    with pytest.raises(ValueError):
+        Radius.parse("clean")
+
+
+def test_the_certifying_bound_is_never_below_one():
+    from lipzoo.certify import certifying_bound
+
+    assert certifying_bound(0.86) == 1.0 and certifying_bound(1.0) == 1.0 and certifying_bound(45.5) == 45.5

@@ -18,6 +18,8 @@ from lipzoo.cli import main as cli
 from lipzoo.data import DATASETS
 from lipzoo.registry import UnknownModelError
 
+from test_certify import _Slice
+
 
 def _lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
@@ -160,17 +162,6 @@ def test_certify_says_which_bound_it_used_and_why(tmp_path):
 
 
 # --- attack progress ----------------------------------------------------------------------------------
-class _Slice(torch.nn.Module):
-    num_classes = 3
-
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        return x.flatten(1)[:, :3] + 0 * self.p
-
-
 def test_attack_progress_counts_images_per_radius(capsys):
     from lipzoo.certify import empirical_robust_accuracy
 

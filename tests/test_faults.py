@@ -140,7 +140,7 @@ def test_two_trainers_into_one_folder_one_is_refused(tmp_path, monkeypatch):
     second `lipzoo train` process into it is refused in one line and writes nothing."""
     import threading
 
-    import lipzoo.zoo.training as training
+    import lipzoo.zoo.trainer as trainer
 
     data_dir = write_fake_fashion(tmp_path / "data", n_train=64, n_test=16)
     r = tiny_recipe(epochs=2, val_limit=16, **MECHANICS)
@@ -148,14 +148,14 @@ def test_two_trainers_into_one_folder_one_is_refused(tmp_path, monkeypatch):
     r.dump(recipe)
     out = tmp_path / "run"
     inside, release = threading.Event(), threading.Event()
-    loss = training.offset_cross_entropy
+    loss = trainer.offset_cross_entropy
 
     def held(*a, **k):  # the first trainer waits inside its first batch until the second was refused
         inside.set()
         assert release.wait(timeout=300)
         return loss(*a, **k)
 
-    monkeypatch.setattr(training, "offset_cross_entropy", held)
+    monkeypatch.setattr(trainer, "offset_cross_entropy", held)
     record: dict = {}
     first = threading.Thread(target=lambda: record.update(train(r, out, data=synthetic(), progress=False)))
     first.start()

@@ -13,15 +13,12 @@ from torch.autograd import gradcheck
 from torch import nn
 
 import lipzoo
-from lipzoo.layers._linalg import conv_kernel_fft
+from lipzoo.layers._fourier import conv_kernel_fft
 from lipzoo.layers._linalg import power_start_vector as start_vector
 from lipzoo.layers.bcop import BCOPConv2d, BjorckLinear, bcop_kernel, bjorck, norm_bound
 
-from lipschitz import impulse_matrix
+from lipschitz import impulse_matrix, n_trainable
 
-
-def n_trainable(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
 def circular_svdvals(weight: torch.Tensor, n: int) -> torch.Tensor:

@@ -13,22 +13,11 @@ from lipzoo.export import to_plain
 from lipzoo.layers._linalg import conv_kernel_rfft, fft_conv2d
 from lipzoo.layers.bro import BROConv2d, BROLinear, block_reflector
 
-from lipschitz import impulse_matrix, push_norm_up
+from lipschitz import circular_conv_matrix, impulse_matrix, n_trainable, push_norm_up
 
 TOL_MAX, TOL_MIN = 1e-4, 1e-3
 
 
-def n_trainable(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters() if p.requires_grad)
-
-
-def circular_conv_matrix(weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Dense (out*h*w, in*h*w) matrix of the circular 'same' cross-correlation with ``weight``."""
-    out_c, in_c, k, _ = weight.shape
-    p = k // 2
-    eye = torch.eye(in_c * h * w, dtype=weight.dtype).view(-1, in_c, h, w)
-    cols = F.conv2d(F.pad(eye, (p, p, p, p), mode="circular"), weight)
-    return cols.reshape(in_c * h * w, out_c * h * w).T
 
 
 def dense_reflector(v: torch.Tensor) -> torch.Tensor:

@@ -6,27 +6,16 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import lipzoo
-from lipzoo.layers._linalg import cayley_transform, conv_kernel_rfft
+from lipzoo.layers._fourier import conv_kernel_rfft
+from lipzoo.layers._linalg import cayley_transform
 from lipzoo.layers.cayley import CayleyConv2d, CayleyLinear, cayley_frequency_weight
 
-from lipschitz import impulse_matrix
+from lipschitz import circular_conv_matrix, impulse_matrix, n_trainable
 
 
-def n_trainable(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters() if p.requires_grad)
-
-
-def circular_conv_matrix(weight: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Dense (out*h*w, in*h*w) matrix of the circular 'same' cross-correlation with ``weight``."""
-    out_c, in_c, k, _ = weight.shape
-    p = k // 2
-    eye = torch.eye(in_c * h * w, dtype=weight.dtype).view(-1, in_c, h, w)
-    cols = F.conv2d(F.pad(eye, (p, p, p, p), mode="circular"), weight)
-    return cols.reshape(in_c * h * w, out_c * h * w).T
 
 
 def dense_cayley(m: torch.Tensor, n_in: int) -> torch.Tensor:

@@ -259,22 +259,6 @@ def test_float32_default_gradients_match_the_papers_computation():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4 * grads[1].abs().max().item())
 
 
-def test_kernel_spectrum_by_dft_equals_the_fft():
-    from lipzoo.layers._linalg import conv_kernel_rfft
-    from lipzoo.layers.lot import _kernel_rfft
-
-    for shape, size in [((4, 3, 3, 3), (8, 8)), ((2, 5, 5, 5), (7, 10)), ((3, 3, 1, 1), (5, 6)), ((2, 2, 3, 3), (3, 3))]:
-        w = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        fast, ref = _kernel_rfft(w, *size), conv_kernel_rfft(w, *size)
-        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-        g = torch.randn_like(ref)
-        got, = torch.autograd.grad((fast * g.conj()).real.sum(), w)
-        want, = torch.autograd.grad((ref * g.conj()).real.sum(), w)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="does not fit"):
-        _kernel_rfft(torch.randn(2, 2, 5, 5), 4, 4)
-
-
 def test_bad_method_is_rejected():
     with pytest.raises(ValueError, match="method"):
         lot_orthogonalize(torch.randn(3, 3), method="svd")
@@ -284,28 +268,32 @@ def test_training_and_eval_methods():
     """Training: single-precision eigendecomposition with refined eigenvalues; eval weight: double
     precision; paper_compatible: the matrix iteration. In float32 all three are within round-off of
     the float64 result."""
-    from lipzoo.layers.lot import _kernel_rfft
+    from lipzoo.layers._fourier import conv_kernel_rfft
 
     layer = random_layer(8, 8, 3, seed=7)
     assert layer._method() == "eigh-refined" and layer.eval()._method() == "eigh"
     assert random_layer(paper_compatible=True)._method() == "newton"
-    wf = _kernel_rfft(layer.weight.detach(), 9, 9)
+    wf = conv_kernel_rfft(layer.weight.detach(), 9, 9)
     ref = lot_orthogonalize(wf.to(torch.complex128), 10, method="newton")
     for method in ("eigh", "eigh-refined", "newton"):
         assert (lot_orthogonalize(wf, 10, method=method) - ref).abs().max() < 1e-5, method
 
 
-@pytest.mark.parametrize("size", [(6, 6), (7, 10), (5, 6), (8, 5), (1, 1)])
-def test_conjugate_pairs_are_orthogonalised_once(size):
-    """The default weight equals orthogonalising every frequency of the rfft half (in float64)."""
-    from lipzoo.layers.lot import _conjugate_pairs, _kernel_rfft
+@pytest.mark.parametrize("size", [(4, 4), (3, 4), (1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_each_distinct_frequency_is_orthogonalised_once(size, training):
+    """The default weight (half_spectrum_map: 64 channels on these small grids, so the conjugate
+    rows are mirrored and the self-mirrored ones done in real arithmetic) equals orthogonalising
+    every matrix of the rfft half spectrum, values and gradients (float64)."""
+    from lipzoo.layers._fourier import HALF_SPECTRUM_MIN_GAIN, _half_spectrum_plan, conv_kernel_rfft
 
-    layer = random_layer(3, 3, 3, seed=8).double()
-    wf = layer.compute_weight(size)
+    layer = random_layer(64, 64, 3, seed=8).double().train(training)
+    _, real, mirror_of, order = _half_spectrum_plan(size[0] + 2, size[1] + 2)
+    assert (len(mirror_of) + 0.75 * len(real)) / len(order) * 64 >= HALF_SPECTRUM_MIN_GAIN
     n_h, n_w = size[0] + 2, size[1] + 2
-    full = lot_orthogonalize(_kernel_rfft(layer.weight, n_h, n_w), 10, method="eigh-refined")
+    wf = layer.compute_weight(size)
+    full = lot_orthogonalize(conv_kernel_rfft(layer.weight, n_h, n_w), 10, method=layer._method())
     torch.testing.assert_close(wf, full, rtol=1e-10, atol=1e-12)
-    kept, mirrored, order = _conjugate_pairs(n_h, n_w)
-    n_self = 2 if n_w % 2 == 0 else 1
-    assert len(kept) + len(mirrored) == n_h * (n_w // 2 + 1) and len(mirrored) == n_self * ((n_h - 1) // 2)
-    assert sorted(order) == list(range(n_h * (n_w // 2 + 1)))
+    g = torch.randn_like(wf)
+    torch.testing.assert_close(torch.autograd.grad((wf * g.conj()).real.sum(), layer.weight)[0],
+                               torch.autograd.grad((full * g.conj()).real.sum(), layer.weight)[0], rtol=1e-9, atol=1e-11)

@@ -11,11 +11,8 @@ import lipzoo
 from lipzoo.layers._linalg import autocorrelation
 from lipzoo.layers.sll import SLLConv2d, SLLLinear, sll_rescaling
 
-from lipschitz import impulse_matrix, jacobian_matrix, push_norm_up
+from lipschitz import impulse_matrix, jacobian_matrix, n_trainable, push_norm_up
 
-
-def n_trainable(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
 def perturbed_conv(c: int = 4, k: int = 3, seed: int = 0, **kw) -> SLLConv2d:

@@ -307,7 +307,7 @@ def test_budget_under_one_epoch_trains_a_subset_that_fits():
 
 
 def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, monkeypatch):
-    from lipzoo.zoo import training
+    from lipzoo.zoo import lrsearch
     from lipzoo.zoo.training import search_lr
 
     data = synthetic(n=64, n_val=32)
@@ -321,7 +321,7 @@ def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, mon
     best = max(out["trials"], key=lambda t: (t["val_certified"][f"{36 / 255:.6g}"], t["val_accuracy"]))
     assert out["best_lr"] == best["lr"]
     assert (tmp_path / "s" / "lr0.5" / "model.safetensors").is_file()
-    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("a finished trial was trained again"))
+    monkeypatch.setattr(lrsearch, "train", lambda *a, **k: pytest.fail("a finished trial was trained again"))
     assert search_lr(r, 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data) == out
 
 

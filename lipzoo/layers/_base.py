@@ -28,9 +28,10 @@ import contextlib
 from typing import Any, Hashable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import gram_bound
+from ._linalg import circular_pad, gram_bound
 from ._norms import circular_conv_norm, matrix_norm
 from ._plain import plain_circular_conv, plain_linear
 
@@ -151,7 +152,15 @@ class LipschitzModule(nn.Module):
         return "cpu"
 
     def effective_weight(self, size: tuple[int, int] | None = None) -> Any:
-        """``compute_weight(size)`` with autocast disabled, cached in eval mode while no parameter has changed."""
+        """``compute_weight(size)`` with autocast disabled, cached in eval mode while no parameter has changed.
+
+        While ``torch.compile`` traces, the weight is computed inside the graph, uncached: the cache key
+        (storage pointers and version counters) cannot be traced. For fast compiled inference export
+        the model first (``lipzoo.to_plain`` materialises every weight).
+        """
+        if torch.compiler.is_compiling():
+            with (contextlib.nullcontext() if self.training else torch.no_grad()), full_precision(self._device_type()):
+                return self.compute_weight(size)
         if self.training or self._needs_grad():
             self._weight_cache.clear()
             with full_precision(self._device_type()):
@@ -230,8 +239,17 @@ class LipschitzModule(nn.Module):
 class MatrixLayer(LipschitzModule):
     """A dense layer ``y = W x + b`` whose effective weight is one (out, in) matrix ``W`` (``self.bias``: b or None).
 
-    Its bound is the EXACT spectral norm of ``W`` (float64 SVD); its plain form one ``nn.Linear``.
+    Its bound is the EXACT spectral norm of ``W`` (float64 SVD); its plain form one ``nn.Linear``;
+    its forward ``F.linear`` of (N, in_features) inputs. Subclasses set ``in_features``,
+    ``out_features`` and ``bias`` and define ``compute_weight``.
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_features, ndim=(2,))
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         return matrix_norm(self.effective_weight()), "exact spectral norm", None, {}
@@ -247,8 +265,16 @@ class KernelConv(LipschitzModule):
     Its bound is the EXACT norm of that circular operator on the input grid, ``max_f
     sigma_max(W_hat(f))`` over all frequencies (float64 FFT; a kernel larger than the grid is
     folded onto it), with the size-independent ``gram_bound`` (Schur test) reported beside it; its
-    plain form one ``nn.Conv2d`` with circular padding.
+    plain form one ``nn.Conv2d`` with circular padding. Subclasses set ``in_channels``,
+    ``out_channels``, ``kernel_size`` and ``bias`` and define ``compute_weight``.
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x, self.in_channels)
+        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         k = self.effective_weight()

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._linalg import conv_kernel_fft, gram_bound
+from ._fourier import conv_kernel_fft
+from ._linalg import gram_bound
 
 __all__ = [
     "BoundError",

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import fft_conv2d, taylor_exp_conv2d
+from ._fourier import fft_conv2d
+from ._linalg import taylor_exp_conv2d
 
 __all__ = [
     "FrequencyConv2d",

@@ -52,7 +52,12 @@ def maxmin(x: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     even = c - (c % 2)
     a, b = x[:, :even].unflatten(1, (even // 2, 2)).unbind(2)
-    if torch.is_grad_enabled() and (x.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(x)):
+    if torch.compiler.is_compiling():
+        # the same values and gradient routing, traceable: torch.where sends each gradient back
+        # through the mask (no tie splitting); the compiler fuses what the custom Function saves
+        keep = a >= b
+        out = torch.stack([torch.where(keep, a, b), torch.where(keep, b, a)], dim=2)
+    elif torch.is_grad_enabled() and (x.requires_grad or torch._C._functorch.is_functorch_wrapped_tensor(x)):
         out = _MaxMinPairs.apply(a, b)
     else:
         out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2)

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import KernelConv, MatrixLayer, check_kernel_size
-from ._linalg import circular_pad
 from .bcop import bjorck, norm_bound
 
 __all__ = ["AOCConv2d", "AOCLinear", "aoc_kernel", "compose_kernels"]
@@ -124,15 +123,8 @@ class AOCConv2d(KernelConv):
         kernel = aoc_kernel(ortho, self.in_channels, self.out_channels, self.kernel_size)
         return kernel / norm_bound(kernel).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_channels)
-        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular, "
-            f"bjorck_iters={self.bjorck_iters}"
-        )
+        return super().extra_repr() + f", bjorck_iters={self.bjorck_iters}"
 
 
 class AOCLinear(MatrixLayer):
@@ -160,9 +152,5 @@ class AOCLinear(MatrixLayer):
         w = bjorck(self.weight, self.bjorck_iters)
         return w / norm_bound(w).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, bjorck_iters={self.bjorck_iters}"
+        return super().extra_repr() + f", bjorck_iters={self.bjorck_iters}"

@@ -3,18 +3,19 @@
 The effective weight is ``W diag(d)`` with ``d_i = (sum_j sum_s |(W^T W)_ij(s)| + eps)^(-1/2)``,
 where ``W^T W`` is taken in its convolution form (the (2k-1)^2 autocorrelation of the kernel).
 By the Schur test ``||W diag(d)||_2 <= 1`` for every input size and both zero and circular
-padding: a guaranteed bound, not an estimate. AOL is 1-Lipschitz but not orthogonal.
+padding: a guaranteed bound, not an estimate. AOL is 1-Lipschitz but not orthogonal. This is
+the paper's function, so the family has no separate paper-compatible mode (``paper_mode="same"``
+in :data:`lipzoo.layers.LAYERS`).
 """
 
 from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import circular_pad, gram_row_sums
+from ._linalg import gram_row_sums
 
 __all__ = ["AOLConv2d", "AOLLinear", "aol_rescale"]
 
@@ -42,7 +43,6 @@ class AOLConv2d(KernelConv):
         kernel_size: int = 3,
         *,
         input_size: tuple[int, int] | int | None = None,
-        paper_compatible: bool = False,
         init: str = "dirac",
     ) -> None:
         super().__init__()
@@ -60,20 +60,11 @@ class AOLConv2d(KernelConv):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return aol_rescale(self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_channels)
-        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular"
-
 
 class AOLLinear(MatrixLayer):
     """AOL dense layer: ``W diag(d)`` with ``d_i = (sum_j |W^T W|_ij + eps)^(-1/2)``."""
 
-    def __init__(
-        self, in_features: int, out_features: int, *, paper_compatible: bool = False, init: str = "orthogonal"
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, *, init: str = "orthogonal") -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -87,10 +78,3 @@ class AOLLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return aol_rescale(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"

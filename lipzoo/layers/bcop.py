@@ -454,10 +454,7 @@ class BCOPConv2d(KernelConv):
         return F.conv2d(_circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=circular, "
-            f"bjorck_iters={self.bjorck_iters}, paper_compatible={self.paper_compatible}"
-        )
+        return super().extra_repr() + f", bjorck_iters={self.bjorck_iters}, paper_compatible={self.paper_compatible}"
 
 
 class BjorckLinear(MatrixLayer):
@@ -505,12 +502,6 @@ class BjorckLinear(MatrixLayer):
             return w
         return w / norm_bound(w).clamp_min(1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_features}, {self.out_features}, train_iters={self.train_iters}, "
-            f"eval_iters={self.eval_iters}, paper_compatible={self.paper_compatible}"
-        )
+        return (super().extra_repr() + f", train_iters={self.train_iters}, eval_iters={self.eval_iters}, "
+                f"paper_compatible={self.paper_compatible}")

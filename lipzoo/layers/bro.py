@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import LipschitzModule, MatrixLayer, as_size, check_kernel_size, map_size, spatial_size
-from ._linalg import conv_kernel_rfft, fft_conv2d, matmul
+from ._fourier import conv_kernel_rfft, fft_conv2d
+from ._linalg import matmul
 from ._norms import matrix_norm
 from ._plain import frequency_op, plain_conv1x1
 
@@ -253,9 +254,5 @@ class BROLinear(MatrixLayer):
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return block_reflector(self.weight, self.out_features, self.in_features, self.eps_rel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, rank={self.rank}, init={self.init}"
+        return super().extra_repr() + f", rank={self.rank}, init={self.init}"

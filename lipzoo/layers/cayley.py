@@ -4,13 +4,15 @@ A circular 'same' convolution is block-diagonal in the Fourier basis: one comple
 matrix ``W_hat(u, v)`` per frequency. The layer rescales the whole stack to Frobenius norm
 ``alpha`` (a trainable scalar), maps each matrix through the Cayley transform
 ``Q = [(I + A)^{-1}(I - A); -2 V (I + A)^{-1}]`` with ``W_hat = [U; V]`` and
-``A = U - U^H + V^H V``, and applies ``Q`` to the input's 2-D real FFT.
+``A = U - U^H + V^H V``, and applies ``Q`` to the input's 2-D real FFT. A 1x1 kernel has one real
+matrix ``W`` at every frequency (``||W_hat||_F = sqrt(#freq) ||W||_F``), so its ``Q`` is one real
+matrix too and the layer applies it pointwise (a 1x1 ``conv2d``), without FFTs: the same operator.
 
 Phase convention (checked against the paper's golden logits): the paper takes
 ``rfft2(W, (n, n))``, conjugates it and multiplies by ``exp(-2 pi i c (u + v) / n)`` with
 ``c = (k - 1) // 2``. That is exactly ``conj(rfft2(W) * exp(+2 pi i c (u + v) / n))``, i.e. the
 frequency form of PyTorch's circular 'same' cross-correlation ``F.conv2d`` with a centred
-kernel, so the shared ``_linalg.conv_kernel_rfft`` / ``fft_conv2d`` reproduce it; only the
+kernel, so the shared ``_fourier.conv_kernel_rfft`` / ``fft_conv2d`` reproduce it; only the
 paper's normalisation (Frobenius norm over the ``H x (W//2 + 1)`` half spectrum) is specific.
 
 Why the default is sound: ``A + A^H = 2 V^H V``, hence ``Q^H Q = I`` exactly and ``I + A`` is
@@ -35,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+from ._fourier import conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
+from ._linalg import cayley_transform
 from ._norms import matrix_norm
 from ._plain import frequency_op
 
@@ -78,8 +81,8 @@ def cayley_frequency_weight(weight: torch.Tensor, alpha: torch.Tensor, size: tup
         q = q.to(torch.promote_types(q.dtype, torch.complex64))
         return q.expand(n_h, n_w // 2 + 1, out_c, in_c)
     wf = conv_kernel_rfft(weight, n_h, n_w)
-    wf = alpha * wf / torch.linalg.vector_norm(wf)
-    return cayley_transform(wf)
+    wf = wf * (alpha / frobenius_norm(wf))
+    return half_spectrum_map(cayley_transform, wf, n_w)
 
 
 class CayleyConv2d(LipschitzModule):
@@ -119,7 +122,12 @@ class CayleyConv2d(LipschitzModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
-        y = fft_conv2d(x, self.effective_weight(spatial_size(x)))
+        wfreq = self.effective_weight(spatial_size(x))
+        if self.kernel_size == 1:
+            # every frequency holds the same real matrix Q: the circular convolution is the
+            # pointwise product by Q, applied without FFTs (same function, far cheaper)
+            return F.conv2d(x, wfreq[0, 0].real[:, :, None, None], self.bias)
+        y = fft_conv2d(x, wfreq)
         return y + self.bias[:, None, None]
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
@@ -160,10 +168,3 @@ class CayleyLinear(MatrixLayer):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         return cayley_transform(self.alpha * self.weight / self.weight.norm())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"

@@ -11,7 +11,7 @@ coupled Newton-Schulz iteration ``T = (3I - Z Y)/2, Y <- Y T, Z <- T Z`` (``Y_0 
 
 Phase convention (checked against the paper's golden logits): the paper's
 ``shift * conj(fft2(W, (n, n)))`` with ``shift = exp(-2 pi i c (u + v) / n)``, ``c = (k-1)//2``,
-is exactly ``_linalg.conv_kernel_fft`` (the frequency form of a centred circular 'same'
+is exactly ``_fourier.conv_kernel_fft`` (the frequency form of a centred circular 'same'
 ``F.conv2d``), laid out ``(Hp, Wp, out, in)``.
 
 Why the default is sound (no estimate involved, so the default IS the paper's maths): every
@@ -38,8 +38,9 @@ the iteration's own round-off. The gradient is written out (:class:`_LOTPolar`,
 Daleckii-Krein: divided differences of ``z_T``, never a division by a small eigenvalue gap, so it
 is exact also at the repeated eigenvalues of the identity initialisation). That is one batched
 ``eigh`` and seven products per training step instead of about 85 products, and the bound above
-holds as it is (``u_T(a) <= 1`` for every ``a``). The kernel's spectrum is one product with the
-taps' DFT matrix instead of FFTs of the zero-padded kernel. ``paper_compatible=True`` runs the
+holds as it is (``u_T(a) <= 1`` for every ``a``). On small grids each distinct frequency of the
+half spectrum is orthogonalised once (``_fourier.half_spectrum_map``: conjugate rows mirrored,
+self-mirrored ones in real arithmetic). ``paper_compatible=True`` runs the
 paper's literal computation: full ``fft2`` over all frequencies, also for 1x1 kernels, and the
 matrix iteration (``lot_orthogonalize(method="newton")``). Any input size is accepted (the
 paper's cache breaks on a second size); the eval cache holds the weight of the last size seen.
@@ -47,7 +48,6 @@ paper's cache breaks on a second size); the eval cache holds the weight of the l
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, as_size, LipschitzModule, map_size, MatrixLayer, spatial_size
-from ._linalg import conv_kernel_fft, fft_conv2d, matmul
+from ._fourier import conv_kernel_fft, conv_kernel_rfft, fft_conv2d, half_spectrum_map
+from ._linalg import matmul
 from ._norms import matrix_norm
 from ._plain import frequency_op, plain_conv1x1
 from ._spectral import _adjoint, _higher, _real_dtype, divided_differences
@@ -235,65 +236,6 @@ def _lot_eigh(w: torch.Tensor, iters: int, eps: float, refine: bool) -> torch.Te
     return _LOTPolar.apply(w, u, uh, a, z, dz, n, frob)[0]
 
 
-@functools.lru_cache(maxsize=64)
-def _conjugate_pairs(n_h: int, n_w: int) -> tuple[list[int], list[int], list[int]]:
-    """The rfft2 half-spectrum (n_h, n_w//2+1), flattened: in its self-conjugate columns (0, and
-    n_w/2 for even n_w) frequency ``(h, j)`` is the conjugate of ``(-h mod n_h, j)``, so a real
-    kernel's matrices there come in conjugate pairs (and so do their polar factors).
-
-    Returns ``kept`` (the frequencies with ``h <= n_h / 2`` there, all elsewhere), ``mirrored``
-    (for each other frequency, the position in ``kept`` of its partner) and ``order``: the full
-    half-spectrum is ``cat([M[kept], conj(M[kept][mirrored])])[order]``.
-    """
-    n_wf = n_w // 2 + 1
-    self_conjugate = {0, n_w // 2} if n_w % 2 == 0 else {0}
-    kept, pos, dropped = [], {}, []
-    for h in range(n_h):
-        for j in range(n_wf):
-            f = h * n_wf + j
-            if j in self_conjugate and h > n_h // 2:
-                dropped.append((f, ((n_h - h) % n_h) * n_wf + j))
-            else:
-                pos[f] = len(kept)
-                kept.append(f)
-    mirrored = [pos[src] for _, src in dropped]
-    where = dict(pos)
-    where.update({f: len(kept) + k for k, (f, _) in enumerate(dropped)})
-    return kept, mirrored, [where[f] for f in range(n_h * n_wf)]
-
-
-def _kernel_rfft(weight: torch.Tensor, n_h: int, n_w: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """``_linalg.conv_kernel_rfft(weight, n_h, n_w)`` as a product with the k x k taps' DFT matrix.
-
-    ``W_hat(f)[o, i] = sum_t W[o, i, t] exp(2 pi i <f, t - c> / n)`` (``c = (k-1)//2`` the centre):
-    the same sums (equal within float round-off; the angles are exact in float64, where the FFT
-    path rounds its phase factors in the weight's precision), as two real (frequencies x taps) by
-    (taps x out*in) products instead of FFTs of the kernel zero-padded to the whole grid (and
-    their full-grid backward), returned contiguous in the (n_h, n_w//2+1, out, in) layout; with
-    ``rows`` (indices into the flattened frequencies) only those, as (len(rows), out, in).
-    """
-    out_c, in_c, k_h, k_w = weight.shape
-    if k_h > n_h or k_w > n_w:
-        raise ValueError(f"a {k_h}x{k_w} kernel does not fit a {n_h}x{n_w} input for an FFT convolution")
-    f64 = dict(dtype=torch.float64, device=weight.device)
-    fh, fw = torch.arange(n_h, **f64), torch.arange(n_w // 2 + 1, **f64)
-    th = torch.arange(k_h, **f64) - (k_h - 1) // 2
-    tw = torch.arange(k_w, **f64) - (k_w - 1) // 2
-    # angle 2 pi (f_h t_h / n_h + f_w t_w / n_w), the integer products reduced mod n first
-    ah = torch.remainder(fh[:, None] * th[None, :], n_h) / n_h
-    aw = torch.remainder(fw[:, None] * tw[None, :], n_w) / n_w
-    angle = 2 * math.pi * (ah[:, None, :, None] + aw[None, :, None, :]).reshape(-1, k_h * k_w)
-    if rows is not None:
-        angle = angle.index_select(0, rows)
-    taps = weight.reshape(out_c * in_c, k_h * k_w).transpose(0, 1)
-    re = torch.matmul(torch.cos(angle).to(weight.dtype), taps)
-    im = torch.matmul(torch.sin(angle).to(weight.dtype), taps)
-    spectrum = torch.complex(re, im)
-    if rows is not None:
-        return spectrum.view(-1, out_c, in_c)
-    return spectrum.view(n_h, n_w // 2 + 1, out_c, in_c)
-
-
 def _layer_method(paper_compatible: bool, training: bool) -> str:
     """The matrix iteration for ``paper_compatible``; else the single-precision eigendecomposition
     with refined eigenvalues in training (every step), the double-precision one for the eval
@@ -367,11 +309,10 @@ class LOTConv2d(LipschitzModule):
         n_h, n_w = size[0] + 2 * p, size[1] + 2 * p
         if self.paper_compatible:
             return lot_orthogonalize(conv_kernel_fft(self.weight, n_h, n_w), self._iters(), method="newton")
-        # the rfft half holds conjugate pairs in its self-conjugate columns: orthogonalise one of each
-        kept, mirrored, order = (torch.tensor(t, device=self.weight.device) for t in _conjugate_pairs(n_h, n_w))
-        half = lot_orthogonalize(_kernel_rfft(self.weight, n_h, n_w, kept), self._iters(), method=self._method())
-        full = torch.cat([half, half.index_select(0, mirrored).conj()]).index_select(0, order)
-        return full.view(n_h, n_w // 2 + 1, *half.shape[-2:])
+        # LOT commutes with conjugation and keeps real matrices real: each distinct frequency once
+        iters, method = self._iters(), self._method()
+        return half_spectrum_map(lambda m: lot_orthogonalize(m, iters, method=method),
+                                 conv_kernel_rfft(self.weight, n_h, n_w), n_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
@@ -453,9 +394,5 @@ class LOTLinear(MatrixLayer):
         return lot_orthogonalize(self.weight, self.iters if self.training else self.eval_iters,
                                  method=_layer_method(self.paper_compatible, self.training))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, iters={self.iters}, eval_iters={self.eval_iters}"
+        return super().extra_repr() + f", iters={self.iters}, eval_iters={self.eval_iters}"

@@ -10,7 +10,9 @@ and mapped by the Cayley transform to ``[A B]`` with orthonormal ROWS (``A`` is 
 For the convolution all of this happens per frequency: ``W_hat`` is the rfft2 of the kernel on
 the input grid with the paper's centring phase and conjugation (the per-frequency matrices of the
 circular 'same' cross-correlation), ``||W_hat||_F`` is taken over the whole half spectrum, and
-``A``, ``B`` are applied with FFTs; bias and ReLU act in the spatial domain between them.
+``A``, ``B`` are applied with FFTs; bias and ReLU act in the spatial domain between them. A 1x1
+kernel has one real matrix at every frequency (``||W_hat||_F = sqrt(#freq) ||W||_F``): it is
+transformed once and ``A``, ``B`` are applied pointwise (1x1 ``conv2d``), the same operators.
 
 Why the DEFAULT is sound (1-Lipschitz up to float round-off, no estimate anywhere): the Cayley
 transform gives ``A A^H + B B^H = I`` exactly at every frequency, hence ``A A^T + B B^T = I`` for
@@ -57,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import as_size, InputError, LipschitzModule, map_size, spatial_size
-from ._linalg import cayley_transform, conv_kernel_rfft, fft_conv2d
+from ._fourier import conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
+from ._linalg import cayley_transform
 from ._norms import matrix_norm
 from ._plain import SandwichResidual, frequency_op, plain_linear
 
@@ -79,13 +82,18 @@ class SandwichWeight(NamedTuple):
     second: torch.Tensor
 
 
-def sandwich_factors(w: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sandwich_factors(
+    w: torch.Tensor, alpha: torch.Tensor, n_w: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``[A B] = cayley(alpha * W / ||W||_F)`` for a (..., out, in + out) stack; returns (A, B).
 
     The Frobenius norm is over the whole stack (all frequencies). ``[A B]`` has orthonormal rows.
+    With ``n_w`` (the grid width) ``w`` is the rfft half spectrum (H, n_w//2+1, out, in + out) of
+    a real kernel and each distinct frequency is transformed once (see ``half_spectrum_map``).
     """
     out = w.shape[-2]
-    q = cayley_transform(alpha * w / w.norm())
+    w = w * (alpha / frobenius_norm(w))
+    q = cayley_transform(w) if n_w is None else half_spectrum_map(cayley_transform, w, n_w)
     return q[..., :out], q[..., out:]
 
 
@@ -105,7 +113,7 @@ def _assemble(
         bias = None if bias is None else torch.exp(psi) * bias
     else:
         first = (SQRT2 * scale) * torch.exp(-psi)[:, None] * b_mat
-        second = SQRT2 * a_h * torch.exp(psi)[None, :]
+        second = a_h * (SQRT2 * torch.exp(psi))[None, :]
     return SandwichWeight(first, bias, second)
 
 
@@ -247,7 +255,18 @@ class SandwichConv2d(LipschitzModule):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> SandwichWeight:
         size = self.input_size if size is None else size
-        a, b_mat = sandwich_factors(self.weight_fft(size), self.alpha)
+        if self.kernel_size == 1:
+            # A 1x1 kernel has the same real matrix W at every frequency and ||W_hat||_F =
+            # sqrt(#freq) ||W||_F: transform it once and broadcast (same function, far cheaper).
+            n_h, n_w = size
+            n_freq = n_h * (n_w // 2 + 1)
+            w = self.weight[:, :, 0, 0]
+            a, b_mat = sandwich_factors(w, self.alpha / math.sqrt(n_freq))
+            first, bias, second = _assemble(a, b_mat, self.psi, self.bias, self.scale, self.numerical_stable)
+            cdt = torch.promote_types(w.dtype, torch.complex64)
+            stack = lambda m: m.to(cdt).expand(n_h, n_w // 2 + 1, *m.shape)  # noqa: E731
+            return SandwichWeight(stack(first), bias, stack(second))
+        a, b_mat = sandwich_factors(self.weight_fft(size), self.alpha, size[1])
         return _assemble(a, b_mat, self.psi, self.bias, self.scale, self.numerical_stable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,6 +278,11 @@ class SandwichConv2d(LipschitzModule):
                 f"at least that size, got {size[0]}x{size[1]}"
             )
         first, bias, second = self.effective_weight(size)
+        if self.kernel_size == 1:
+            # every frequency holds the same real matrices: both circular convolutions are
+            # pointwise, applied without FFTs (same function, far cheaper)
+            z = F.conv2d(x, first[0, 0].real[:, :, None, None], bias)
+            return F.conv2d(F.relu(z), second[0, 0].real[:, :, None, None])
         z = fft_conv2d(x, first)
         if bias is not None:
             z = z + bias[:, None, None]

@@ -345,9 +345,5 @@ class SOCLinear(MatrixLayer):
         a = 0.5 * (self.weight - self.weight.T)
         return torch.linalg.matrix_exp(a)[: self.out_features, : self.in_features]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x, self.in_features, ndim=(2,))
-        return F.linear(x, self.effective_weight(), self.bias)
-
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+        return super().extra_repr() + f", bias={self.bias is not None}"

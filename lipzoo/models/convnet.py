@@ -59,6 +59,7 @@ class ConvNet(nn.Sequential):
 
     def __init__(self, config: ConvNetConfig, **layer_kwargs) -> None:
         spec = get_layer(config.layer)
+        layer_kwargs = spec.layer_kwargs(layer_kwargs)  # paper_compatible only where the family has it
         w, b = config.base_width, config.num_blocks
         if config.in_chans < 1 or config.in_chans > w:
             raise ValueError(f"in_chans must be between 1 and the base width {w}, got {config.in_chans}")

@@ -3,8 +3,9 @@
 The paper released 21 CIFAR-10 state dicts (ConvNet XS, S, M x its seven layers) as pickled
 ``.pth`` files on GitHub. This module holds:
 
-- :data:`PAPER_RELEASES`: the 21 entries ``convnet_{xs,s,m}_{layer}.cifar10_1llc`` as data (release
-  file, run id and the metrics *reported by the authors* for it);
+- :data:`PAPER_RELEASES` (from :mod:`lipzoo.zoo.paper_release`): the 21 entries
+  ``convnet_{xs,s,m}_{layer}.cifar10_1llc`` as data (release file, run id and the metrics
+  *reported by the authors* for it);
 - :func:`convert_1llc_state_dict`: the paper's keys and shapes -> lipzoo's, strict both ways;
 - :func:`load_1llc_model`: the converted weights in a lipzoo model that takes [0, 1] images (the
   paper's input centring is built in as a fixed 1-Lipschitz shift);
@@ -27,17 +28,13 @@ What the paper's state dicts hold that lipzoo's differ in:
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import http.client
 import inspect
 import json
 import os
 import re
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -46,7 +43,6 @@ from torch import nn
 
 from .._version import __version__
 from ..audit import audit
-from ..certify import DEFAULT_EPS
 from ..data import dataset_info
 from ..factory import create_model
 from ..hub import save_pretrained
@@ -55,115 +51,19 @@ from ..layers.soc import SOCConv2d
 from ..models import SIZES
 from ..registry import CARDS_DIR, CONFIG_FILENAME, get_architecture
 from .cards import write_card
+from .paper_release import (DEFAULT_URL_BASE, PAPER_LAYERS, PAPER_PAPER, PAPER_RELEASES, PAPER_REPOSITORY, PAPER_SIZES,
+                            URL_ENV, ImportError1LLC, PaperRelease, download_release, load_release_file, url_base)
 
 __all__ = [
     "ConversionError", "ImportError1LLC", "PaperRelease", "PAPER_RELEASES", "PAPER_LAYERS", "PAPER_PAPER",
     "DEFAULT_URL_BASE", "URL_ENV", "url_base", "convert_1llc_state_dict", "load_1llc_model",
     "download_release", "load_release_file", "import_1llc", "ImportResult", "audit_record", "PAPER_REPOSITORY",
+    "select_releases",
 ]
 
-# --- the paper's release --------------------------------------------------------------------------
-PAPER_PAPER = ("1-Lipschitz Layers Compared: Memory, Speed, and Certifiable Robustness "
-               "(Prach, Brau, Buttazzo, Lampert, CVPR 2024)")
-DEFAULT_URL_BASE = "https://github.com/berndprach/1LipschitzLayersCompared/releases/download/weights"
-URL_ENV = "LIPZOO_1LLC_URL"
-TAG = "1llc"
-#: lipzoo layer id -> the paper's layer class name (as in its release file names)
-PAPER_LAYERS: dict[str, str] = {
-    "aol": "AOLConv2d", "bcop": "BCOP", "cayley": "CayleyConv", "cpl": "CPLConv2d",
-    "lot": "LOT", "sll": "SLLConv2d", "soc": "SOC",
-}
-_PAPER_SIZES = {"xs": "ConvNetXS", "s": "ConvNetS", "m": "ConvNetM", "l": "ConvNetL"}
 #: state-dict leaves that only lipzoo's paper_compatible mode keeps (power-iteration state)
 _PAPER_ONLY_BUFFERS = {"cpl": {"u"}, "soc": {"u1", "v1", "u2", "v2", "u3", "v3", "u4", "v4", "correction"}}
 _PARAMETRIZATION = ".parametrizations.weight.original"
-
-
-def url_base() -> str:
-    """Where the release files are downloaded from: ``$LIPZOO_1LLC_URL``, else the paper's GitHub release."""
-    return (os.environ.get(URL_ENV) or DEFAULT_URL_BASE).rstrip("/")
-
-
-@dataclass(frozen=True)
-class PaperRelease:
-    """One released checkpoint of the paper and what the authors reported for it.
-
-    ``reported`` holds the paper's published numbers (or, where the release points to a rerun, that
-    rerun's), labelled as reported by the authors; accuracies are fractions and the certified
-    accuracies are keyed like :meth:`lipzoo.CertificationResult.as_dict` (``f"{eps:.6g}"``).
-    ``sha256`` is the release file's hash once known (``None``: trust on first use).
-    """
-
-    name: str
-    architecture: str
-    layer: str
-    size: str
-    dataset: str
-    filename: str
-    run_id: str
-    reported: dict = field(hash=False, compare=False)
-    sha256: str | None = None
-
-    def url(self, base: str | None = None) -> str:
-        return f"{(base or url_base()).rstrip('/')}/{self.filename}"
-
-
-_EPS_KEYS = [f"{e:.6g}" for e in DEFAULT_EPS]  # 36/255, 72/255, 108/255, 1 (the paper's 255/255)
-_STATS = "data/runs/CIFAR10/final_training_24h/statistics.csv"
-_RERUN = "training_statistics.csv of the rerun (the run the released weights point to)"
-# size, layer: clean %, CRA 36, 72, 108, 255 (%), median margin, epochs, train img/s, val img/s, run, source
-_REPORTED_ROWS = [
-    ("xs", "aol", 71.7, 59.1, 45.2, 32.4, 3.9, 0.329, 10044, 4694, 17669, "20230822_081440.4", _STATS),
-    ("xs", "bcop", 71.7, 58.5, 44.1, 31.3, 3.0, 0.315, 1524, 952, 19885, "20230822_081441.2", _STATS),
-    ("xs", "cpl", 74.9, 62.5, 48.5, 35.2, 4.2, 0.376, 10032, 4839, 14957, "20230822_081440.7", _STATS),
-    ("xs", "cayley", 73.1, 59.5, 45.2, 31.9, 3.0, 0.334, 4272, 2402, 15211, "20230822_081440.1", _STATS),
-    ("xs", "lot", 75.5, 63.4, 49.2, 36.1, 4.3, 0.389, 2664, 1474, 12105, "20230822_081440.3", _STATS),
-    ("xs", "sll", 73.7, 61.0, 46.8, 34.4, 4.2, 0.357, 8820, 4468, 12298, "20230822_081440.6", _STATS),
-    ("xs", "soc", 74.1, 61.3, 47.8, 34.7, 4.1, 0.372, 4452, 2140, 4140, "20230823_053725.64", _STATS),
-    ("s", "aol", 73.6, 60.8, 46.5, 34.3, 4.4, 0.351, 9156, 2546, 9903, "20230822_081440.12", _STATS),
-    ("s", "bcop", 73.1, 59.3, 44.8, 31.7, 2.8, 0.329, 1500, 887, 10921, "20230822_081440.10", _STATS),
-    ("s", "cpl", 76.1, 64.2, 50.4, 36.9, 4.9, 0.406, 9564, 3771, 10506, "20230913_221656.2eps", _RERUN),
-    ("s", "cayley", 74.2, 61.1, 46.3, 32.8, 3.3, 0.349, 2568, 1278, 9202, "20230822_081440.9", _STATS),
-    ("s", "lot", 76.6, 64.6, 50.6, 37.5, 4.9, 0.408, 816, 355, 4566, "20230822_081440.11", _STATS),
-    ("s", "sll", 74.2, 62.0, 47.7, 35.2, 4.5, 0.372, 8436, 3213, 8172, "20230918_082800.0eps2", _RERUN),
-    ("s", "soc", 75.0, 62.9, 48.8, 35.6, 4.4, 0.381, 4032, 1443, 2304, "20230822_081440.8", _STATS),
-    ("m", "aol", 73.4, 61.0, 47.1, 34.6, 4.9, 0.358, 4404, 1408, 5697, "20230822_081439.20", _STATS),
-    ("m", "bcop", 74.0, 60.5, 45.7, 32.2, 3.4, 0.344, 1128, 429, 4371, "20230822_081440.18", _STATS),
-    ("m", "cpl", 76.6, 65.1, 51.5, 38.1, 5.5, 0.421, 6264, 1370, 3613, "20230822_081439.23", _STATS),
-    ("m", "cayley", 74.4, 61.0, 46.3, 33.0, 3.2, 0.353, 840, 341, 3832, "20230822_081440.17", _STATS),
-    ("m", "lot", 72.0, 58.7, 43.7, 30.9, 2.8, 0.315, 132, 81, 3920, "20230904_102819.5", _RERUN),
-    ("m", "sll", 75.3, 62.8, 48.9, 35.8, 4.8, 0.384, 4236, 1142, 2834, "20230918_082800.1eps2", _RERUN),
-    ("m", "soc", 76.9, 66.3, 53.4, 40.0, 6.7, 0.452, 2412, 459, 437, "20230822_081440.16", _STATS),
-]
-
-
-def _release(row: tuple) -> PaperRelease:
-    size, layer, clean, *cra, margin, epochs, train_ips, val_ips, run, source = row
-    arch = f"convnet_{size}_{layer}"
-    reported = {
-        "label": "reported by the authors",
-        "paper": PAPER_PAPER,
-        "run": run,
-        "source": source,
-        "split": "test",
-        "n": 10000,
-        "clean_accuracy": round(clean / 100, 4),
-        "certified_accuracy": {k: round(a / 100, 4) for k, a in zip(_EPS_KEYS, cra)},
-        "median_margin": margin,
-        "epochs": epochs,
-        "train_images_per_s": train_ips,
-        "val_images_per_s": val_ips,
-        "hardware": "the authors' cluster GPU (24 h training budget)",
-    }
-    return PaperRelease(
-        name=f"{arch}.cifar10_{TAG}", architecture=arch, layer=layer, size=size, dataset="cifar10",
-        filename=f"CIFAR10_final_training_24h_{_PAPER_SIZES[size]}_{PAPER_LAYERS[layer]}.pth",
-        run_id=run, reported=reported,
-    )
-
-
-#: the 21 released checkpoints, ``convnet_{xs,s,m}_{layer}.cifar10_1llc`` -> :class:`PaperRelease`
-PAPER_RELEASES: dict[str, PaperRelease] = {r.name: r for r in map(_release, _REPORTED_ROWS)}
 
 
 # --- conversion ---------------------------------------------------------------------------------
@@ -224,49 +124,19 @@ def convert_1llc_state_dict(
     ``model.load_state_dict(..., strict=True)`` or safetensors.
     """
     arch, info = _check_args(layer, size, dataset)
-    if not isinstance(state_dict, Mapping):
-        raise ConversionError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
-    bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ConversionError(
-            f"expected a flat state dict of tensors; these entries are not (name -> tensor): {_listing(map(str, bad))}")
+    _check_flat(state_dict)
     template = _build(arch, info, paper_compatible, device="meta")
     target = template.state_dict()
-
-    renamed: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    for key, value in state_dict.items():
-        new = key[: -len(_PARAMETRIZATION)] + ".weight" if key.endswith(_PARAMETRIZATION) else key
-        if new not in target and new.rsplit(".", 1)[-1] in _PAPER_ONLY_BUFFERS.get(layer, ()):
-            dropped.append(key)  # power-iteration state the sound default mode does not keep
-            continue
-        if new in renamed:
-            raise ConversionError(f"the state dict holds both {key!r} and another key that maps onto {new!r}")
-        renamed[new] = value
-    if layer == "cayley":  # alphas the paper has not created yet (no forward before saving)
-        for key in target:
-            if key.endswith(".alpha") and key not in renamed:
-                module = template.get_submodule(key[: -len(".alpha")])
-                wkey = key[: -len("alpha")] + "weight"
-                if isinstance(module, CayleyConv2d) and wkey in renamed:
-                    renamed[key] = initial_alpha(renamed[wkey], module.input_size)
-
-    missing = [k for k in target if k not in renamed]
-    unexpected = [k for k in renamed if k not in target]
-    shapes = [f"{k} {tuple(renamed[k].shape)} (lipzoo expects {tuple(t.shape)})"
-              for k, t in target.items() if k in renamed and renamed[k].shape != t.shape]
-    if missing or unexpected or shapes:
+    renamed = _renamed(state_dict, target, layer)
+    if layer == "cayley":
+        _add_cayley_alphas(renamed, template, target)
+    problems = _mismatches(renamed, target)
+    if problems:
         mode = "paper_compatible=True" if paper_compatible else "the default (sound) mode"
-        parts = [f"the state dict does not match lipzoo's {arch} ({dataset}, {mode}):"]
-        if unexpected:
-            parts.append(f"  {len(unexpected)} unexpected key(s) (not in lipzoo's model): {_listing(unexpected)}")
-        if missing:
-            parts.append(f"  {len(missing)} missing key(s) (lipzoo's model needs them): {_listing(missing)}")
-        if shapes:
-            parts.append(f"  {len(shapes)} shape mismatch(es): {_listing(shapes)}")
-        parts.append(f"  Is it a {_PAPER_SIZES.get(size, size)} {PAPER_LAYERS[layer]} checkpoint for {dataset}? "
-                     "(size, layer and dataset must be the checkpoint's)")
-        raise ConversionError("\n".join(parts))
+        raise ConversionError("\n".join(
+            [f"the state dict does not match lipzoo's {arch} ({dataset}, {mode}):", *problems,
+             f"  Is it a {PAPER_SIZES.get(size, size)} {PAPER_LAYERS[layer]} checkpoint for {dataset}? "
+             "(size, layer and dataset must be the checkpoint's)"]))
     out = {}
     for k, t in target.items():
         v = renamed[k].detach().to("cpu")
@@ -274,6 +144,57 @@ def convert_1llc_state_dict(
             raise ConversionError(f"{k} has dtype {v.dtype}, lipzoo expects {t.dtype}")
         out[k] = v.to(t.dtype).clone().contiguous()
     return out
+
+
+def _check_flat(state_dict) -> None:
+    if not isinstance(state_dict, Mapping):
+        raise ConversionError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConversionError(
+            f"expected a flat state dict of tensors; these entries are not (name -> tensor): {_listing(map(str, bad))}")
+
+
+def _renamed(state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+             layer: str) -> dict[str, torch.Tensor]:
+    """The paper's tensors under lipzoo's names (parametrizations unwrapped); power-iteration state
+    that the built model does not keep (the sound default mode) is left out."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new = key[: -len(_PARAMETRIZATION)] + ".weight" if key.endswith(_PARAMETRIZATION) else key
+        if new not in target and new.rsplit(".", 1)[-1] in _PAPER_ONLY_BUFFERS.get(layer, ()):
+            continue  # power-iteration state the sound default mode does not keep
+        if new in renamed:
+            raise ConversionError(f"the state dict holds both {key!r} and another key that maps onto {new!r}")
+        renamed[new] = value
+    return renamed
+
+
+def _add_cayley_alphas(renamed: dict[str, torch.Tensor], template: nn.Module, target: Mapping[str, torch.Tensor]) -> None:
+    """The alphas the paper's Cayley convolutions had not created yet (no forward before saving),
+    computed as the paper would: ``||W_hat||_F`` at the layer's input size."""
+    for key in target:
+        if key.endswith(".alpha") and key not in renamed:
+            module = template.get_submodule(key[: -len(".alpha")])
+            wkey = key[: -len("alpha")] + "weight"
+            if isinstance(module, CayleyConv2d) and wkey in renamed:
+                renamed[key] = initial_alpha(renamed[wkey], module.input_size)
+
+
+def _mismatches(renamed: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> list[str]:
+    """One line for each kind of difference between the renamed tensors and lipzoo's model."""
+    missing = [k for k in target if k not in renamed]
+    unexpected = [k for k in renamed if k not in target]
+    shapes = [f"{k} {tuple(renamed[k].shape)} (lipzoo expects {tuple(t.shape)})"
+              for k, t in target.items() if k in renamed and renamed[k].shape != t.shape]
+    lines = []
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected key(s) (not in lipzoo's model): {_listing(unexpected)}")
+    if missing:
+        lines.append(f"  {len(missing)} missing key(s) (lipzoo's model needs them): {_listing(missing)}")
+    if shapes:
+        lines.append(f"  {len(shapes)} shape mismatch(es): {_listing(shapes)}")
+    return lines
 
 
 def load_1llc_model(
@@ -295,73 +216,6 @@ def load_1llc_model(
 
 
 # --- the importer -----------------------------------------------------------------------------------
-class ImportError1LLC(RuntimeError):
-    """A release file could not be downloaded, trusted, read or converted (nothing was written)."""
-
-
-def download_release(url: str, dest: Path, *, progress: bool = True, timeout: float = 60.0) -> str:
-    """Download ``url`` to ``dest`` (written to a temporary name, renamed when complete) with a
-    progress bar; returns the sha256 of the bytes. Any failure leaves no file behind."""
-    from tqdm.auto import tqdm
-
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                resp = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) URL of the release)
-            except urllib.error.HTTPError as e:
-                hint = (" (no such release file: check the name, and --url-base / $" + URL_ENV + ")") if e.code == 404 else ""
-                raise ImportError1LLC(f"download of {url} failed: HTTP {e.code} {e.reason}{hint}") from None
-            except (urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                raise ImportError1LLC(f"cannot reach {url}: {reason}; check the network, or point --url-base / "
-                                      f"${URL_ENV} at a mirror") from None
-            with resp:
-                total = resp.headers.get("Content-Length")
-                total = int(total) if total and total.isdigit() else None
-                got = 0
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                          disable=not progress, leave=False) as bar:
-                    while True:
-                        try:
-                            block = resp.read(1 << 20)
-                        except (OSError, http.client.HTTPException) as e:
-                            raise ImportError1LLC(f"download of {url} broke off after {got} bytes: {e}") from None
-                        if not block:
-                            break
-                        f.write(block)
-                        h.update(block)
-                        got += len(block)
-                        bar.update(len(block))
-                if total is not None and got != total:
-                    raise ImportError1LLC(f"download of {url} is incomplete: {got} of {total} bytes")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return h.hexdigest()
-
-
-def load_release_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a released ``.pth`` with ``torch.load(weights_only=True)`` (tensors and plain containers
-    only: no code can run) onto the CPU; a file that is not such a state dict raises ImportError1LLC."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt zip, truncated file, or a pickle that weights_only refuses
-        raise ImportError1LLC(
-            f"{path} is not a readable PyTorch state dict ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "it was loaded with torch.load(weights_only=True), which refuses anything but tensors") from None
-    if not isinstance(obj, Mapping):
-        raise ImportError1LLC(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to tensors)")
-    return dict(obj)
-
-
 @dataclass(frozen=True)
 class ImportResult:
     name: str
@@ -378,8 +232,6 @@ class ImportResult:
                 "lipschitz_upper": self.lipschitz_upper}
 
 
-#: where the paper's code and weights live (the card's "Reproduce" section points there)
-PAPER_REPOSITORY = "https://github.com/berndprach/1LipschitzLayersCompared"
 AUDIT_METHOD = "lipzoo.audit upper bound (guaranteed, float64, per layer at the model's input size)"
 
 
@@ -456,67 +308,73 @@ def import_1llc(
     ``audit=False`` skips it (faster; the card then says the bound was not audited).
     """
     out = Path(out)
-    results = []
-    for rel in select_releases(names, all_releases):
-        url = rel.url(base_url)
-        folder = out / rel.name
-        unchecked = False  # force past a recorded config.json that could not be read
+    return [_import_one(rel, out, base_url=base_url, paper_compatible=paper_compatible, force=force,
+                        with_audit=audit, progress=progress, echo=echo)
+            for rel in select_releases(names, all_releases)]
+
+
+def _import_one(rel: PaperRelease, out: Path, *, base_url: str | None, paper_compatible: bool, force: bool,
+                with_audit: bool, progress: bool, echo: Callable[[str], None]) -> ImportResult:
+    """Download, check, convert and save one release as ``out/<name>/`` (see :func:`import_1llc`)."""
+    url, folder = rel.url(base_url), out / rel.name
+    unchecked = False  # force past a recorded config.json that could not be read
+    try:
+        expected = rel.sha256 or _recorded_sha256(folder)
+    except ImportError1LLC:
+        if not force:
+            raise
+        expected, unchecked = None, True
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{rel.name}.") as tmp:
+        tmp = Path(tmp)
+        pth = tmp / rel.filename
+        sha = download_release(url, pth, progress=progress)
+        if expected and sha != expected and not force:
+            raise ImportError1LLC(
+                f"{url} has sha256 {sha}, but {expected} was recorded for {rel.name}"
+                f"{'' if rel.sha256 else ' by an earlier import (' + str(folder / CONFIG_FILENAME) + ')'}; "
+                "the release file changed. Nothing was written; pass --force to accept the new file")
+        tofu = not expected and not unchecked
+        trust = ("accepted with force (the earlier import's config.json was unreadable)" if unchecked
+                 else "first use" if tofu else "verified" if sha == expected
+                 else f"accepted with force (the recorded sha256 was {expected})")
+        state = load_release_file(pth)
+        pth.unlink()  # the pickle is not kept
         try:
-            expected = rel.sha256 or _recorded_sha256(folder)
-        except ImportError1LLC:
-            if not force:
-                raise
-            expected, unchecked = None, True
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out, prefix=f".{rel.name}.") as tmp:
-            tmp = Path(tmp)
-            pth = tmp / rel.filename
-            sha = download_release(url, pth, progress=progress)
-            if expected and sha != expected and not force:
-                raise ImportError1LLC(
-                    f"{url} has sha256 {sha}, but {expected} was recorded for {rel.name}"
-                    f"{'' if rel.sha256 else ' by an earlier import (' + str(folder / CONFIG_FILENAME) + ')'}; "
-                    "the release file changed. Nothing was written; pass --force to accept the new file")
-            tofu = not expected and not unchecked
-            trust = ("accepted with force (the earlier import's config.json was unreadable)" if unchecked
-                     else "first use" if tofu else "verified" if sha == expected
-                     else f"accepted with force (the recorded sha256 was {expected})")
-            state = load_release_file(pth)
-            pth.unlink()  # the pickle is not kept
-            try:
-                model = load_1llc_model(state, rel.layer, rel.size, rel.dataset, paper_compatible)
-            except ConversionError as e:
-                raise ImportError1LLC(f"{url} (sha256 {sha}) does not convert to {rel.name}: {e}") from None
-            metrics = {"reported": rel.reported}
-            if audit:
-                metrics["audit"] = audit_record(model)
-            provenance = {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.zoo.convert)",
-                          "source_url": url, "source_file": rel.filename, "source_sha256": sha,
-                          "source_trust": trust, "run": rel.run_id, "trained_by": "the paper's authors",
-                          "source_repository": PAPER_REPOSITORY, "import_command": f"lipzoo import-1llc {rel.name}",
-                          "license_note": "lipzoo has not recorded a license for the released weights; see the authors' repository"}
-            staged = tmp / rel.name
-            entry = save_pretrained(model, staged, dataset=rel.dataset, name=rel.name, recipe="",
-                                    metrics=metrics, provenance=provenance,
-                                    layer_kwargs={"paper_compatible": paper_compatible}, license="unknown")
-            write_card(entry, tmp)  # tmp/<name>/README.md
-            _move_into_place(staged, folder)
-        if unchecked:
-            echo(f"{rel.name}: accepted {rel.filename} (force) without checking it: the earlier import's "
-                 f"config.json was unreadable; sha256 {sha} is now recorded")
-        elif tofu:
-            echo(f"{rel.name}: trusting {rel.filename} on first use: sha256 {sha} (recorded in "
-                 f"{folder / CONFIG_FILENAME}; later imports must match it)")
-        elif sha == expected:
-            echo(f"{rel.name}: {rel.filename} sha256 {sha} matches the recorded hash")
-        else:
-            echo(f"{rel.name}: accepted the CHANGED {rel.filename} (force): sha256 {sha}, was {expected}")
-        upper = metrics["audit"]["lipschitz_upper"] if audit else None
-        if upper is not None:
-            echo(f"{rel.name}: audited Lipschitz upper bound L = {upper:.6g}"
-                 + ("" if metrics["audit"]["upper_ok"] else " (> 1: its certificates use this L)"))
-        results.append(ImportResult(rel.name, folder, url, sha, tofu, entry.sha256, upper))
-    return results
+            model = load_1llc_model(state, rel.layer, rel.size, rel.dataset, paper_compatible)
+        except ConversionError as e:
+            raise ImportError1LLC(f"{url} (sha256 {sha}) does not convert to {rel.name}: {e}") from None
+        metrics = {"reported": rel.reported} | ({"audit": audit_record(model)} if with_audit else {})
+        staged = tmp / rel.name
+        entry = save_pretrained(model, staged, dataset=rel.dataset, name=rel.name, recipe="", metrics=metrics,
+                                provenance=_provenance(rel, url, sha, trust),
+                                layer_kwargs={"paper_compatible": paper_compatible}, license="unknown")
+        write_card(entry, tmp)  # tmp/<name>/README.md
+        _move_into_place(staged, folder)
+    if unchecked:
+        echo(f"{rel.name}: accepted {rel.filename} (force) without checking it: the earlier import's "
+             f"config.json was unreadable; sha256 {sha} is now recorded")
+    elif tofu:
+        echo(f"{rel.name}: trusting {rel.filename} on first use: sha256 {sha} (recorded in "
+             f"{folder / CONFIG_FILENAME}; later imports must match it)")
+    elif sha == expected:
+        echo(f"{rel.name}: {rel.filename} sha256 {sha} matches the recorded hash")
+    else:
+        echo(f"{rel.name}: accepted the CHANGED {rel.filename} (force): sha256 {sha}, was {expected}")
+    upper = metrics["audit"]["lipschitz_upper"] if with_audit else None
+    if upper is not None:
+        echo(f"{rel.name}: audited Lipschitz upper bound L = {upper:.6g}"
+             + ("" if metrics["audit"]["upper_ok"] else " (> 1: its certificates use this L)"))
+    return ImportResult(rel.name, folder, url, sha, tofu, entry.sha256, upper)
+
+
+def _provenance(rel: PaperRelease, url: str, sha: str, trust: str) -> dict:
+    """``provenance`` of an imported release: where it came from, its hash and how it was trusted."""
+    return {"source": "1-Lipschitz Layers Compared release (converted by lipzoo.zoo.convert)",
+            "source_url": url, "source_file": rel.filename, "source_sha256": sha,
+            "source_trust": trust, "run": rel.run_id, "trained_by": "the paper's authors",
+            "source_repository": PAPER_REPOSITORY, "import_command": f"lipzoo import-1llc {rel.name}",
+            "license_note": "lipzoo has not recorded a license for the released weights; see the authors' repository"}
 
 
 def _move_into_place(staged: Path, folder: Path) -> None:

@@ -31,14 +31,16 @@ from pathlib import Path
 
 from .._io import atomic_write_bytes
 from ..data import DATASETS
+from ..radius import Radius
 from ..registry import PRETRAINED, get_architecture
-from .bench import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
-from .training import Recipe, RecipeError
+from .bench_results import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
+from .recipe import Recipe, RecipeError
 
 __all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS",
            "read_epochs", "learning_curve"]
 
-CERT_EPS = 36 / 255
+CERT_RADIUS = Radius.of_steps(36)  #: the radius of the pictures' certified accuracies
+CERT_EPS = CERT_RADIUS.value
 NOT_MEASURED = "not measured yet"
 SIZE_ORDER = ("xs", "s", "m", "l")
 SIZE_MARKERS = {"xs": "o", "s": "s", "m": "D", "l": "^"}
@@ -55,16 +57,12 @@ class Accuracy:
     source: str
 
 
-def _eps_key(eps: float) -> str:
-    return f"{eps:.6g}"  # how certify.py and training.py key their certified accuracies
-
-
 def collect_accuracies(runs_dir: str | os.PathLike | None = "runs", *, eps: float = CERT_EPS,
                        registry: bool = True) -> tuple[dict[tuple[str, str], Accuracy], list[str]]:
     """``{(architecture, dataset): Accuracy}`` from the registry and finished runs, and notes on
     what was skipped (unfinished or unreadable runs, entries marked undertrained: a model below
     its quality line says nothing about what its layer can reach)."""
-    key, found, notes = _eps_key(eps), {}, []
+    key, found, notes = Radius(eps).key, {}, []
     runs: list[tuple[float, Path, Recipe, dict]] = []
     for recipe_path in sorted(Path(runs_dir).glob("*/recipe.yaml")) if runs_dir and Path(runs_dir).is_dir() else []:
         run = recipe_path.parent
@@ -159,7 +157,7 @@ def _default_dataset(accs: dict[tuple[str, str], Accuracy], archs: set[str], inp
 # --- the charts -------------------------------------------------------------------------------
 RADAR_AXES = (  # (label, bench column or accuracy field, higher is better, log scale)
     ("accuracy", "accuracy", True, False),
-    ("certified accuracy\n(36/255)", "certified", True, False),
+    (f"certified accuracy\n({CERT_RADIUS.label})", "certified", True, False),
     ("training speed", "train_images_per_s", True, True),
     ("inference speed", "infer_images_per_s", True, True),
     ("training memory", "train_peak_mib", False, True),
@@ -250,7 +248,7 @@ def pareto_chart(rows: list[dict], accs: dict[tuple[str, str], Accuracy], out: s
                 label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel(f"training time per epoch of {dataset} (s, log scale; batch {sel[0].get('batch_size')})")
-    ax.set_ylabel("certified accuracy at 36/255")
+    ax.set_ylabel(f"certified accuracy at {CERT_RADIUS.label}")
     ax.set_ylim(band - 0.06, 1.0)
     ax.axhline(band / 2, color="grey", linestyle=":", linewidth=1)
     ticks = [0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -369,7 +367,7 @@ def learning_curve(epochs: list[dict], out: str | os.PathLike, *, title: str = "
     """
     if not epochs:
         raise PlotError("no epoch records to draw a learning curve from (empty metrics.jsonl?)")
-    key = _eps_key(eps)
+    key = Radius(eps).key
 
     def series(get) -> tuple[list[int], list[float]]:
         xs, ys = [], []
@@ -387,7 +385,7 @@ def learning_curve(epochs: list[dict], out: str | os.PathLike, *, title: str = "
     accs = [("train clean", series(lambda r: r.get("train_accuracy"))),
             ("val clean", series(lambda r: r.get("val_accuracy")))]
     if certified:
-        label = f"certified {round(eps * 255)}/255 (L = 1)"
+        label = f"certified {Radius(eps).label} (L = 1)"
         accs += [(f"train {label}", series(cert("train_certified"))), (f"val {label}", series(cert("val_certified")))]
     if not any(s[0] for _, s in losses + accs):
         raise PlotError("the epoch records hold none of train_loss, val_loss, train_accuracy, val_accuracy")

@@ -23,7 +23,6 @@ every moment, also after an interrupted publish.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import shutil
@@ -31,139 +30,30 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-import yaml
 from torch import nn
 
+from .._hf_cache import transport_errors
 from .._io import atomic_write_text
-from .._provenance import cpu_model
-from .._version import __version__
-from ..certify import certify, proven_audit
-from ..data import dataset_info, load_tensors
-from ..hub import ChecksumError, HubError, _transport_errors, hf_endpoint, save_pretrained, sha256_file, write_config
+from ..data import dataset_info
+from ..hub import ChecksumError, HubError, hf_endpoint, save_pretrained, sha256_file, write_config
 from ..layers import LAYERS
+from ..radius import Radius
 from ..registry import ARCHITECTURES, CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
-from .bench import bench_model, hardware_fingerprint
 from .cards import CARD_FILENAME, CURVE_FILENAME, render_card, write_card
+from .evaluation import (CHECK_FILENAME, CHECK_N, EVAL_FILENAME, FLOOR_KEY, RECORD_N, RECORDS, RunError, check_records,
+                         evaluate_run, load_run_model, read_json, recipe_dict)
 from .plots import PlotError, learning_curve, read_epochs
-from .training import Recipe, build_model
+from .recipe import Recipe
 
-__all__ = ["EVAL_FILENAME", "load_run_model", "evaluate_run", "publish_run", "publish_gate", "push_entry",
-           "RunError", "CURVE_FILENAME", "CHANCE_FACTOR"]
+__all__ = ["EVAL_FILENAME", "CHECK_FILENAME", "RECORD_N", "CHECK_N", "RECORDS", "load_run_model", "evaluate_run",
+           "check_records", "publish_run", "publish_gate", "push_entry", "RunError", "CURVE_FILENAME", "CHANCE_FACTOR",
+           "GATE_RADIUS", "GATE_EPS_KEY", "check_name", "replace_folder"]
 
-EVAL_FILENAME = "eval.json"
-#: the run's record files copied next to the published weights (the sources of the card's numbers)
-CHECK_FILENAME = "check.json"
-RECORDS = ("run.json", "metrics.jsonl", EVAL_FILENAME, CHECK_FILENAME)
-CHECK_N = 1000  #: the first this many images of the split are also scored on their own (``check``)
-RECORD_N = 200  #: per-image records (prediction, certified radius) of the first this many images
 #: a run whose test clean accuracy is at most this many times chance (1 / classes) is not published
 CHANCE_FACTOR = 1.5
-GATE_EPS_KEY = f"{36 / 255:.6g}"  #: the certified accuracy that an optional ``publish_floor`` bounds
-FLOOR_KEY = "publish_floor"
+GATE_RADIUS = Radius.of_steps(36)  #: the radius whose certified accuracy an optional ``publish_floor`` bounds
+GATE_EPS_KEY = GATE_RADIUS.key
 CLEAN_FLOOR_KEY = "publish_clean_floor"
-
-
-class RunError(ValueError):
-    """A run directory that lacks what a step needs (unfinished run, no evaluation yet, ...)."""
-
-
-def _read_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise RunError(f"{path} does not exist: {what}")
-    return json.loads(path.read_text())
-
-
-def _recipe_dict(run: Path) -> dict:
-    try:
-        raw = yaml.safe_load((run / "recipe.yaml").read_text())
-    except yaml.YAMLError as e:
-        raise RunError(f"{run / 'recipe.yaml'} is not valid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise RunError(f"{run / 'recipe.yaml'} holds a {type(raw).__name__}; expected a mapping of recipe fields")
-    return raw
-
-
-def load_run_model(run_dir: str | os.PathLike) -> tuple[nn.Module, "object"]:
-    """The trained model of a finished run (eval mode, strict load) and its recipe."""
-    from safetensors.torch import load_file
-
-    run = Path(run_dir)
-    if not (run / "recipe.yaml").is_file():
-        raise RunError(f"{run} is not a training run directory (no recipe.yaml)")
-    weights = run / "model.safetensors"
-    if not weights.is_file():
-        raise RunError(f"{run} holds no model.safetensors yet (unfinished run? resume it with "
-                       f"`lipzoo train {run / 'recipe.yaml'} --out {run} --resume`)")
-    raw = _recipe_dict(run)
-    raw.pop(FLOOR_KEY, None)  # a publishing option, not a training field
-    recipe = Recipe.from_dict(raw, source=str(run / "recipe.yaml"))
-    model = build_model(recipe)
-    model.load_state_dict(load_file(str(weights)), strict=True)
-    return model.eval(), recipe
-
-
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    *,
-    split: str = "test",
-    limit: int | None = None,
-    batch_size: int = 256,
-    device: str = "cpu",
-    speed: bool = True,
-    progress: bool = True,
-) -> dict:
-    """Certify a finished run on ``split`` with its audited bound, and measure its inference cost.
-
-    Writes and returns ``run_dir/eval.json``: ``certification`` (:meth:`CertificationResult.as_dict`
-    with ``split``), ``check`` (the same figures on the first :data:`CHECK_N` images), ``audit`` (the guaranteed upper bound, per-layer methods), ``inference``
-    (images/s at ``batch_size`` and peak memory of inference and of a training step, from
-    :func:`lipzoo.zoo.bench.bench_model`; ``speed=False`` skips it) and ``hardware``.
-    """
-    run = Path(run_dir)
-    model, recipe = load_run_model(run)
-    model = model.to(device)
-    proof = proven_audit(model)  # audited once: certify() below reuses it
-    images, labels = load_tensors(recipe.dataset, split, limit=limit)
-    # the float64 network with the bound audited for it on this machine (see lipzoo.certify)
-    cert = certify(model, images, labels, recipe.eval_eps, batch_size=batch_size, progress=progress)
-    k = min(CHECK_N, cert.n)  # the first CHECK_N images: a cheap exact re-check (CI, `lipzoo certify --limit`)
-    check = {"n": k, "clean_accuracy": float((cert.predictions[:k] == labels[:k]).double().mean()) if k else 0.0,
-             "certified_accuracy": {f"{e:.6g}": float((cert.radii[:k] > e).double().mean()) if k else 0.0
-                                    for e in recipe.eval_eps}}
-    out: dict = {
-        "run": run.name, "name": recipe.name, "architecture": recipe.architecture, "dataset": recipe.dataset,
-        "certification": cert.as_dict() | {"split": split},
-        "check": check | {"split": split},
-        "audit": {"lipschitz_upper": float(proof.upper), "ok": proof.ok,
-                  "method": "lipzoo.audit: product of guaranteed per-layer upper bounds (float64)",
-                  "layer_methods": sorted({b.method for b in proof.layers}), "lipzoo_version": __version__},
-        "hardware": hardware_fingerprint(device),
-    }
-    if speed:
-        b = bench_model(recipe.architecture, batch_size=batch_size, device=device,
-                        in_chans=dataset_info(recipe.dataset).in_chans, plain=True)
-        out["inference"] = {"batch_size": batch_size, "status": b.status, "infer_images_per_s": b.infer_images_per_s,
-                            "plain_images_per_s": b.plain_images_per_s, "infer_peak_mib": b.infer_peak_mib,
-                            "train_peak_mib": b.train_peak_mib, "memory_method": b.memory_method,
-                            "threads": torch.get_num_threads()}
-    atomic_write_text(run / CHECK_FILENAME, json.dumps(check_records(cert, labels, split), indent=1))
-    atomic_write_text(run / EVAL_FILENAME, json.dumps(out, indent=2))
-    return out
-
-
-def check_records(cert, labels, split: str, n: int = RECORD_N) -> dict:
-    """Per-image records of the first ``n`` certified images: label, prediction and certified
-    radius (float64 margin / (sqrt(2) L), L the bound audited on the machine that wrote them).
-
-    Anyone can recompute a prefix of them on another machine and compare image by image: the
-    radius may differ by round-off and by the few-1e-6 relative difference of the audited bound
-    between CPUs, a prediction only where the top two logits (nearly) tie.
-    """
-    k = min(n, cert.n)
-    return {"split": split, "n": k, "lipschitz_bound": float(cert.lipschitz),
-            "cpu": cpu_model(), "labels": labels[:k].tolist(), "predictions": cert.predictions[:k].tolist(),
-            "radii": [float(r) for r in cert.radii[:k]]}
 
 
 def _epochs(run: Path) -> list[dict]:
@@ -205,10 +95,11 @@ def publish_gate(clean_accuracy: float, certified_accuracy: dict, num_classes: i
     if floor is not None and certifies:
         got = certified_accuracy.get(GATE_EPS_KEY)
         if not isinstance(got, (int, float)):
-            reasons.append(f"no certified accuracy at 36/255 was measured, so the {FLOOR_KEY} "
+            reasons.append(f"no certified accuracy at {GATE_RADIUS.label} was measured, so the {FLOOR_KEY} "
                            f"{100 * floor:.2f}% cannot be checked")
         elif got < floor:
-            reasons.append(f"certified accuracy at 36/255 {100 * got:.2f}% is below the {FLOOR_KEY} {100 * floor:.2f}%")
+            reasons.append(f"certified accuracy at {GATE_RADIUS.label} {100 * got:.2f}% is below the {FLOOR_KEY} "
+                           f"{100 * floor:.2f}%")
     return reasons
 
 
@@ -305,20 +196,13 @@ def publish_run(
     run = Path(run_dir)
     model, recipe = load_run_model(run)
     check_name(recipe.name, recipe.architecture, recipe.dataset, source=str(run / "recipe.yaml"))
-    record = _read_json(run / "run.json", "the run has not finished")
-    if not record.get("complete"):
-        raise RunError(f"{run} is not complete ({record.get('epochs_done')}/{record.get('epochs')} epochs); resume it")
-    ev = _read_json(run / EVAL_FILENAME, f"evaluate it first: `lipzoo evaluate {run}`")
-    for key in ("name", "architecture", "dataset"):
-        if ev.get(key) != getattr(recipe, key):
-            raise RunError(f"{run / EVAL_FILENAME} is of {key} {ev.get(key)!r}, but the recipe says "
-                           f"{getattr(recipe, key)!r}; evaluate the run again: `lipzoo evaluate {run}`")
-    cert = ev["certification"]
+    record, ev = _records(run, recipe)
     certifies = LAYERS[ARCHITECTURES[recipe.architecture].layer].lipschitz
+    cert = ev["certification"]
     reasons = publish_gate(float(cert["clean_accuracy"]), cert.get("certified_accuracy") or {},
                            dataset_info(recipe.dataset).num_classes, certifies=certifies,
-                           floor=_floor(ev, _recipe_dict(run), run),
-                           clean_floor=_floor(ev, _recipe_dict(run), run, CLEAN_FLOOR_KEY))
+                           floor=_floor(ev, recipe_dict(run), run),
+                           clean_floor=_floor(ev, recipe_dict(run), run, CLEAN_FLOOR_KEY))
     if reasons and not force:
         raise RunError(f"refusing to publish {recipe.name}: {'; '.join(reasons)}. Train it longer, or pass --force "
                        "to publish it marked 'undertrained'")
@@ -326,16 +210,68 @@ def publish_run(
     target = root / recipe.name
     if target.exists() and not force:
         raise RunError(f"{target} already exists; pass --force to replace that model folder with this run")
-
     epochs = _epochs(run)
-    seen = sum(e["images_per_s"] * e["epoch_time_s"] for e in epochs)
-    epoch_time = sum(e["epoch_time_s"] for e in epochs)
+    staging = _staging(root, recipe.name)
+    try:
+        folder = staging / recipe.name
+        entry = save_pretrained(model, folder, dataset=recipe.dataset, name=recipe.name,
+                                metrics=_metrics(ev, epochs, recipe), timing=_timing(record, ev, epochs, recipe, model),
+                                provenance=_provenance(record, recipe, notes, reasons), recipe=recipe_path,
+                                layer_kwargs=recipe.layer_options)
+        if reasons:
+            entry = replace(entry, status="undertrained")
+            write_config(entry, folder)
+        _add_records(run, folder, epochs, recipe.name, certifies)
+        write_card(entry, staging)
+        replace_folder(folder, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return replace(entry, folder=target)
+
+
+def _records(run: Path, recipe: Recipe) -> tuple[dict, dict]:
+    """``run.json`` of a complete run and ``eval.json`` of this very run (else :class:`RunError`)."""
+    record = read_json(run / "run.json", "the run has not finished")
+    if not record.get("complete"):
+        raise RunError(f"{run} is not complete ({record.get('epochs_done')}/{record.get('epochs')} epochs); resume it")
+    ev = read_json(run / EVAL_FILENAME, f"evaluate it first: `lipzoo evaluate {run}`")
+    for key in ("name", "architecture", "dataset"):
+        if ev.get(key) != getattr(recipe, key):
+            raise RunError(f"{run / EVAL_FILENAME} is of {key} {ev.get(key)!r}, but the recipe says "
+                           f"{getattr(recipe, key)!r}; evaluate the run again: `lipzoo evaluate {run}`")
+    return record, ev
+
+
+def _provenance(record: dict, recipe: Recipe, notes: str | None, reasons: list[str]) -> dict:
+    """``provenance`` of the entry: the training commit and torch version, the budget, the notes and
+    why the gate refused the run (a forced publish)."""
+    prov = {"commit": record.get("commit"), "training_commit": record.get("commit"),
+            "torch_version": record.get("torch"), "budget": recipe.budget}
+    if notes or recipe.notes:
+        prov["notes"] = notes or recipe.notes
+    if reasons:
+        prov["status_reasons"] = reasons
+    return prov
+
+
+def _metrics(ev: dict, epochs: list[dict], recipe: Recipe) -> dict:
+    """``metrics`` of the entry: the test-split certificates, audit and check of ``eval.json``, and the
+    last epoch's validation figures."""
+    cert = ev["certification"]
     metrics = {k: cert[k] for k in ("n", "lipschitz_bound", "clean_accuracy", "certified_accuracy", "median_radius")}
     metrics |= {"split": cert["split"], "audit": ev["audit"], "check": ev["check"]}
     if epochs:
         last = epochs[-1]
         metrics["validation"] = {"images": recipe.val_size or None, "accuracy": last.get("val_accuracy"),
                                  "certified_accuracy_at_L1": last.get("val_certified")}
+    return metrics
+
+
+def _timing(record: dict, ev: dict, epochs: list[dict], recipe: Recipe, model: nn.Module) -> dict:
+    """``timing`` of the entry: training time and throughput (``run.json``, ``metrics.jsonl``), the
+    inference cost of ``eval.json`` and the trainable parameters."""
+    seen = sum(e["images_per_s"] * e["epoch_time_s"] for e in epochs)
+    epoch_time = sum(e["epoch_time_s"] for e in epochs)
     timing = {"train_time_s": record["wall_time_s"], "epochs": record["epochs_done"],
               "train_images": int(round(seen)), "batch_size": recipe.batch_size,
               "train_images_per_s": seen / epoch_time if epoch_time else None,
@@ -348,35 +284,20 @@ def publish_run(
                    "memory_method": inf.get("memory_method")}
     timing = {k: v for k, v in timing.items() if v is not None}
     timing["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    prov = {"commit": record.get("commit"), "training_commit": record.get("commit"),
-            "torch_version": record.get("torch"), "budget": recipe.budget}
-    if notes or recipe.notes:
-        prov["notes"] = notes or recipe.notes
-    if reasons:
-        prov["status_reasons"] = reasons
+    return timing
 
-    staging = _staging(root, recipe.name)
-    try:
-        folder = staging / recipe.name
-        entry = save_pretrained(model, folder, dataset=recipe.dataset, name=recipe.name, metrics=metrics, timing=timing,
-                                provenance=prov, recipe=recipe_path, layer_kwargs=recipe.layer_options)
-        if reasons:
-            entry = replace(entry, status="undertrained")
-            write_config(entry, folder)
-        for f in RECORDS:  # the measurement files travel with the weights: every card number has its source file
-            if (run / f).is_file():
-                shutil.copyfile(run / f, folder / f)
-        if epochs:
-            try:
-                learning_curve(epochs, folder / CURVE_FILENAME, title=f"{recipe.name}: learning curve",
-                               certified=certifies)
-            except PlotError:
-                pass  # records without any plottable quantity: the card then shows no curve
-        write_card(entry, staging)
-        replace_folder(folder, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return replace(entry, folder=target)
+
+def _add_records(run: Path, folder: Path, epochs: list[dict], name: str, certifies: bool) -> None:
+    """The run's measurement files next to the weights (every card number has its source file) and
+    the learning curve drawn from ``metrics.jsonl``."""
+    for f in RECORDS:
+        if (run / f).is_file():
+            shutil.copyfile(run / f, folder / f)
+    if epochs:
+        try:
+            learning_curve(epochs, folder / CURVE_FILENAME, title=f"{name}: learning curve", certified=certifies)
+        except PlotError:
+            pass  # records without any plottable quantity: the card then shows no curve
 
 
 # --- push ---------------------------------------------------------------------------------------
@@ -398,21 +319,7 @@ def push_entry(
     copy, config.json now also pinning the new commit as the revision. A failed upload raises
     :class:`lipzoo.hub.HubError` and leaves the folder untouched. Returns the commit id.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    folder = Path(folder) if folder is not None else (PRETRAINED[name].folder if name in PRETRAINED else None) \
-        or CARDS_DIR / name
-    try:
-        entry = PretrainedEntry.from_folder(folder)
-    except RegistryError as e:
-        raise HubError(str(e)) from None
-    if entry.name != name:
-        raise HubError(f"{folder} holds {entry.name!r}, not {name!r}")
-    weights = folder / entry.filename
-    if not weights.is_file() or sha256_file(weights) != entry.sha256:
-        raise ChecksumError(f"{weights} is missing or does not match the sha256 in {folder / CONFIG_FILENAME}; "
-                            "re-save it with lipzoo.save_pretrained")
+    folder, entry = _pushable(name, folder)
     repo_id = repo_id or entry.repo_id
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id):
         raise HubError(f"repo id must be ORG/NAME (letters, digits, '-', '_', '.'), got {repo_id!r}")
@@ -431,17 +338,8 @@ def push_entry(
             (new / f).unlink(missing_ok=True)  # hard links: rewrite as new files, never through the link
         write_config(entry, new)
         atomic_write_text(new / CARD_FILENAME, render_card(entry))
-        api = HfApi(endpoint=hf_endpoint(), token=token)
-        try:
-            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=repo_id, folder_path=str(new), revision=branch, repo_type="model",
-                                     commit_message=commit_message or f"lipzoo: upload {name}",
-                                     allow_patterns=[CARD_FILENAME, CONFIG_FILENAME, entry.filename])
-        except (HfHubHTTPError, *_transport_errors()) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise HubError(f"upload of {name} to {repo_id} at {hf_endpoint()} failed ({first}); "
-                           f"{folder} was left unchanged") from None
-        commit = info.oid
+        commit = _upload(new, entry, repo_id, branch=branch, private=private, token=token,
+                         message=commit_message or f"lipzoo: upload {name}", unchanged=folder)
         entry = replace(entry, revision=commit)
         write_config(entry, new)  # the revision is not on the card, so the card stays fresh
         replace_folder(new, folder)
@@ -451,3 +349,40 @@ def push_entry(
     if name in PRETRAINED:
         PRETRAINED[name] = entry
     return commit
+
+
+def _pushable(name: str, folder: str | os.PathLike | None) -> tuple[Path, PretrainedEntry]:
+    """The model folder of ``name`` (default: its registered folder, else ``cards/<name>``) and its
+    entry, checked: it holds ``name`` and weights that match its sha256."""
+    folder = Path(folder) if folder is not None else (PRETRAINED[name].folder if name in PRETRAINED else None) \
+        or CARDS_DIR / name
+    try:
+        entry = PretrainedEntry.from_folder(folder)
+    except RegistryError as e:
+        raise HubError(str(e)) from None
+    if entry.name != name:
+        raise HubError(f"{folder} holds {entry.name!r}, not {name!r}")
+    weights = folder / entry.filename
+    if not weights.is_file() or sha256_file(weights) != entry.sha256:
+        raise ChecksumError(f"{weights} is missing or does not match the sha256 in {folder / CONFIG_FILENAME}; "
+                            "re-save it with lipzoo.save_pretrained")
+    return folder, entry
+
+
+def _upload(new: Path, entry: PretrainedEntry, repo_id: str, *, branch: str, private: bool, token: str | None,
+            message: str, unchanged: Path) -> str:
+    """Upload the card, config.json and weights of ``new`` to ``repo_id`` (created if missing);
+    the commit id. A failure is a :class:`lipzoo.hub.HubError` saying ``unchanged`` was left as it was."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi(endpoint=hf_endpoint(), token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(new), revision=branch, repo_type="model",
+                                 commit_message=message, allow_patterns=[CARD_FILENAME, CONFIG_FILENAME, entry.filename])
+    except (HfHubHTTPError, *transport_errors()) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HubError(f"upload of {entry.name} to {repo_id} at {hf_endpoint()} failed ({first}); "
+                       f"{unchanged} was left unchanged") from None
+    return info.oid

@@ -1,0 +1,116 @@
+"""``lipzoo list``, ``layers`` and ``info``: what the zoo holds."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import click
+
+from ..factory import create_model
+from ..layers import LAYERS
+from ..registry import get_architecture, list_models, model_info
+from ._app import echo_json, eps_label, main
+
+
+@main.command("list")
+@click.argument("pattern", default="*")
+@click.option("--layer", default=None, help="Only this layer id (wildcards allowed), e.g. 'sll'.")
+@click.option("--pretrained", is_flag=True, help="List pretrained entries (arch.dataset) instead of architectures.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(pattern: str, layer: str | None, pretrained: bool, as_json: bool) -> None:
+    """List model names matching PATTERN (shell wildcards, e.g. 'convnet_xs_*')."""
+
+    names = list_models(pattern, pretrained=pretrained)
+    if layer:
+        names = [n for n in names if fnmatch.fnmatchcase(get_architecture(n).layer, layer)]
+    if as_json:
+        echo_json([model_info(n) for n in names])
+        return
+    for n in names:
+        status = model_info(n).get("status") if pretrained else None
+        click.echo(f"{n}  [{status}]" if status else n)
+    if not names:
+        click.echo("(no model matches)" if not pretrained else "(no pretrained weights registered yet)", err=True)
+
+
+@main.command("layers")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def layers_cmd(as_json: bool) -> None:
+    """List the layer types with their papers and guarantees."""
+    rows = [
+        {
+            "id": s.id, "name": s.name, "conv": s.conv.__name__, "linear": s.linear.__name__ if s.linear else None,
+            "head": s.head, "orthogonal": s.orthogonal, "lipschitz": s.lipschitz, "paper": s.paper,
+            "citation": s.citation, "note": s.note,
+        }
+        for s in LAYERS.values()
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        kind = "orthogonal" if r["orthogonal"] else ("1-Lipschitz" if r["lipschitz"] else "UNCONSTRAINED")
+        click.echo(f"{r['id']:<9} {kind:<13} {r['citation']:<32} {r['paper']}")
+
+
+@main.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info_cmd(name: str, as_json: bool) -> None:
+    """Show what a model is: layer, size, input, parameter count; for a pretrained entry also its
+    data set, weights (repo, revision, sha256), metrics and provenance."""
+
+    arch = get_architecture(name)
+    model = create_model(arch.name)
+    spec = LAYERS[arch.layer]
+    info = {
+        "name": arch.name, "family": arch.family, "size": arch.size, "layer": arch.layer,
+        "input_size": arch.input_size, "blocks": model.config.num_blocks, "base_width": model.config.base_width,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "paper": spec.paper, "citation": spec.citation, "orthogonal": spec.orthogonal, "lipschitz": spec.lipschitz,
+    }
+    info = info | model_info(name)
+    if as_json:
+        echo_json(info)
+        return
+    for key, value in _info_lines(info):
+        click.echo(f"{key:<10} {value}")
+
+
+def _info_lines(info: dict) -> list[tuple[str, str]]:
+    """The few lines of ``lipzoo info`` (the full record is ``--json``)."""
+    kind = "orthogonal" if info["orthogonal"] else ("1-Lipschitz" if info["lipschitz"] else "unconstrained")
+    lines = [
+        ("name", info["name"] if not info.get("pretrained") else f"{info['name']} (pretrained weights)"),
+        ("model", f"{info['family']} size {info['size']}: {info['blocks']} blocks, base width {info['base_width']}, "
+                  f"{info['input_size']}x{info['input_size']} input, {info['trainable_parameters']:,} trainable parameters"),
+        ("layer", f"{info['layer']} ({kind}): {info['citation']}, {info['paper']}"),
+    ]
+    if not info.get("pretrained"):
+        entries = info.get("pretrained_entries") or []
+        lines.append(("weights", ", ".join(entries) if entries else "none registered (lipzoo list --pretrained)"))
+        return lines
+    data = info.get("data") or {}
+    lines.append(("dataset", f"{info.get('dataset')} ({data.get('num_classes', '?')} classes, "
+                             f"{data.get('in_chans', '?')} channel(s), {data.get('input_size', '?')}px)"))
+    f, hub = info.get("file") or {}, info.get("hub") or {}
+    sha = str(f.get("sha256") or "?")
+    size = f"{f['size'] / 2**20:.1f} MiB, " if isinstance(f.get("size"), int) else ""
+    lines.append(("weights", f"{info.get('repo_id')} @ {hub.get('revision') or 'no pinned revision'} "
+                             f"({size}sha256 {sha[:12]}...)"))
+    m = info.get("metrics") or {}
+    if m.get("clean_accuracy") is not None:
+        cert = ", ".join(f"{eps_label(k)} {100 * v:.2f}%" for k, v in (m.get("certified_accuracy") or {}).items())
+        lines.append(("accuracy", f"clean {100 * m['clean_accuracy']:.2f}%" + (f"; certified {cert}" if cert else "")
+                      + f" ({m.get('n', '?')} {m.get('split', '')} images, L = {m.get('lipschitz_bound', '?')})"))
+    audit = m.get("audit") or {}
+    if audit.get("lipschitz_upper") is not None:
+        lines.append(("audit", f"Lipschitz upper bound {audit['lipschitz_upper']:.6g} ({'ok' if audit.get('ok') else 'NOT ok'})"))
+    prov = info.get("provenance") or {}
+    if prov:
+        commit = str(prov.get("training_commit") or prov.get("commit") or "?")[:10]
+        lines.append(("trained", f"{prov.get('date', '?')}, commit {commit}, torch {prov.get('torch_version', '?')}"))
+    if info.get("recipe"):
+        lines.append(("recipe", str(info["recipe"])))
+    lines.append(("more", f"lipzoo info {info['name']} --json (metrics, timing, provenance)"))
+    return lines

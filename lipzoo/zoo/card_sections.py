@@ -1,0 +1,295 @@
+"""The sections of a model card (``cards/<name>/README.md``), each rendered from the entry's
+``config.json`` alone; :func:`lipzoo.zoo.cards.render_card` puts them together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..radius import Radius
+from ..registry import ARCHITECTURES, DEFAULT_HUB_ORG, PretrainedEntry, certifies, percent
+
+__all__ = ["GITHUB_REPO", "CARD_FILENAME", "HF_DATASETS", "PAPER_BIBTEX", "CURVE_FILENAME", "NO_CERTIFICATE", "by_eps",
+           "certified_pairs", "audited_lipschitz", "accuracy_table", "hardware_text", "repo_id", "front_matter",
+           "timing_rows", "training_cost", "provenance_lines", "budget_lines", "status_lines", "lipschitz_section",
+           "usage_lines"]
+
+GITHUB_REPO = "lipzoo/lipzoo"  # torch.hub.load's "owner/repo"
+CARD_FILENAME = "README.md"
+#: Hugging Face dataset ids of the zoo's data sets (front matter ``datasets:``)
+HF_DATASETS = {
+    "fashion_mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNIST"),
+    "mnist": ("ylecun/mnist", "MNIST"),
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "cifar100": ("uoft-cs/cifar100", "CIFAR-100"),
+    "tiny_imagenet": ("zh-plus/tiny-imagenet", "Tiny ImageNet"),
+}
+PAPER_BIBTEX = """@inproceedings{prach2024lipschitz,
+  title     = {1-Lipschitz Layers Compared: Memory, Speed, and Certifiable Robustness},
+  author    = {Prach, Bernd and Brau, Fabio and Buttazzo, Giorgio and Lampert, Christoph H.},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024}
+}"""
+CURVE_FILENAME = "learning_curve.png"  # the learning curve lipzoo publish draws into a model folder
+
+
+def by_eps(metrics: dict) -> list[tuple[Radius, float]]:
+    """(radius, certified accuracy) pairs of a metrics dict (``certified_accuracy``: radius key -> fraction),
+    by increasing radius."""
+    return [(r, float(a)) for r, a in Radius.items(metrics.get("certified_accuracy"))]
+
+
+def certified_pairs(entry: PretrainedEntry) -> list[tuple[Radius, float]]:
+    """(eps, certified accuracy) pairs measured by lipzoo, by increasing eps."""
+    return by_eps(entry.metrics)
+
+
+def audited_lipschitz(entry: PretrainedEntry) -> float | None:
+    """The proven upper bound on the entry's l2 Lipschitz constant recorded in its metrics
+    (``metrics.audit.lipschitz_upper``, else a run record's ``metrics.lipschitz_upper``); ``None``
+    when the weights were not audited."""
+    audit = entry.metrics.get("audit")
+    value = audit.get("lipschitz_upper") if isinstance(audit, dict) else entry.metrics.get("lipschitz_upper")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+NO_CERTIFICATE = "n/a (no certificate)"
+
+
+def accuracy_table(clean, pairs: list[tuple[Radius, float]], certified: bool = True) -> list[str]:
+    out = ["| l2 radius eps | certified accuracy |", "| --- | --- |", f"| 0 (clean accuracy) | {percent(clean)} |"]
+    return out + [f"| {r.label} | {percent(a) if certified else NO_CERTIFICATE} |" for r, a in pairs]
+
+
+def hardware_text(hw) -> str:
+    """A hardware record (``timing.hardware``) in a few words: the GPU or CPU model name, threads and
+    device; never the kernel string. Without a model name it says so (and names the processor
+    architecture where recorded)."""
+    if isinstance(hw, str):
+        return hw or "not recorded"
+    if not isinstance(hw, dict) or not hw:
+        return "not recorded"
+    device = str(hw.get("device") or "")
+    name = hw.get("gpu") or hw.get("cpu_model")
+    if not name:
+        kind = "GPU" if device.startswith("cuda") else "CPU"
+        arch = hw.get("cpu") or hw.get("processor")
+        name = f"{kind} model not recorded" + (f" ({arch})" if arch and not device.startswith("cuda") else "")
+    parts = [str(name)]
+    threads = hw.get("cpu_threads")
+    if isinstance(threads, int) and not hw.get("gpu"):
+        parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    if device:
+        parts.append(device)
+    return ", ".join(parts)
+
+
+def repo_id(entry: PretrainedEntry) -> str:
+    # not hub_org(): a card must not depend on the environment it is rendered in
+    return entry.hf_repo_id or f"{DEFAULT_HUB_ORG}/{entry.name}"
+
+
+def front_matter(entry: PretrainedEntry) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    arch = ARCHITECTURES[entry.architecture]
+    hf_id, ds_name = HF_DATASETS.get(entry.dataset, (entry.dataset, entry.dataset))
+    common = {"task_type": "image-classification", "task_name": "Image Classification",
+              "dataset_type": hf_id, "dataset_name": ds_name,
+              "dataset_split": entry.metrics.get("split", "test")}
+    results = []
+    if "clean_accuracy" in entry.metrics:
+        results.append(EvalResult(metric_type="accuracy", metric_name="Clean accuracy",
+                                  metric_value=round(100 * float(entry.metrics["clean_accuracy"]), 2), **common))
+    for r, a in certified_pairs(entry) if certifies(entry) else []:  # an unconstrained model certifies nothing
+        results.append(EvalResult(metric_type="certified-accuracy",
+                                  metric_name=f"Certified accuracy (l2, eps={r.label})",
+                                  metric_value=round(100 * a, 2), metric_args={"eps": round(r.value, 6), "norm": "l2"},
+                                  **common))
+    data = ModelCardData(
+        library_name="lipzoo", license=entry.license, datasets=[hf_id], pipeline_tag="image-classification",
+        tags=["lipzoo", *(("lipschitz", "certified-robustness") if certifies(entry) else ("baseline",)),
+              "image-classification", arch.layer, arch.family],
+        model_name=entry.name if results else None, eval_results=results or None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def timing_rows(entry: PretrainedEntry) -> list[tuple[str, str]]:
+    t = dict(entry.timing)
+    rows: list[tuple[str, str]] = []
+    labels = {
+        "train_time_s": "training time", "epochs": "epochs", "train_images_per_s": "training throughput",
+        "inference_images_per_s": "inference throughput", "peak_memory_mb": "peak memory (training)",
+        "inference_peak_memory_mb": "peak memory (inference)", "batch_size": "batch size",
+        "train_images": "training images seen", "params": "trainable parameters",
+        "inference_hardware": "inference measured on", "memory_method": "memory measured as",
+    }
+    for key, label in labels.items():
+        if key not in t:
+            continue
+        v = t.pop(key)
+        if key == "train_time_s":
+            v = f"{float(v) / 3600:.2f} h ({float(v):.0f} s)"
+        elif key.endswith("images_per_s"):
+            v = f"{float(v):,.0f} images/s"
+        elif key.endswith("memory_mb"):
+            v = f"{float(v):,.0f} MiB"
+        elif key in ("train_images", "params"):
+            v = f"{int(v):,}"
+        rows.append((label, str(v)))
+    hw = t.pop("hardware", None)
+    rows += [(k.replace("_", " "), str(v)) for k, v in sorted(t.items())]
+    rows.append(("hardware", hardware_text(hw)))
+    return rows
+
+
+def duration(seconds: float) -> str:
+    s = float(seconds)
+    return f"{s / 60:.1f} min ({s:.0f} s)" if s < 7200 else f"{s / 3600:.2f} h ({s:.0f} s)"
+
+
+def training_cost(entry: PretrainedEntry) -> list[str]:
+    """The card's Training cost summary (hardware, threads, wall time, images/s) and learning curve."""
+    t = entry.timing
+    out: list[str] = []
+    if isinstance(t.get("train_time_s"), (int, float)):
+        epochs = t.get("epochs")
+        ips, seen = t.get("train_images_per_s"), t.get("train_images")
+        out += [f"- trained on: {hardware_text(t.get('hardware'))}",
+                f"- wall-clock time: {duration(t['train_time_s'])}"
+                + (f", {epochs} epoch{'s' if epochs != 1 else ''}" if isinstance(epochs, int) else "")]
+        if isinstance(ips, (int, float)):
+            out += [f"- training throughput: {float(ips):,.0f} images/s"
+                    + (f" ({int(seen):,} training images)" if isinstance(seen, (int, float)) else "")]
+        out += [""]
+    else:
+        out += ["No training cost is recorded for these weights.", ""]
+    if entry.folder is not None and (Path(entry.folder) / CURVE_FILENAME).is_file():
+        cert = ("; certified accuracy at 36/255 is computed as the trainer does, with L = 1" if certifies(entry)
+                else "")
+        out += [f"![learning curve]({CURVE_FILENAME})", "",
+                f"Learning curve per epoch, drawn from `metrics.jsonl`: training loss, training and validation "
+                f"clean accuracy{cert}.", ""]
+    return out
+
+
+_SOURCE_TRUST = {
+    "first use": "trusted on first use: recorded at the first import and checked by every later one",
+    "verified": "matched the hash recorded earlier",
+}
+
+
+def provenance_lines(prov: dict) -> list[str]:
+    """The card's Provenance section: where the weights came from (``source_*``) and what produced the folder."""
+    out: list[str] = []
+    if prov.get("source") or prov.get("source_url"):
+        out += ["## Provenance", ""]
+        if prov.get("source"):
+            out.append(f"- source: {prov['source']}")
+        if prov.get("source_url"):
+            file = f" (`{prov['source_file']}`)" if prov.get("source_file") else ""
+            out.append(f"- downloaded from: <{prov['source_url']}>{file}")
+        if prov.get("source_sha256"):
+            trust = str(prov.get("source_trust") or "")
+            note = f" ({_SOURCE_TRUST.get(trust, trust)})" if trust else ""
+            out.append(f"- sha256 of the downloaded file: `{prov['source_sha256']}`{note}")
+        for key, label in (("trained_by", "trained by"), ("source_repository", "authors' repository"),
+                           ("run", "run id"), ("license_note", "license")):
+            if prov.get(key):
+                out.append(f"- {label}: {prov[key]}")
+        out.append("")
+    items = [(k, prov[k]) for k in ("commit", "lipzoo_version", "torch_version", "date") if prov.get(k)]
+    if items:
+        out += ["Produced by " + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in items) + ".", ""]
+    return out
+
+
+def budget_lines(budget, timing: dict) -> list[str]:
+    """What the training budget was (a CPU budget is said to be one), from the recipe's budget record."""
+    if not isinstance(budget, dict) or not isinstance(budget.get("seconds"), (int, float)):
+        return []
+    hw = budget.get("hardware") if isinstance(budget.get("hardware"), dict) else {}
+    device = str(budget.get("device") or hw.get("device") or "")
+    where = hw.get("gpu") or hw.get("cpu_model") or hw.get("cpu") or device or "unrecorded hardware"
+    threads = f", {budget['threads']} thread(s) per run, {budget['workers']} runs at once" \
+        if budget.get("threads") and budget.get("workers") else ""
+    line = (f"Training budget: {float(budget['seconds']):g} s of wall-clock training per layer on {where} "
+            f"({device or 'device not recorded'}{threads}), turned into epochs by timing a few batches "
+            f"(one batch: {float(budget.get('batch_seconds', float('nan'))):.3g} s), as the paper's estimator does.")
+    if device.startswith("cpu"):
+        line += " This is a CPU budget, far shorter than the paper's 2-hour GPU budget: expect lower accuracies."
+    return [line, ""]
+
+
+def status_lines(entry: PretrainedEntry) -> list[str]:
+    """The warning at the top of the card body of an entry with a status (e.g. ``undertrained``)."""
+    if not entry.status:
+        return []
+    reasons = entry.provenance.get("status_reasons")
+    why = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) and reasons else "it failed the publish gate"
+    return [f"> **Warning: {entry.status}.** Published with `--force` although {why}. "
+            "Its numbers are real measurements of these weights, but it is not a reference for this architecture.", ""]
+
+
+def lipschitz_section(entry: PretrainedEntry, bound: float | None, above_one: bool) -> list[str]:
+    m = entry.metrics
+    a = m.get("audit") if isinstance(m.get("audit"), dict) else {}
+    how = a.get("method", "lipzoo.audit upper bound")
+    ver = f", lipzoo {a['lipzoo_version']}" if a.get("lipzoo_version") else ""
+    used = m.get("lipschitz_bound")
+    if not certifies(entry):
+        out = ["These layers are unconstrained, so the model has **no certificate**: nothing bounds how much a "
+               "small perturbation can change its logits."]
+        if bound is not None:
+            out += ["", f"The audited upper bound on its l2 Lipschitz constant is L <= {bound:.6g} ({how}{ver}); "
+                    "dividing margins by sqrt(2) * L this large certifies (almost) nothing, so certified accuracies "
+                    "are shown as not applicable."]
+        return out
+    out = ["Certification divides the logit margin by sqrt(2) * L, where L = max(1, the upper bound that "
+           "`lipzoo audit` proves for these weights on the machine that certifies); a stored bound is never "
+           "trusted below that, since float32 arithmetic differs between CPUs."]
+    if bound is not None:
+        out += ["", f"Audited upper bound on the l2 Lipschitz constant: L <= {bound:.6g} ({how}{ver})."]
+        if above_one:
+            out += ["", f"The proven bound is L = {bound:.6g}; its certificates use this L, not 1."]
+    else:
+        out += ["", f"Not audited yet: `lipzoo audit {entry.name}` proves an upper bound L, and "
+                f"`lipzoo certify {entry.name}` certifies with it."]
+    if isinstance(used, (int, float)) and not isinstance(used, bool):
+        out += ["", f"The certified accuracies measured by lipzoo above were computed with L = {float(used):.6g}."]
+    return out
+
+
+def usage_lines(entry: PretrainedEntry) -> list[str]:
+    """Only commands that work: from a checkout (its cards/ folder holds the weights); the Hub only
+    once the entry records a repo id (``lipzoo push`` sets it)."""
+    d = entry.data
+    out = [
+        "## Usage", "",
+        "From a checkout of the lipzoo repository, installed with `pip install -e .` (the weights are read from "
+        "its `cards/` folder and verified (sha256) before loading):", "",
+        "```python", "import torch", "import lipzoo", "",
+        f'model = lipzoo.create_model("{entry.name}", pretrained=True)  # eval mode, [0, 1] inputs',
+        f"images = torch.rand(8, {d.in_chans}, {d.input_size}, {d.input_size})",
+        "logits = model(images)",
+    ]
+    if certifies(entry):
+        out += ["# certified accuracy: lipzoo.certify(model, images, labels, eps=(36/255, 72/255, 108/255, 1.0))"]
+    out += [
+        "```", "", "With torch.hub, from that checkout:", "", "```python", "import torch", "",
+        f'model = torch.hub.load("path/to/lipzoo", "{entry.architecture}", source="local", pretrained=True, '
+        f'dataset="{entry.dataset}")',
+        "```", "",
+    ]
+    if entry.hf_repo_id:
+        out += ["From the Hugging Face Hub (the file is safetensors; lipzoo builds the architecture):", "",
+                "```python", "from huggingface_hub import hf_hub_download", "import lipzoo", "",
+                f'path = hf_hub_download("{entry.hf_repo_id}", "{entry.filename}")',
+                f'model = lipzoo.create_model("{entry.name}", pretrained=True, weights=path)', "```", ""]
+    out += ["On the command line:", "", "```bash"]
+    if entry.hf_repo_id:
+        out += [f"lipzoo download {entry.name}   # into the Hugging Face cache, for offline use"]
+    out += [f"lipzoo {'certify' if certifies(entry) else 'info'} {entry.name}"
+            + (f" --dataset {entry.dataset}" if certifies(entry) else ""), "```", ""]
+    return out

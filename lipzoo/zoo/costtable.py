@@ -1,0 +1,89 @@
+"""The README's per-step cost table, generated from two benchmark files (before and after).
+
+Each layer's training and inference time per step as a multiple of the ``standard`` ConvNet of the
+same size, measured in the same run (``1 / *_images_per_s_vs_standard``), for each size in both
+files, and the predicted Fashion-MNIST epoch time of the "after" file on its CPU. The table lives
+in the README between two markers that name the files it was drawn from, so a test can redraw it
+and compare::
+
+    <!-- cost-table before=results/A.csv after=results/B.csv -->
+    ...generated...
+    <!-- /cost-table -->
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .bench import read_results
+
+__all__ = ["cost_table", "update_readme", "MARKER"]
+
+MARKER = re.compile(r"<!-- cost-table before=(\S+) after=(\S+) -->\n(.*?)<!-- /cost-table -->", re.S)
+
+
+def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["layer"], r["size"]): r for r in rows if r.get("precision") in (None, "fp32")}
+
+
+def _times_std(row: dict | None, key: str) -> float | None:
+    ratio = None if row is None else row.get(f"{key}_vs_standard")
+    return None if not ratio else 1.0 / ratio
+
+
+def _cell(before: float | None, after: float | None) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    return f"{fmt(before)} → **{fmt(after)}**"
+
+
+def _setup(rows: list[dict]) -> str:
+    r = rows[0]
+    return (f"{r.get('hw_cpu_model') or r.get('hw_cpu')}, {r.get('hw_cpu_threads')} thread(s), batch "
+            f"{r.get('batch_size')}, torch {r.get('hw_torch')}, lipzoo commit {str(r.get('hw_commit') or '?')[:8]}")
+
+
+def cost_table(before: str | os.PathLike, after: str | os.PathLike) -> str:
+    """Markdown: per layer, train and inference step time x standard (before → after) per size."""
+    rows_b, rows_a = read_results(before), read_results(after)
+    b, a = _index(rows_b), _index(rows_a)
+    sizes = [s for s in ("xs", "s", "m", "l") if any(k[1] == s for k in a)]
+    layers = [r["layer"] for r in rows_a if r["size"] == sizes[0] and r["layer"] != "standard"]
+    head = ["layer"] + [f"train x std, {s.upper()}" for s in sizes] + [f"inference x std, {s.upper()}" for s in sizes]
+    head.append("Fashion-MNIST epoch, XS")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for layer in dict.fromkeys(layers):
+        cells = [layer]
+        for key in ("train_images_per_s", "infer_images_per_s"):
+            cells += [_cell(_times_std(b.get((layer, s)), key), _times_std(a.get((layer, s)), key)) for s in sizes]
+        epoch = (a.get((layer, "xs")) or {}).get("epoch_s_fashion_mnist")
+        cells.append("-" if epoch is None else f"{epoch / 60:.0f} min")
+        lines.append("| " + " | ".join(cells) + " |")
+    std = a.get(("standard", "xs")) or {}
+    if std.get("epoch_s_fashion_mnist"):
+        lines.append(f"| standard | 1 | " + " | ".join(["1"] * (2 * len(sizes) - 1))
+                     + f" | {std['epoch_s_fashion_mnist'] / 60:.0f} min |")
+    lines += ["", f"Before: `{Path(before).name}` ({_setup(rows_b)}).",
+              f"After: `{Path(after).name}` ({_setup(rows_a)})."]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: str | os.PathLike, before: str, after: str) -> bool:
+    """Redraw the README's cost table from ``before``/``after`` (paths relative to the README's folder).
+
+    Returns whether the README changed; writes through a temporary file, then renames.
+    """
+    readme = Path(readme)
+    text = readme.read_text()
+    if not MARKER.search(text):
+        raise ValueError(f"{readme} has no '<!-- cost-table before=... after=... -->' ... '<!-- /cost-table -->' block")
+    root = readme.parent
+    block = f"<!-- cost-table before={before} after={after} -->\n{cost_table(root / before, root / after)}<!-- /cost-table -->"
+    new = MARKER.sub(lambda m: block, text, count=1)
+    if new == text:
+        return False
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, readme)
+    return True

@@ -1,0 +1,52 @@
+"""The README's per-step cost table is drawn from benchmark files, never typed in."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from lipzoo.zoo.costtable import MARKER, cost_table, update_readme
+
+ROOT = Path(__file__).resolve().parents[1]
+COLS = ["model", "layer", "size", "status", "batch_size", "train_images_per_s_vs_standard",
+        "infer_images_per_s_vs_standard", "epoch_s_fashion_mnist", "hw_cpu_model", "hw_cpu_threads", "hw_torch",
+        "hw_commit", "precision"]
+
+
+def _bench(path: Path, ratios: dict[str, tuple[float, float]], epoch_s: float = 600.0) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLS)
+        w.writeheader()
+        for layer, (train, infer) in {"standard": (1.0, 1.0), **ratios}.items():
+            w.writerow({"model": f"convnet_xs_{layer}", "layer": layer, "size": "xs", "status": "ok", "batch_size": 64,
+                        "train_images_per_s_vs_standard": train, "infer_images_per_s_vs_standard": infer,
+                        "epoch_s_fashion_mnist": epoch_s / train, "hw_cpu_model": "Test CPU", "hw_cpu_threads": 1,
+                        "hw_torch": "2.x", "hw_commit": "abcdef0123", "precision": "fp32"})
+    return path
+
+
+def test_table_shows_step_time_multiples_of_standard_before_and_after(tmp_path):
+    before = _bench(tmp_path / "a.csv", {"lot": (0.08, 0.4)})
+    after = _bench(tmp_path / "b.csv", {"lot": (0.25, 0.5)})
+    table = cost_table(before, after)
+    assert "| lot | 12.50 → **4.00** | 2.50 → **2.00** | 40 min |" in table
+    assert "| standard | 1 | 1 | 10 min |" in table
+    assert "Test CPU, 1 thread(s), batch 64" in table
+
+
+def test_update_readme_rewrites_only_the_marked_block(tmp_path):
+    _bench(tmp_path / "a.csv", {"aol": (0.5, 1.0)})
+    _bench(tmp_path / "b.csv", {"aol": (0.8, 1.0)})
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- cost-table before=a.csv after=b.csv -->\nstale\n<!-- /cost-table -->\nend\n")
+    assert update_readme(readme, "a.csv", "b.csv") is True
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "stale" not in text
+    assert "| aol | 2.00 → **1.25** |" in text
+    assert update_readme(readme, "a.csv", "b.csv") is False
+    (tmp_path / "plain.md").write_text("no block\n")
+    with pytest.raises(ValueError, match="no '<!-- cost-table"):
+        update_readme(tmp_path / "plain.md", "a.csv", "b.csv")
+
