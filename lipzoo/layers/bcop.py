@@ -24,12 +24,13 @@ polynomial ``r`` (:func:`bjorck_scalar`), and the power-iteration estimate is, i
 a ratio of sums over the eigenpairs of ``W^T W``. In training (default mode) both come from ONE
 float64 eigendecomposition of ``W^T W`` per layer (``bjorck(method="eigh")``,
 :func:`~lipzoo.layers._spectral.gram_apply`, derivative by Daleckii-Krein: 7 products and an
-``eigh`` instead of 120 products and 10 power steps): equal to the iteration within float round-off,
-values and gradients (tested). In eval mode, and with ``paper_compatible``, the iteration runs
-literally, so the eval weight (cached; what the audit, the exporter and certification see) is
-bit-identical to the iteration's: the norm rescale below turns the kernel's round-off-level
-non-orthogonality into a Lipschitz constant a few 1e-6 below 1 per layer, which a different
-rounding pattern moves by as much, and published audits are reproduced to 5e-5 over ~27 layers.
+``eigh`` instead of the iteration's 100 products and 10 power steps): equal to the iteration within
+float round-off, values and gradients (tested). In eval mode, and with ``paper_compatible``, the
+iteration runs literally, so the eval weight (cached; what the audit, the exporter and
+certification see) is bit-identical to the iteration's. Why: the norm rescale (above) turns the
+kernel's round-off-level non-orthogonality into a Lipschitz constant a few 1e-6 below 1 per
+layer (the Schur test adds up ~c (2k-1)^2 round-off-sized entries), a different rounding pattern
+moves it by as much, and a published model's audit (a product over ~27 layers) is checked to 5e-5.
 In training the kernel is also assembled as a product of factors (:func:`_bcop_kernel_factored`,
 13 products instead of 33 for k = 3) and the norm bound's row sums take one product per pair of
 opposite shifts (:func:`_gram_row_sums_by_shift`). Everywhere, the Bjorck steps that do run

@@ -37,13 +37,14 @@ eigenvalues refined as double-precision Rayleigh quotients (:func:`_lot_eigh`); 
 the iteration's own round-off. The gradient is written out (:class:`_LOTPolar`,
 Daleckii-Krein: divided differences of ``z_T``, never a division by a small eigenvalue gap, so it
 is exact also at the repeated eigenvalues of the identity initialisation). That is one batched
-``eigh`` and seven products per training step instead of about 85 products, and the bound above
-holds as it is (``u_T(a) <= 1`` for every ``a``). On small grids each distinct frequency of the
-half spectrum is orthogonalised once (``_fourier.half_spectrum_map``: conjugate rows mirrored,
-self-mirrored ones in real arithmetic). ``paper_compatible=True`` runs the
-paper's literal computation: full ``fft2`` over all frequencies, also for 1x1 kernels, and the
-matrix iteration (``lot_orthogonalize(method="newton")``). Any input size is accepted (the
-paper's cache breaks on a second size); the eval cache holds the weight of the last size seen.
+``eigh`` and eight products per training step (one in double precision) instead of about 85
+products, and the bound above holds as it is (``u_T(a) <= 1`` for every ``a``). On small grids
+each distinct frequency of the half spectrum is orthogonalised once
+(``_fourier.half_spectrum_map``: conjugate rows mirrored, self-mirrored ones in real
+arithmetic). ``paper_compatible=True`` runs the paper's literal computation: full ``fft2`` over
+all frequencies, also for 1x1 kernels, and the matrix iteration
+(``lot_orthogonalize(method="newton")``). Any input size is accepted (the paper's cache breaks
+on a second size); the eval cache holds the weight of the last size seen.
 """
 
 from __future__ import annotations
