@@ -260,7 +260,7 @@ def test_float32_default_gradients_match_the_papers_computation():
 
 
 def test_kernel_spectrum_by_dft_equals_the_fft():
-    from lipzoo.layers._linalg import conv_kernel_rfft
+    from lipzoo.layers._fourier import conv_kernel_rfft
     from lipzoo.layers.lot import _kernel_rfft
 
     for shape, size in [((4, 3, 3, 3), (8, 8)), ((2, 5, 5, 5), (7, 10)), ((3, 3, 1, 1), (5, 6)), ((2, 2, 3, 3), (3, 3))]:

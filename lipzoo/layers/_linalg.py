@@ -215,8 +215,8 @@ def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
     if kh == kw == 1:
         return _Gram.apply(k[:, :, 0, 0])[:, :, None, None]
     if (kh * kw <= AUTOCORR_DFT_MAX_TAPS and out_c * in_c >= AUTOCORR_DFT_MIN_PAIRS
-            and k.dtype in (torch.float32, torch.float64)):
-        return _autocorrelation_dft(k)
+            and k.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()):
+        return _autocorrelation_dft(k)  # (its cached DFT matrices cannot be traced: compiled code convolves)
     k = k.transpose(0, 1)  # (in, out, kh, kw): "batch" of in-channel filters
     return F.conv2d(k, k, padding=(kh - 1, kw - 1))
 
