@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lipzoo.zoo.costtable import MARKER, cost_table, update_readme
+from lipzoo.zoo.costtable import cost_table, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = ["model", "layer", "size", "status", "batch_size", "train_images_per_s_vs_standard",

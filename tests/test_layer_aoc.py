@@ -9,7 +9,7 @@ from torch import nn
 
 from lipzoo.audit import circular_conv_norm, layer_bound
 from lipzoo.export import to_plain
-from lipzoo.layers._linalg import conv_kernel_fft
+from lipzoo.layers._fourier import conv_kernel_fft
 from lipzoo.layers.aoc import AOCConv2d, AOCLinear, aoc_kernel, compose_kernels
 from lipzoo.layers.bcop import norm_bound
 

@@ -10,7 +10,7 @@ from torch import nn
 import lipzoo
 from lipzoo.audit import layer_bound
 from lipzoo.export import to_plain
-from lipzoo.layers._linalg import conv_kernel_rfft, fft_conv2d
+from lipzoo.layers._fourier import conv_kernel_rfft, fft_conv2d
 from lipzoo.layers.bro import BROConv2d, BROLinear, block_reflector
 
 from lipschitz import circular_conv_matrix, impulse_matrix, n_trainable, push_norm_up

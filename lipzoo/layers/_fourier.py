@@ -105,6 +105,9 @@ def frobenius_norm(t: torch.Tensor) -> torch.Tensor:
     float64 accumulation makes the result the correctly rounded norm (float32 sums of the
     ~10^5-10^6 squares of a frequency stack drift by ~1e-6 relative).
     """
+    if t.is_complex() and torch.compiler.is_compiling():  # view_as_real of a conjugate view cannot be traced
+        return torch.linalg.vector_norm(t.abs(), dtype=torch.float64 if t.real.dtype != torch.float16 else None
+                                        ).to(t.real.dtype)
     if t.is_complex():
         t = torch.view_as_real(t.conj() if t.is_conj() else t)
     acc = torch.float64 if t.dtype in (torch.float32, torch.float64) else None
@@ -160,7 +163,8 @@ def _conv_kernel_freq(weight: torch.Tensor, n_h: int, n_w: int, full: bool) -> t
     k_h, k_w = weight.shape[-2:]
     if k_h > n_h or k_w > n_w:
         raise ValueError(f"a {k_h}x{k_w} kernel does not fit a {n_h}x{n_w} input for an FFT convolution")
-    if k_h * k_w <= DFT_MATMUL_MAX_TAPS and weight.dtype in (torch.float32, torch.float64):
+    if (k_h * k_w <= DFT_MATMUL_MAX_TAPS and weight.dtype in (torch.float32, torch.float64)
+            and not torch.compiler.is_compiling()):  # its cached DFT matrix cannot be traced: compiled code FFTs
         # the same sum as below, sum_p W[p] e^{+2 pi i f (p - c) / n}, as one real matrix product
         out_c, in_c = weight.shape[:2]
         n_f = n_w if full else n_w // 2 + 1

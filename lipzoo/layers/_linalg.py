@@ -131,6 +131,14 @@ class _Gram(torch.autograd.Function):
         return torch.matmul(a, g.mT + (g.conj() if g.is_complex() else g))
 
 
+
+def _gram(a: torch.Tensor) -> torch.Tensor:
+    """``_Gram`` (one-product backward); while torch.compile traces, the plain product (the compiler
+    cannot trace an autograd Function with a forward-mode rule, and derives the same backward)."""
+    if torch.compiler.is_compiling():
+        return _Gram.forward(a)
+    return _Gram.apply(a)
+
 #: kernels with at most this many taps and at least this many (out, in) channel pairs get their
 #: autocorrelation through the DFT (see ``_autocorrelation_dft``), others through one convolution
 #: of the kernel with itself (measured on CPU, 3 x 3 kernels: the DFT 1.5x faster at 64 x 64
@@ -184,9 +192,9 @@ def _autocorrelation_dft(k: torch.Tensor) -> torch.Tensor:
     fwd, inv = _autocorr_dft_matrices(k_h, k_w, k.dtype, k.device)
     n_f = fwd.shape[1] // 2
     kf = torch.view_as_complex((k.reshape(out_c * in_c, k_h * k_w) @ fwd).view(out_c, in_c, n_f, 2))
-    phat = _Gram.apply(kf.permute(2, 0, 1).contiguous())  # (|D|, in, in)
+    phat = _gram(kf.permute(2, 0, 1).contiguous())  # (|D|, in, in)
     p = torch.view_as_real(phat).permute(1, 2, 0, 3).reshape(in_c * in_c, 2 * n_f) @ inv
-    p0 = _Gram.apply(k.sum(dim=(2, 3))) * (1.0 / ((2 * k_h - 1) * (2 * k_w - 1)))  # frequency 0
+    p0 = _gram(k.sum(dim=(2, 3))) * (1.0 / ((2 * k_h - 1) * (2 * k_w - 1)))  # frequency 0
     return (p + p0.reshape(in_c * in_c, 1)).view(in_c, in_c, 2 * k_h - 1, 2 * k_w - 1)
 
 
@@ -213,10 +221,10 @@ def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
         raise ValueError("over must be 'in' or 'out'")
     out_c, in_c, kh, kw = k.shape
     if kh == kw == 1:
-        return _Gram.apply(k[:, :, 0, 0])[:, :, None, None]
+        return _gram(k[:, :, 0, 0])[:, :, None, None]
     if (kh * kw <= AUTOCORR_DFT_MAX_TAPS and out_c * in_c >= AUTOCORR_DFT_MIN_PAIRS
-            and k.dtype in (torch.float32, torch.float64)):
-        return _autocorrelation_dft(k)
+            and k.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()):
+        return _autocorrelation_dft(k)  # (its cached DFT matrices cannot be traced: compiled code convolves)
     k = k.transpose(0, 1)  # (in, out, kh, kw): "batch" of in-channel filters
     return F.conv2d(k, k, padding=(kh - 1, kw - 1))
 

@@ -53,7 +53,7 @@ def _adjoint(t: torch.Tensor) -> torch.Tensor:
     """``t^H`` with its conjugation materialised (complex CPU products are slower on conjugate views)."""
     if not t.is_complex():
         return t.mT
-    if torch._C._functorch.is_functorch_wrapped_tensor(t):
+    if not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(t):
         return t.mH.resolve_conj()  # conj_physical has no vmap rule
     return torch.conj_physical(t.mT)
 

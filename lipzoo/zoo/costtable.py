@@ -62,7 +62,7 @@ def cost_table(before: str | os.PathLike, after: str | os.PathLike) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     std = a.get(("standard", "xs")) or {}
     if std.get("epoch_s_fashion_mnist"):
-        lines.append(f"| standard | 1 | " + " | ".join(["1"] * (2 * len(sizes) - 1))
+        lines.append("| standard | 1 | " + " | ".join(["1"] * (2 * len(sizes) - 1))
                      + f" | {std['epoch_s_fashion_mnist'] / 60:.0f} min |")
     lines += ["", f"Before: `{Path(before).name}` ({_setup(rows_b)}).",
               f"After: `{Path(after).name}` ({_setup(rows_a)})."]
