@@ -45,6 +45,21 @@ RTOL = 1e-5  #: relative gap below which a divided difference becomes a mean der
 ATOL = 1e-12  #: the same, relative to the largest |eigenvalue| of the matrix
 
 
+def traceable(cls: type) -> type:
+    """Class decorator for an autograd Function with a forward-mode rule: ``cls.apply_`` is
+    ``cls.apply``, except while torch.compile traces, where it is the apply of a twin without the
+    ``jvp`` (same forward and backward): Dynamo cannot trace a Function that defines one, and
+    compiled code has no forward mode anyway."""
+    twin = type(cls.__name__ + "Traced", (cls,), {"jvp": torch.autograd.Function.jvp, "__module__": cls.__module__,
+                                                   "__qualname__": cls.__qualname__ + "Traced"})
+
+    def apply_(*args):
+        return (twin if torch.compiler.is_compiling() else cls).apply(*args)
+
+    cls.apply_ = staticmethod(apply_)
+    return cls
+
+
 def _real_dtype(t: torch.Tensor) -> torch.dtype:
     return t.real.dtype if t.is_complex() else t.dtype
 
@@ -75,6 +90,7 @@ def divided_differences(
     return torch.where(close, 0.5 * (df[..., :, None] + df[..., None, :]), slope)
 
 
+@traceable
 class _MatrixFunction(torch.autograd.Function):
     """``F(A) = U diag(f) U^H`` given the eigendecomposition of ``A``; derivative by Daleckii-Krein.
 
@@ -136,7 +152,7 @@ def hermitian_function(
     f, df = fn(lam)
     uh = _adjoint(u).to(a.dtype)  # eigh's U is column-major: U^H is dense, U made dense once
     u = u.to(a.dtype, memory_format=torch.contiguous_format)
-    return _MatrixFunction.apply(a, u, uh, lam, f, df, rtol, atol)
+    return _MatrixFunction.apply_(a, u, uh, lam, f, df, rtol, atol)
 
 
 def gram_eigh(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +168,7 @@ def gram_eigh(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return lam.to(torch.float64), v
 
 
+@traceable
 class _GramApply(torch.autograd.Function):
     """``Y = W F(W^H W) = (B o f) V^H``, ``B = W V``, given the eigendecomposition ``W^H W = V diag(a) V^H``.
 
@@ -219,4 +236,4 @@ def gram_apply(
     f, df = fn(lam)
     vh = _adjoint(v).to(w.dtype)  # eigh's V is column-major: V^H is dense, V made dense once
     v = v.to(w.dtype, memory_format=torch.contiguous_format)
-    return _GramApply.apply(w.resolve_conj(), v, vh, lam, f, df, rtol, atol)[0]
+    return _GramApply.apply_(w.resolve_conj(), v, vh, lam, f, df, rtol, atol)[0]

@@ -50,7 +50,7 @@ from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
 from ._linalg import circular_pad, gram_row_sums, power_iteration_sigma, power_start_vector
-from ._spectral import gram_apply, gram_eigh
+from ._spectral import gram_apply, gram_eigh, traceable
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
 
@@ -113,6 +113,7 @@ def _bjorck_eigh(w: torch.Tensor, iters: int, beta: float, power_iteration_scali
     return gram_apply(w, fn, eigh=(lam / sigma[..., None].square(), v))
 
 
+@traceable
 class _BjorckStep(torch.autograd.Function):
     """One first-order Bjorck step ``Y = (1 + beta) W - (beta W)(W^T W)``, computed exactly as
     ``_linalg.bjorck_orthonormalize`` computes it (bit-identical values), with a 3-product backward:
@@ -153,7 +154,7 @@ class _BjorckStep(torch.autograd.Function):
 def _bjorck_iterate(w: torch.Tensor, iters: int, beta: float) -> torch.Tensor:
     """``_linalg.bjorck_orthonormalize(w, iters, beta)``: the same values, a cheaper backward."""
     for _ in range(iters):
-        w = _BjorckStep.apply(w, beta)[0]
+        w = _BjorckStep.apply_(w, beta)[0]
     return w
 
 
@@ -209,6 +210,7 @@ def _fold(g: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
     return out
 
 
+@traceable
 class _CircularPad(torch.autograd.Function):
     """``F.pad(x, (p, p, p, p), mode="circular")`` with a lean backward.
 
@@ -243,7 +245,7 @@ def _circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
         return x
     if pad > min(x.shape[-2:]):
         return circular_pad(x, pad)  # F.pad raises its own error
-    return _CircularPad.apply(x, pad)
+    return _CircularPad.apply_(x, pad)
 
 
 def _gram_row(weight: torch.Tensor, over: str, row: torch.Tensor) -> torch.Tensor:

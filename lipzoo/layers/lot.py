@@ -60,7 +60,7 @@ from ._fourier import conv_kernel_fft, conv_kernel_rfft, fft_conv2d, half_spectr
 from ._linalg import matmul
 from ._norms import matrix_norm
 from ._plain import frequency_op, plain_conv1x1
-from ._spectral import _adjoint, _higher, _real_dtype, divided_differences
+from ._spectral import _adjoint, _higher, _real_dtype, divided_differences, traceable
 
 __all__ = ["LOTConv2d", "LOTLinear", "lot_orthogonalize"]
 
@@ -120,6 +120,7 @@ def lot_orthogonalize(w: torch.Tensor, iters: int = 10, eps: float = EPS, method
     return matmul(z, w) / norm.sqrt()
 
 
+@traceable
 class _LOTPolar(torch.autograd.Function):
     """``Y = Z W / sqrt(n)``, ``Z = z_T(A)``, ``A = S / n``, from the eigendecomposition ``S = U diag(s) U^H``.
 
@@ -234,7 +235,7 @@ def _lot_eigh(w: torch.Tensor, iters: int, eps: float, refine: bool) -> torch.Te
     z, dz = newton_schulz_scalar(a, iters)
     uh = _adjoint(u)  # eigh's U is column-major: U^H is dense, U made dense once
     u = u.contiguous()
-    return _LOTPolar.apply(w, u, uh, a, z, dz, n, frob)[0]
+    return _LOTPolar.apply_(w, u, uh, a, z, dz, n, frob)[0]
 
 
 def _layer_method(paper_compatible: bool, training: bool) -> str:
