@@ -32,8 +32,7 @@ kernel's round-off-level non-orthogonality into a Lipschitz constant a few 1e-6 
 layer (the Schur test adds up ~c (2k-1)^2 round-off-sized entries), a different rounding pattern
 moves it by as much, and a published model's audit (a product over ~27 layers) is checked to 5e-5.
 In training the kernel is also assembled as a product of factors (:func:`_bcop_kernel_factored`,
-13 products instead of 33 for k = 3) and the norm bound's row sums take one product per pair of
-opposite shifts (:func:`_gram_row_sums_by_shift`). Everywhere, the Bjorck steps that do run
+13 products instead of 33 for k = 3). Everywhere, the Bjorck steps that do run
 have a 3-product backward (:class:`_BjorckStep`), the norm bound's gradient is computed from its
 maximal row only (:func:`norm_bound`) and the circular padding has a lean backward
 (:class:`_CircularPad`): all three give bit-identical values.
@@ -258,34 +257,7 @@ def _gram_row(weight: torch.Tensor, over: str, row: torch.Tensor) -> torch.Tenso
     return F.conv2d(k.index_select(0, row), k, padding=(k_h - 1, k_w - 1)).abs().sum()
 
 
-def _gram_row_sums_by_shift(weight: torch.Tensor, over: str) -> torch.Tensor:
-    """``_linalg.gram_row_sums(weight, over)`` by one product per shift, half of the shifts.
-
-    ``P(s) = sum_q K_(q+s)^T K_q`` (``K_t`` the (out, in) tap matrices, ``over="in"``) is one
-    product of the stacked overlapping taps, and ``P(-s) = P(s)^T``: the row sums of ``|P(-s)|``
-    are the column sums of ``|P(s)|``. So 13 products for a 3x3 kernel, 45 tap pairs, where the
-    zero-padded self-convolution multiplies 225: the same sums within float round-off.
-    """
-    k = weight if weight.ndim == 4 else weight[:, :, None, None]
-    if over == "out":
-        k = k.transpose(0, 1)
-    taps = k.permute(2, 3, 0, 1)  # (kh, kw, reduced, rows)
-    k_h, k_w, _, c = taps.shape
-    rows = taps.new_zeros(c)
-    for dh in range(k_h):
-        for dw in range(-(k_w - 1), k_w):
-            if dh == 0 and dw < 0:
-                continue  # the mirrored half: P(-s) = P(s)^T
-            a = taps[dh:, max(dw, 0) : k_w + min(dw, 0)].reshape(-1, c)  # taps q + s
-            b = taps[: k_h - dh, max(-dw, 0) : k_w + min(-dw, 0)].reshape(-1, c)  # taps q
-            p = (a.transpose(0, 1) @ b).abs()
-            rows = rows + p.sum(dim=1)
-            if dh or dw:
-                rows = rows + p.sum(dim=0)
-    return rows
-
-
-def norm_bound(weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
+def norm_bound(weight: torch.Tensor) -> torch.Tensor:
     """Guaranteed upper bound on the l2 norm of a conv kernel (out, in, k, k) or matrix (out, in).
 
     The Schur / Gershgorin test on the autocorrelation of the kernel, taken on the side where it
@@ -297,13 +269,11 @@ def norm_bound(weight: torch.Tensor, fast: bool = False) -> torch.Tensor:
     alone (the gradient of the max), recomputed from that one row: the backward of the full
     self-convolution, which costs more than the Bjorck iteration's, is never run. (At an exact tie
     of the largest rows the gradient follows one of them, a valid subgradient, where
-    ``Tensor.max`` would split it.) ``fast``: the row sums by :func:`_gram_row_sums_by_shift`
-    (the same sums, another rounding; BCOP's training path), else exactly as
-    ``_linalg.gram_row_sums``.
+    ``Tensor.max`` would split it.)
     """
     over = "in" if weight.shape[0] >= weight.shape[1] else "out"
     with torch.no_grad():
-        rows = (_gram_row_sums_by_shift if fast else gram_row_sums)(weight.detach(), over)
+        rows = gram_row_sums(weight.detach(), over)
         top = rows.argmax().reshape(1)
     row = _gram_row(weight, over, top)
     return (rows.max() + (row - row.detach())).sqrt()
@@ -450,7 +420,7 @@ class BCOPConv2d(KernelConv):
         if self.paper_compatible:
             return kernel
         kernel = kernel.contiguous()  # one copy, not one per convolution (forward and backward)
-        return kernel / norm_bound(kernel, fast=self._fast()).clamp_min(1.0)
+        return kernel / norm_bound(kernel).clamp_min(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
