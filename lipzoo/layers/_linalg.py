@@ -339,8 +339,9 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
     convolutions (by the kernel scaled by 1/i, a tiny tensor) and ``terms`` additions, no
     division of the activations. A 1 x 1 kernel is a matrix ``L`` applied at every pixel, whose
     powers are 1 x 1 kernels too (zero padding plays no part): for few channels the polynomial
-    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once. The same
-    polynomial as the term-by-term sum, up to float round-off.
+    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once. Else the
+    convolutions run on a channels-last copy of ``x`` (faster on CPU); the result is returned
+    contiguous. The same polynomial as the term-by-term sum, up to float round-off.
     """
     if terms == 0:
         return x
@@ -353,7 +354,11 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
             poly = torch.addmm(eye, m, poly, alpha=1.0 / i)
         return F.conv2d(x, poly[:, :, None, None])
     pad = (k_h // 2, k_w // 2)
+    # the series runs in channels-last memory (oneDNN's faster layout for these convolutions,
+    # 7% of a ConvNet-XS training step on CPU): one copy in, one back out
+    if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = x.contiguous(memory_format=torch.channels_last)  # (not under torch.func's vmap: NYI there)
     z = x
     for i in range(terms, 0, -1):
         z = x + F.conv2d(z, kernel / float(i), padding=pad)
-    return z
+    return z.contiguous()
