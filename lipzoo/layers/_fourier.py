@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._linalg import _dense, _sum_to, matmul
+from ._linalg import _dense, _sum_to, matmul, tangents_possible
 
 __all__ = ["frobenius_norm", "half_spectrum_map", "conv_kernel_rfft", "conv_kernel_fft", "fft_conv2d"]
 
@@ -100,16 +100,13 @@ def half_spectrum_map(fn, wf: torch.Tensor, n_w: int) -> torch.Tensor:
 def frobenius_norm(t: torch.Tensor) -> torch.Tensor:
     """``||t||_F`` (0-dim, ``t``'s real dtype) of a real or complex tensor, summed in float64.
 
-    Complex tensors are read through their real view (``|z|^2 = re^2 + im^2``; a conjugate view
-    has the same magnitudes): PyTorch's complex ``vector_norm`` is some 50x slower on CPU. The
-    float64 accumulation makes the result the correctly rounded norm (float32 sums of the
-    ~10^5-10^6 squares of a frequency stack drift by ~1e-6 relative).
+    Complex tensors are read through their real view (``|z|^2 = re^2 + im^2``): PyTorch's complex
+    ``vector_norm`` is some 50x slower on CPU. The float64 accumulation makes the result the
+    correctly rounded norm (float32 sums of the ~10^5-10^6 squares of a frequency stack drift by
+    ~1e-6 relative).
     """
-    if t.is_complex() and torch.compiler.is_compiling():  # view_as_real of a conjugate view cannot be traced
-        return torch.linalg.vector_norm(t.abs(), dtype=torch.float64 if t.real.dtype != torch.float16 else None
-                                        ).to(t.real.dtype)
     if t.is_complex():
-        t = torch.view_as_real(t.conj() if t.is_conj() else t)
+        t = torch.view_as_real(t.resolve_conj())
     acc = torch.float64 if t.dtype in (torch.float32, torch.float64) else None
     return torch.linalg.vector_norm(t, dtype=acc).to(t.dtype)
 
@@ -145,32 +142,31 @@ DFT_MATMUL_MAX_TAPS = 25
 @functools.lru_cache(maxsize=256)
 def _centred_dft_matrix(k_h: int, k_w: int, n_h: int, n_w: int, full: bool, dtype: torch.dtype,
                         device: torch.device) -> torch.Tensor:
-    """(k_h * k_w, n_h * n_f * 2) real matrix: cos and sin (interleaved) of
-    ``2 pi (u (a - c_h) / n_h + v (b - c_w) / n_w)`` for tap (a, b) and frequency (u, v),
-    ``c = (k - 1) // 2`` (n_f = n_w, or n_w//2 + 1 for the rfft half spectrum). Computed in
-    float64 with the phases reduced modulo n (exact integers) before the cosine."""
+    """(k_h * k_w, n_h * n_f) complex matrix ``exp(2 pi i (u (a - c_h) / n_h + v (b - c_w) / n_w))``
+    for tap (a, b) and frequency (u, v), ``c = (k - 1) // 2`` (n_f = n_w, or n_w//2 + 1 for the
+    rfft half spectrum), ``dtype`` complex. Computed in float64 with the phases reduced modulo n
+    (exact integers) before the cosine and sine."""
     n_f = n_w if full else n_w // 2 + 1
     a = torch.arange(k_h, dtype=torch.int64) - (k_h - 1) // 2
     b = torch.arange(k_w, dtype=torch.int64) - (k_w - 1) // 2
     ph = torch.remainder(a[:, None] * torch.arange(n_h, dtype=torch.int64)[None, :], n_h).double() / n_h
     pw = torch.remainder(b[:, None] * torch.arange(n_f, dtype=torch.int64)[None, :], n_w).double() / n_w
     ang = 2 * math.pi * (ph[:, None, :, None] + pw[None, :, None, :])  # (k_h, k_w, n_h, n_f)
-    e = torch.stack([torch.cos(ang), torch.sin(ang)], dim=-1)
-    return e.reshape(k_h * k_w, n_h * n_f * 2).to(dtype=dtype, device=device)
+    e = torch.polar(torch.ones_like(ang), ang)
+    return e.reshape(k_h * k_w, n_h * n_f).to(dtype=dtype, device=device)
 
 
 def _conv_kernel_freq(weight: torch.Tensor, n_h: int, n_w: int, full: bool) -> torch.Tensor:
     k_h, k_w = weight.shape[-2:]
     if k_h > n_h or k_w > n_w:
         raise ValueError(f"a {k_h}x{k_w} kernel does not fit a {n_h}x{n_w} input for an FFT convolution")
-    if (k_h * k_w <= DFT_MATMUL_MAX_TAPS and weight.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()):  # its cached DFT matrix cannot be traced: compiled code FFTs
-        # the same sum as below, sum_p W[p] e^{+2 pi i f (p - c) / n}, as one real matrix product
+    if k_h * k_w <= DFT_MATMUL_MAX_TAPS and weight.dtype in (torch.float32, torch.float64):
+        # the same sum as below, sum_p W[p] e^{+2 pi i f (p - c) / n}, as one matrix product
         out_c, in_c = weight.shape[:2]
-        n_f = n_w if full else n_w // 2 + 1
-        e = _centred_dft_matrix(k_h, k_w, n_h, n_w, full, weight.dtype, weight.device)
-        wf = (weight.reshape(out_c * in_c, k_h * k_w) @ e).view(out_c, in_c, n_h, n_f, 2)
-        return torch.view_as_complex(wf).permute(2, 3, 0, 1)
+        cdt = torch.promote_types(weight.dtype, torch.complex64)
+        e = _centred_dft_matrix(k_h, k_w, n_h, n_w, full, cdt, weight.device)
+        wf = (weight.reshape(out_c * in_c, k_h * k_w).to(cdt) @ e).view(out_c, in_c, n_h, e.shape[1] // n_h)
+        return wf.permute(2, 3, 0, 1)
     fft = torch.fft.fft2 if full else torch.fft.rfft2
     wf = fft(weight, s=(n_h, n_w))  # (out, in, H, Wf): sum_p W[p] e^{-2 pi i f p / n}
     phase = _centre_phase(k_h, k_w, n_h, n_w, full, weight.dtype, weight.device)
@@ -208,15 +204,16 @@ def _irfft2(xf: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 class _FFTConv2d(torch.autograd.Function):
     """``irfft2(W(f) rfft2(x)(f))``: per-frequency matrices applied to a real batch, with a backward
-    written out for its layouts.
+    written out for its layouts (no ``jvp``: see :func:`tangents_possible`).
 
-    Forward: ``X = rfft2(x)`` laid out once as (H, Wf, in, N), ``Y = W X``, ``y = irfft2(Y)``.
-    Backward, from ``G = rfft2(g)`` in the same layout: the input gradient is the adjoint
-    operator ``irfft2(W^H G)`` (the masks of the two real transforms' backwards, 2/(HW) on the
-    columns whose mirror is not stored and 1/(HW) on the others, and 1/2 resp. 1, cancel) and the
-    weight gradient ``(G X^H) m`` with that per-column mask ``m``: what autograd computes
-    through rfft2, matmul and irfft2, with one inverse FFT instead of a full-spectrum one and
-    one copy per operand.
+    Forward: ``X = rfft2(x)`` laid out once as (H, Wf, in, N), ``Y = W X``, ``y = irfft2(Y)``;
+    ``X`` is kept for the backward. Backward, from ``G = rfft2(g)`` in the same layout: the input
+    gradient is the adjoint operator ``irfft2(W^H G)`` and the weight gradient ``(G X^H) m / (HW)``
+    with ``m`` = 2 on the columns whose conjugate mirror is not stored, 1 on the others. That is
+    what autograd computes through rfft2, matmul and irfft2 (the masks of the two real
+    transforms' backwards, 2/(HW) and 1/2 on those columns, cancel in the input gradient), with
+    one half-spectrum inverse FFT where rfft2's own backward zero-pads to the full spectrum and
+    runs a full complex one, and one copy per operand.
     """
 
     generate_vmap_rule = True  # usable under torch.func transforms
@@ -226,50 +223,55 @@ class _FFTConv2d(torch.autograd.Function):
         size = tuple(x.shape[-2:])
         xp = _rfft2(x).permute(2, 3, 1, 0).contiguous()  # (H, Wf, in, N)
         y = _irfft2(torch.matmul(_dense(wfreq), xp).permute(3, 2, 0, 1), size)
-        return y, xp  # xp: kept for the backward (not differentiable)
+        # X is an output too, so that a double backward through the weight gradient reaches x
+        return y, xp
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, wfreq = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.size = tuple(x.shape[-2:])
-        ctx.save_for_backward(output[1], wfreq)
-        ctx.save_for_forward(x, wfreq)
+        ctx.set_materialize_grads(False)
+        ctx.size = tuple(inputs[0].shape[-2:])
+        ctx.save_for_backward(output[1], inputs[1])
 
     @staticmethod
-    def jvp(ctx, dx: torch.Tensor | None, dw: torch.Tensor | None):
-        x, wfreq = ctx.saved_tensors
-        out = 0
-        if dw is not None:
-            out = out + torch.matmul(_dense(dw), _rfft2(x).permute(2, 3, 1, 0).contiguous())
-        if dx is not None:
-            out = out + torch.matmul(_dense(wfreq), _rfft2(dx).permute(2, 3, 1, 0).contiguous())
-        return _irfft2(out.permute(3, 2, 0, 1), ctx.size), None
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor, _g_xp: torch.Tensor | None):
+    def backward(ctx, g: torch.Tensor | None, g_xp: torch.Tensor | None):
         xp, wfreq = ctx.saved_tensors
         n_h, n_w = ctx.size
-        gp = _rfft2(g).permute(2, 3, 1, 0).contiguous()  # (H, Wf, out, N)
         gx = gw = None
+        gp = None if g is None else _rfft2(g).permute(2, 3, 1, 0).contiguous()  # (H, Wf, out, N)
         if ctx.needs_input_grad[0]:
-            gx = _irfft2(torch.matmul(_dense(wfreq.mH), gp).permute(3, 2, 0, 1), (n_h, n_w))
-        if ctx.needs_input_grad[1]:
+            if gp is not None:
+                gx = _irfft2(torch.matmul(_dense(wfreq.mH), gp).permute(3, 2, 0, 1), (n_h, n_w))
+            if g_xp is not None:  # only where X itself was differentiated (higher-order gradients)
+                gx2 = _rfft2_backward(g_xp.permute(3, 2, 0, 1), (n_h, n_w))
+                gx = gx2 if gx is None else gx + gx2
+        if ctx.needs_input_grad[1] and gp is not None:
             m = _column_multiplicity(n_w, gp) / (n_h * n_w)
             gw = _sum_to(torch.matmul(gp, _dense(xp.mH)) * m[:, None, None], wfreq.shape)
         return gx, gw
 
 
+def _rfft2_backward(g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The gradient of ``rfft2`` for the half-spectrum gradient ``g``: what PyTorch computes as
+    ``Re(ifft2(pad(g)))`` unnormalised, as ``irfft2(g / m, norm="forward")`` (``irfft2`` adds the
+    mirror of every column with multiplicity m = 2 and keeps only the real part of the others)."""
+    return torch.fft.irfft2(g / _column_multiplicity(size[1], g), s=size, norm="forward")
+
+
 def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torch.Tensor:
-    """Apply per-frequency matrices (H, Wf, out, in) to a real (N, in, H, W) batch, circularly."""
+    """Apply per-frequency matrices (H, Wf, out, in) to a real (N, in, H, W) batch, circularly.
+
+    ``full=True``: (H, W, out, in) matrices on the full spectrum (``fft2``, real part of ``ifft2``).
+    """
     n_h, n_w = x.shape[-2:]
-    if not full:
-        cdt = torch.promote_types(torch.promote_types(x.dtype, torch.complex64), wfreq.dtype)
-        if wfreq.dtype != cdt:
-            wfreq = wfreq.to(cdt)
-        if cdt == torch.complex128 and x.dtype != torch.float64:
-            x = x.to(torch.float64)
+    if full:
+        xf = torch.fft.fft2(x).permute(2, 3, 1, 0)  # (H, W, in, N)
+        return torch.fft.ifft2(matmul(wfreq, xf).permute(3, 2, 0, 1), s=(n_h, n_w)).real
+    cdt = torch.promote_types(torch.promote_types(x.dtype, torch.complex64), wfreq.dtype)
+    if wfreq.dtype != cdt:
+        wfreq = wfreq.to(cdt)
+    if cdt == torch.complex128 and x.dtype != torch.float64:
+        x = x.to(torch.float64)
+    if not tangents_possible(x, wfreq):
         return _FFTConv2d.apply(x, wfreq)[0]
-    xf = torch.fft.fft2(x).permute(2, 3, 1, 0)  # (H, W, in, N)
-    yf = matmul(wfreq, xf).permute(3, 2, 0, 1)
-    return torch.fft.ifft2(yf, s=(n_h, n_w)).real
+    xf = _rfft2(x).permute(2, 3, 1, 0)  # (H, Wf, in, N); the same function with plain ops
+    return _irfft2(matmul(wfreq, xf).permute(3, 2, 0, 1), (n_h, n_w))

@@ -1,6 +1,13 @@
 """Shared numerics of the layer families.
 
-Everything here is a pure function of tensors: no modules, no state, no I/O.
+Everything here is a pure function of tensors: no modules, no state, no I/O (the DFT matrices are
+cached constants).
+
+The custom autograd Functions here and in ``_fourier`` have hand-written backwards that make a
+training step cheaper on CPU, and no ``jvp`` (Dynamo cannot trace one, so a ``torch.compile``d
+model would break its graph there): where forward-mode AD may push a tangent through them
+(``torch.func`` transforms, ``torch.autograd.forward_ad``) the same function is computed with
+plain differentiable ops instead (:func:`tangents_possible`). ``_ComplexMatmul`` keeps its ``jvp``.
 
 Conventions: kernels are ``(out, in, k, k)``; "conv" means PyTorch's cross-correlation
 ``F.conv2d``. Frequency-domain weights are stacks of per-frequency ``(out, in)`` complex
@@ -26,6 +33,17 @@ __all__ = [
     "matmul",
     "taylor_exp_conv2d",
 ]
+
+
+def tangents_possible(*ts: torch.Tensor) -> bool:
+    """Whether forward-mode AD may carry a tangent through ``ts``: a ``torch.func`` transform wraps
+    one of them, or a ``torch.autograd.forward_ad`` dual level is open. Then the custom Functions
+    (no ``jvp``) are bypassed for plain ops."""
+    if torch.compiler.is_compiling():  # traced code: the custom Functions (Dynamo traces them)
+        return False
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -104,26 +122,18 @@ class _Gram(torch.autograd.Function):
     """``a^T conj(a)`` for a (..., m, n) stack, with a one-product backward.
 
     The gradient of ``a^T conj(a)`` is ``a (G^T + conj(G))``: one matrix product where autograd
-    spends two (one per operand) and a sum.
+    spends two (one per operand) and a sum. No ``jvp``: see :func:`_gram`.
     """
 
     generate_vmap_rule = True  # usable under torch.func transforms
 
     @staticmethod
     def forward(a: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(a.mT, a.conj()) if a.is_complex() else torch.matmul(a.mT, a)
+        return _gram_ops(a)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0])
-        ctx.save_for_forward(inputs[0])
-
-    @staticmethod
-    def jvp(ctx, da: torch.Tensor) -> torch.Tensor:
-        (a,) = ctx.saved_tensors
-        if a.is_complex():
-            return torch.matmul(da.mT, a.conj()) + torch.matmul(a.mT, da.conj())
-        return torch.matmul(da.mT, a) + torch.matmul(a.mT, da)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
@@ -131,13 +141,14 @@ class _Gram(torch.autograd.Function):
         return torch.matmul(a, g.mT + (g.conj() if g.is_complex() else g))
 
 
+def _gram_ops(a: torch.Tensor) -> torch.Tensor:
+    return torch.matmul(a.mT, a.conj()) if a.is_complex() else torch.matmul(a.mT, a)
+
 
 def _gram(a: torch.Tensor) -> torch.Tensor:
-    """``_Gram`` (one-product backward); while torch.compile traces, the plain product (the compiler
-    cannot trace an autograd Function with a forward-mode rule, and derives the same backward)."""
-    if torch.compiler.is_compiling():
-        return _Gram.forward(a)
-    return _Gram.apply(a)
+    """``a^T conj(a)``: through :class:`_Gram`, or plain ops where forward-mode AD may need a tangent."""
+    return _gram_ops(a) if tangents_possible(a) else _Gram.apply(a)
+
 
 #: kernels with at most this many taps and at least this many (out, in) channel pairs get their
 #: autocorrelation through the DFT (see ``_autocorrelation_dft``), others through one convolution
@@ -149,15 +160,14 @@ AUTOCORR_DFT_MIN_PAIRS = 48 * 48
 
 @functools.lru_cache(maxsize=64)
 def _autocorr_dft_matrices(k_h: int, k_w: int, dtype: torch.dtype, device: torch.device):
-    """The DFT matrices of ``_autocorrelation_dft`` for a k_h x k_w kernel.
+    """The DFT matrices of ``_autocorrelation_dft`` for a k_h x k_w kernel (``dtype`` complex).
 
     On the (2k_h - 1) x (2k_w - 1) grid that holds every shift of the autocorrelation without
     wrapping, the frequencies ``D`` = one of each pair ``(f, -f)`` other than 0: rows
     1 .. k_h - 1 of column 0 and all rows of columns 1 .. k_w - 1. Returns ``(fwd, inv)``:
-    ``fwd`` (k_h k_w, 2|D|) holds ``cos, sin`` of ``-theta_f . p`` (tap p, interleaved per f) and
-    ``inv`` (2|D|, S) the real and imaginary coefficients ``2 cos(theta_f . s) / N``,
-    ``-2 sin(theta_f . s) / N`` of ``Re(Phat(f) e^{i theta_f . s})`` for the S shifts ``s`` in
-    row-major order from ``-(k - 1)`` to ``k - 1`` (N = grid size).
+    ``fwd`` (k_h k_w, |D|) = ``exp(-i theta_f . p)`` for tap p and ``inv`` (S, |D|) =
+    ``2 exp(i theta_f . s) / N`` for the S shifts ``s`` in row-major order from ``-(k - 1)`` to
+    ``k - 1`` (N = grid size), so that ``Re(inv @ Phat)`` sums each pair ``Phat(f), Phat(-f)``.
     """
     n_h, n_w = 2 * k_h - 1, 2 * k_w - 1
     freqs = [(u, 0) for u in range(1, k_h)] + [(u, v) for v in range(1, k_w) for u in range(n_h)]
@@ -170,10 +180,9 @@ def _autocorr_dft_matrices(k_h: int, k_w: int, dtype: torch.dtype, device: torch
         return (2 * math.pi * (ph + pw)).reshape(len(a) * len(b), len(freqs))
 
     taps = angles(torch.arange(k_h), torch.arange(k_w))
-    fwd = torch.stack([torch.cos(-taps), torch.sin(-taps)], dim=-1).reshape(k_h * k_w, 2 * len(freqs))
     shifts = angles(torch.arange(-(k_h - 1), k_h), torch.arange(-(k_w - 1), k_w))
-    inv = torch.stack([torch.cos(shifts), -torch.sin(shifts)], dim=-1) * (2.0 / (n_h * n_w))
-    inv = inv.permute(1, 2, 0).reshape(2 * len(freqs), n_h * n_w)
+    fwd = torch.polar(torch.ones_like(taps), -taps)
+    inv = torch.polar(torch.full_like(shifts, 2.0 / (n_h * n_w)), shifts)
     return fwd.to(dtype=dtype, device=device), inv.to(dtype=dtype, device=device)
 
 
@@ -189,13 +198,13 @@ def _autocorrelation_dft(k: torch.Tensor) -> torch.Tensor:
     convolution up to float round-off (measured no less accurate in float32).
     """
     out_c, in_c, k_h, k_w = k.shape
-    fwd, inv = _autocorr_dft_matrices(k_h, k_w, k.dtype, k.device)
-    n_f = fwd.shape[1] // 2
-    kf = torch.view_as_complex((k.reshape(out_c * in_c, k_h * k_w) @ fwd).view(out_c, in_c, n_f, 2))
+    cdt = torch.promote_types(k.dtype, torch.complex64)
+    fwd, inv = _autocorr_dft_matrices(k_h, k_w, cdt, k.device)
+    kf = (k.reshape(out_c * in_c, k_h * k_w).to(cdt) @ fwd).view(out_c, in_c, fwd.shape[1])
     phat = _gram(kf.permute(2, 0, 1).contiguous())  # (|D|, in, in)
-    p = torch.view_as_real(phat).permute(1, 2, 0, 3).reshape(in_c * in_c, 2 * n_f) @ inv
+    p = (inv @ phat.view(phat.shape[0], in_c * in_c)).real  # (S, in * in)
     p0 = _gram(k.sum(dim=(2, 3))) * (1.0 / ((2 * k_h - 1) * (2 * k_w - 1)))  # frequency 0
-    return (p + p0.reshape(in_c * in_c, 1)).view(in_c, in_c, 2 * k_h - 1, 2 * k_w - 1)
+    return (p + p0.view(1, in_c * in_c)).view(2 * k_h - 1, 2 * k_w - 1, in_c, in_c).permute(2, 3, 0, 1)
 
 
 def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
@@ -223,8 +232,8 @@ def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
     if kh == kw == 1:
         return _gram(k[:, :, 0, 0])[:, :, None, None]
     if (kh * kw <= AUTOCORR_DFT_MAX_TAPS and out_c * in_c >= AUTOCORR_DFT_MIN_PAIRS
-            and k.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()):
-        return _autocorrelation_dft(k)  # (its cached DFT matrices cannot be traced: compiled code convolves)
+            and k.dtype in (torch.float32, torch.float64)):
+        return _autocorrelation_dft(k)
     k = k.transpose(0, 1)  # (in, out, kh, kw): "batch" of in-channel filters
     return F.conv2d(k, k, padding=(kh - 1, kw - 1))
 
@@ -330,8 +339,9 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
     convolutions (by the kernel scaled by 1/i, a tiny tensor) and ``terms`` additions, no
     division of the activations. A 1 x 1 kernel is a matrix ``L`` applied at every pixel, whose
     powers are 1 x 1 kernels too (zero padding plays no part): for few channels the polynomial
-    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once. The same
-    polynomial as the term-by-term sum, up to float round-off.
+    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once. Else the
+    convolutions run on a channels-last copy of ``x`` (faster on CPU); the result is returned
+    contiguous. The same polynomial as the term-by-term sum, up to float round-off.
     """
     if terms == 0:
         return x
@@ -344,7 +354,11 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
             poly = torch.addmm(eye, m, poly, alpha=1.0 / i)
         return F.conv2d(x, poly[:, :, None, None])
     pad = (k_h // 2, k_w // 2)
+    # the series runs in channels-last memory (oneDNN's faster layout for these convolutions,
+    # 7% of a ConvNet-XS training step on CPU): one copy in, one back out
+    if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = x.contiguous(memory_format=torch.channels_last)  # (not under torch.func's vmap: NYI there)
     z = x
     for i in range(terms, 0, -1):
         z = x + F.conv2d(z, kernel / float(i), padding=pad)
-    return z
+    return z.contiguous()

@@ -167,7 +167,8 @@ class CPLConv2d(LipschitzModule):
                 self.u.copy_(w.u)
         p = self.kernel_size // 2
         h = F.relu(F.conv2d(x, self.kernel, self.bias, padding=p))
-        return x - w.rescaling * F.conv_transpose2d(h, self.kernel, padding=p)
+        # r folded into the (tiny) kernel: r K^T h = (r K)^T h, one full-size multiply fewer
+        return x - F.conv_transpose2d(h, w.rescaling * self.kernel, padding=p)
 
     def _step_size(self, shape: tuple[int, ...] | None) -> torch.Tensor:
         """The eval-mode step size r (0-dim) for inputs of ``shape`` (the size matters in paper mode only)."""

@@ -123,7 +123,8 @@ class SLLConv2d(LipschitzModule):
         p = self.kernel_size // 2
         t = self.effective_weight()
         res = F.relu(F.conv2d(x, self.kernel, self.bias, padding=p))
-        return x - F.conv_transpose2d(t[None, :, None, None] * res, self.kernel, padding=p)
+        # t folded into the (tiny) kernel: K^T diag(t) h = (diag(t) K)^T h, one full-size multiply fewer
+        return x - F.conv_transpose2d(res, t[:, None, None, None] * self.kernel, padding=p)
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         """``max(1, ||diag(sqrt t) K||^2 - 1)`` with the zero-padded conv norm on ``shape`` maps (see
