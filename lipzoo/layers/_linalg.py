@@ -7,7 +7,7 @@ The custom autograd Functions here and in ``_fourier`` have hand-written backwar
 training step cheaper on CPU, and no ``jvp`` (Dynamo cannot trace one, so a ``torch.compile``d
 model would break its graph there): where forward-mode AD may push a tangent through them
 (``torch.func`` transforms, ``torch.autograd.forward_ad``) the same function is computed with
-plain differentiable ops instead (:func:`tangents_possible`). ``_ComplexMatmul`` keeps its ``jvp``.
+plain differentiable ops instead (:func:`tangents_possible`).
 
 Conventions: kernels are ``(out, in, k, k)``; "conv" means PyTorch's cross-correlation
 ``F.conv2d``. Frequency-domain weights are stacks of per-frequency ``(out, in)`` complex
@@ -58,7 +58,7 @@ class _ComplexMatmul(torch.autograd.Function):
     conjugated or strided operand matrix separately (its backward multiplies by ``b.mH`` and
     ``a.mH``, conjugate views): tens of thousands of small copies per training step of an FFT
     layer. Here each operand (and each backward operand) is resolved in one copy. Same product,
-    same gradients (``G @ b^H``, ``a^H @ G``).
+    same gradients (``G @ b^H``, ``a^H @ G``). No ``jvp``: see :func:`matmul`.
     """
 
     generate_vmap_rule = True  # usable under torch.func transforms
@@ -70,17 +70,6 @@ class _ComplexMatmul(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
-
-    @staticmethod
-    def jvp(ctx, da: torch.Tensor | None, db: torch.Tensor | None) -> torch.Tensor:
-        a, b = ctx.saved_tensors
-        out = 0
-        if da is not None:
-            out = out + torch.matmul(_dense(da), _dense(b))
-        if db is not None:
-            out = out + torch.matmul(_dense(a), _dense(db))
-        return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -105,6 +94,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.dtype != b.dtype:
             dt = torch.promote_types(a.dtype, b.dtype)
             a, b = a.to(dt), b.to(dt)
+        if tangents_possible(a, b):
+            return torch.matmul(a, b)
         return _ComplexMatmul.apply(a, b)
     return a @ b
 
