@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lipzoo.zoo.costtable import cost_table, update_readme
+from lipzoo.zoo.costtable import MARKER, cost_table, update_readme
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = ["model", "layer", "size", "status", "batch_size", "train_images_per_s_vs_standard",
@@ -34,6 +34,31 @@ def test_table_shows_step_time_multiples_of_standard_before_and_after(tmp_path):
     assert "| lot | 12.50 → **4.00** | 2.50 → **2.00** | 40 min |" in table
     assert "| standard | 1 | 1 | 10 min |" in table
     assert "Test CPU, 1 thread(s), batch 64" in table
+
+
+def test_a_model_that_was_not_measured_shows_why(tmp_path):
+    before = _bench(tmp_path / "a.csv", {"lot": (0.08, 0.4)})
+    after = _bench(tmp_path / "b.csv", {"lot": (0.25, 0.5), "soc": (0.2, 0.1)})
+    rows = list(csv.DictReader(open(after)))
+    for r in rows:
+        if r["layer"] == "soc":
+            r.update(status="too_slow: one step took 13 s", train_images_per_s_vs_standard="",
+                     infer_images_per_s_vs_standard="", epoch_s_fashion_mnist="")
+    with open(after, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLS)
+        w.writeheader()
+        w.writerows(rows)
+    table = cost_table(before, after)
+    assert "| soc | - → **too_slow** | - → **too_slow** | - |" in table
+    assert "`too_slow`: over the benchmark's time limit" in table
+
+
+def test_the_readme_table_is_the_one_its_files_give():
+    text = (ROOT / "README.md").read_text()
+    found = MARKER.search(text)
+    assert found, "README.md lost its cost-table block"
+    before, after, block = found.groups()
+    assert block == cost_table(ROOT / before, ROOT / after), "README cost table is stale: run scripts/cost_table.py"
 
 
 def test_update_readme_rewrites_only_the_marked_block(tmp_path):

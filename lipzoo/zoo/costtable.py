@@ -28,14 +28,19 @@ def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
     return {(r["layer"], r["size"]): r for r in rows if r.get("precision") in (None, "fp32")}
 
 
-def _times_std(row: dict | None, key: str) -> float | None:
-    ratio = None if row is None else row.get(f"{key}_vs_standard")
-    return None if not ratio else 1.0 / ratio
+def _times_std(row: dict | None, key: str) -> str:
+    """``row``'s step time as a multiple of standard's; ``-`` where the file has no such row, and the
+    row's status (e.g. ``too_slow``) where it was not measured."""
+    if row is None:
+        return "-"
+    ratio = row.get(f"{key}_vs_standard")
+    if not ratio:
+        return str(row.get("status") or "-").split(":")[0]
+    return f"{1.0 / float(ratio):.2f}"
 
 
-def _cell(before: float | None, after: float | None) -> str:
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    return f"{fmt(before)} → **{fmt(after)}**"
+def _cell(before: str, after: str) -> str:
+    return f"{before} → **{after}**"
 
 
 def _setup(rows: list[dict]) -> str:
@@ -64,7 +69,8 @@ def cost_table(before: str | os.PathLike, after: str | os.PathLike) -> str:
     if std.get("epoch_s_fashion_mnist"):
         lines.append("| standard | 1 | " + " | ".join(["1"] * (2 * len(sizes) - 1))
                      + f" | {std['epoch_s_fashion_mnist'] / 60:.0f} min |")
-    lines += ["", f"Before: `{Path(before).name}` ({_setup(rows_b)}).",
+    lines += ["", "`-`: not in that file; `too_slow`: over the benchmark's time limit per model.",
+              "", f"Before: `{Path(before).name}` ({_setup(rows_b)}).",
               f"After: `{Path(after).name}` ({_setup(rows_a)})."]
     return "\n".join(lines) + "\n"
 
