@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""Where a training step's time goes, per layer: the evidence behind the speed table.
+
+For each layer, one training step of ConvNet-<size> (``lipzoo bench``'s step: forward,
+``out.sum().backward()``, SGD with momentum) is run under ``torch.profiler`` after warm-up steps,
+and the self CPU time of every operator is summed into a few kinds:
+
+- ``convolution``  convolutions and their backward (``aten::convolution*``, ``mkldnn``/``slow_conv``);
+- ``matmul``       matrix products (``mm``, ``bmm``, ``addmm``, ``matmul``, ``linalg_*``);
+- ``fft``          FFTs (``_fft_*``);
+- ``copy``         copies and layout changes (``copy_``, ``clone``, ``contiguous``, ``cat``, ``stack``);
+- ``elementwise``  everything else (activations, sums, scaling, optimizer updates, autograd glue).
+
+The profiled step is the median of ``--repeats`` profiled steps (by total time). Each kind is also
+expressed in units of the ``standard`` ConvNet's whole step, so a row reads "this layer spends
+1.1 standard-steps in convolutions" and shows which part of its cost is the layer's maths
+(e.g. CPL and SLL convolve twice per layer, SOC once per Taylor term) and which is overhead.
+
+    python scripts/profile_step.py --layer standard,cpl,sll,soc --size xs --batch-size 64 --out results/profile-xs
+
+Writes ``profile-<device>-<size>-<UTC time>.json`` (every operator's self time, hardware included)
+and ``.csv`` (kinds per layer) and a stacked bar PNG into ``--out`` (default ``./lipzoo-results``),
+each through a temporary name, and prints a markdown table. Run it on an otherwise idle core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+
+KINDS = ("convolution", "matmul", "fft", "copy", "elementwise")
+_CONV = ("convolution", "conv2d", "mkldnn_conv", "slow_conv", "conv_depthwise", "_convolution")
+_MATMUL = ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::baddbmm", "aten::linalg_", "aten::_linalg_")
+_COPY = ("aten::copy_", "aten::clone", "aten::contiguous", "aten::cat", "aten::stack", "aten::_to_copy",
+         "aten::resolve_conj", "aten::_conj_physical", "aten::conj_physical")
+
+
+def kind_of(op: str) -> str:
+    """The kind of a profiler operator name (see the module doc)."""
+    if any(c in op for c in _CONV):
+        return "convolution"
+    if op.startswith(_MATMUL):
+        return "matmul"
+    if op.startswith("aten::_fft") or op.startswith("aten::fft"):
+        return "fft"
+    if op.startswith(_COPY):
+        return "copy"
+    return "elementwise"
+
+
+def profile_layer(layer: str, size: str, batch_size: int, warmup: int, repeats: int) -> dict:
+    """Self CPU time per operator (seconds) of the median of ``repeats`` profiled training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lipzoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model(f"convnet_{size}_{layer}", in_chans=1).train()
+    x = torch.rand(batch_size, 1, 32, 32)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        wall = time.perf_counter() - t0
+        ops: dict[str, float] = {}
+        calls = 0
+        for e in prof.key_averages():
+            ops[e.key] = ops.get(e.key, 0.0) + e.self_cpu_time_total / 1e6
+            calls += e.count
+        runs.append({"wall_s": wall, "ops": ops, "op_calls": calls})
+    runs.sort(key=lambda r: sum(r["ops"].values()))
+    best = runs[len(runs) // 2]
+    kinds = dict.fromkeys(KINDS, 0.0)
+    for op, s in best["ops"].items():
+        kinds[kind_of(op)] += s
+    return {"layer": layer, "size": size, "batch_size": batch_size, "step_s": sum(best["ops"].values()),
+            "wall_s": best["wall_s"], "op_calls": best["op_calls"], "kinds_s": kinds,
+            "wall_s_all": [r["wall_s"] for r in runs],
+            "top_ops": sorted(best["ops"].items(), key=lambda kv: -kv[1])[:15]}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per layer, each kind in units of standard's whole step (and the step itself)."""
+    std = next((r["step_s"] for r in rows if r["layer"] == "standard"), None)
+    unit = std or 1.0
+    head = ["layer", "step x std"] + [f"{k} (std steps)" for k in KINDS] + ["op calls"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["layer"], f"{r['step_s'] / unit:.2f}"] + [f"{r['kinds_s'][k] / unit:.2f}" for k in KINDS]
+        out.append("| " + " | ".join(cells + [str(r["op_calls"])]) + " |")
+    return "\n".join(out)
+
+
+def _draw(rows: list[dict], png: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    std = next((r["step_s"] for r in rows if r["layer"] == "standard"), None) or 1.0
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bottom = [0.0] * len(rows)
+    for k in KINDS:
+        vals = [r["kinds_s"][k] / std for r in rows]
+        ax.bar([r["layer"] for r in rows], vals, bottom=bottom, label=k)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("training step, in standard steps")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    from lipzoo._io import atomic_write_bytes
+    atomic_write_bytes(png, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--layer", default="standard,cpl,sll,soc", help="comma-separated layer ids (standard is added first)")
+    p.add_argument("--size", default="xs", help="ConvNet size (default xs)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="lipzoo-results", help="folder of the result files")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.threads < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--batch-size, --threads and --repeats must be >= 1, --warmup >= 0")
+    from lipzoo._io import atomic_write_text
+    from lipzoo._provenance import fingerprint
+    from lipzoo.layers import LAYERS
+
+    layers = ["standard"] + [lid for lid in args.layer.split(",") if lid and lid != "standard"]
+    unknown = [lid for lid in layers if lid not in LAYERS]
+    if unknown:
+        p.error(f"unknown layer id(s) {unknown}; expected some of {sorted(LAYERS)}")
+    torch.set_num_threads(args.threads)
+    rows = []
+    for lid in layers:
+        rows.append(profile_layer(lid, args.size, args.batch_size, args.warmup, args.repeats))
+        print(f"{lid}: step {rows[-1]['step_s']:.3f} s (self CPU), {rows[-1]['op_calls']} op calls", flush=True)
+    hw = fingerprint("cpu") | {"threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"profile-cpu-{args.size}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps({"settings": vars(args), "hardware": hw, "rows": rows}, indent=1))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["layer", "size", "batch_size", "step_s", "op_calls"] + [f"{k}_s" for k in KINDS] + ["hw_cpu_model", "threads"])
+    for r in rows:
+        w.writerow([r["layer"], r["size"], r["batch_size"], f"{r['step_s']:.6g}", r["op_calls"]]
+                   + [f"{r['kinds_s'][k]:.6g}" for k in KINDS] + [hw.get("cpu_model"), hw["threads"]])
+    atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
+    _draw(rows, stem.with_suffix(".png"), f"ConvNet-{args.size.upper()} training step by operator kind, batch "
+          f"{args.batch_size}, {hw['threads']} thread(s), {hw.get('cpu_model')}; median of {args.repeats}")
+    print(json.dumps(rows, indent=1) if args.json else table(rows))
+    print(f"wrote {stem}.json/.csv/.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
