@@ -11,7 +11,10 @@ For each layer (a driver over lipzoo.zoo.training; no logic of its own):
 4. train that recipe into ``<out>/convnet_xs_<layer>`` (resumable: run the script again).
 
 ``--workers N`` runs N layers at once, each pinned to ``--threads`` CPU cores of its own with that many torch
-threads (default: one core and one thread per worker), so every layer sees the same device.
+threads, so every layer sees the same device. Without ``--workers``/``--threads`` the thread policy is the
+one that won for most layers at the run's batch size in the newest ``results/threads/thread-policy-*.json``
+(written by ``scripts/thread_policy.py``; ``2x1``, two 1-thread runs side by side, when there is none);
+workers always run with ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning).
 The test split is never touched here: ``lipzoo evaluate`` and ``lipzoo publish`` come after.
 
     python scripts/train_zoo.py --budget-seconds 360 --workers 2 --out runs/zoo \
@@ -40,6 +43,25 @@ SEARCH_VAL_LIMIT = 1000  # validation images per search trial (the final run val
 ZOO_CLEAN_FLOOR, ZOO_CERT_FLOOR = 0.85, 0.75  # clean / certified at 36/255 of a 1-Lipschitz zoo model
 STANDARD_CLEAN_FLOOR = 0.91  # the unconstrained baseline (no certificate)
 BATCH_SIZE = 64  # not the paper's 256: a CPU budget of minutes gives too few optimizer steps at 256
+
+
+#: thread policy (scripts/thread_policy.py) -> (workers, threads per worker)
+POLICY_SHAPE = {"1x1": (1, 1), "1x2-passive": (1, 2), "1x2-active": (1, 2), "2x1": (2, 1)}
+DEFAULT_POLICY = "2x1"
+
+
+def measured_policy(batch_size: int, folder: Path = ROOT / "results" / "threads") -> tuple[str, str]:
+    """The thread policy that won for most layers at ``batch_size`` (any batch size if none was measured
+    at it) in the newest thread-policy file, and where that came from."""
+    files = sorted(folder.glob("thread-policy-*.json"))
+    if not files:
+        return DEFAULT_POLICY, f"no {folder.name}/thread-policy-*.json: default {DEFAULT_POLICY}"
+    winners = json.loads(files[-1].read_text())["winners"]  # {"<layer>@<batch>": policy}
+    at_batch = [pol for key, pol in winners.items() if key.rsplit("@", 1)[1] == str(batch_size)]
+    votes = at_batch or list(winners.values())
+    best = max(POLICY_SHAPE, key=lambda pol: (votes.count(pol), pol == DEFAULT_POLICY))
+    return best, (f"{files[-1].name}: {best} won for {votes.count(best)} of {len(votes)} layer(s)"
+                  + (f" at batch {batch_size}" if at_batch else " (no run at this batch size)"))
 
 
 def recipe_path(layer: str) -> Path:
@@ -185,8 +207,10 @@ def main() -> None:
     p.add_argument("--search-fraction", type=float, default=0.2,
                    help="budget of each lr-search trial, as a fraction of --budget-seconds (default 0.2)")
     p.add_argument("--timing-batches", type=int, default=2, help="timed batches of the budget estimate")
-    p.add_argument("--workers", type=int, default=2, help="layers trained at once (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="layers trained at once (default: from the measured thread policy, see above)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: from the measured thread policy)")
     p.add_argument("--out", default="runs/zoo", help="folder of the run directories")
     p.add_argument("--lr-factors", default="0.5,1,2", help="lr search: multiples of the recipe's lr (default 0.5,1,2)")
     p.add_argument("--replan", action="store_true",
@@ -204,6 +228,15 @@ def main() -> None:
                    help="seconds of training between mid-epoch checkpoints (default 300)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job in this process
     args = p.parse_args()
+    if args.workers is None or args.threads is None:
+        policy, why = measured_policy(args.batch_size)
+        workers, threads = POLICY_SHAPE[policy]
+        args.workers = workers if args.workers is None else args.workers
+        args.threads = threads if args.threads is None else args.threads
+        if not args.one:
+            print(f"thread policy: {args.workers} worker(s) x {args.threads} thread(s) ({why})", flush=True)
+    if args.workers < 1 or args.threads < 1:
+        p.error(f"--workers and --threads must be >= 1, got {args.workers} and {args.threads}")
     if args.one:
         kind, _, layer = args.one.rpartition(":")
         (repro_layer if kind == "repro" else run_layer)(layer, args)
@@ -225,9 +258,11 @@ def main() -> None:
             layer, slot = queue.pop(0), [i for i in range(args.workers) if i not in {v[1] for v in running.values()}][0]
             # each worker gets --threads cores of its own (wrapping round when there are too few)
             core = ",".join(str(cores[(slot * args.threads + k) % len(cores)]) for k in range(args.threads))
-            cmd = [sys.executable, __file__, "--one", layer] + [a for a in sys.argv[1:]]
+            cmd = [sys.executable, __file__, "--one", layer] + [a for a in sys.argv[1:]] + [
+                "--workers", str(args.workers), "--threads", str(args.threads)]
             log = open(Path(args.out) / f"{layer.replace(':', '-')}.log", "a")
-            proc = subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=log, stderr=subprocess.STDOUT)
+            env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE"}
+            proc = subprocess.Popen(["taskset", "-c", str(core)] + cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             running[layer] = (proc, slot, log)
             print(f"[{time.time() - t0:7.0f} s] started {layer} on core {core}", flush=True)
         time.sleep(2)

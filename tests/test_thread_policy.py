@@ -63,3 +63,32 @@ def test_bad_arguments_get_one_clear_line(tp, args, message, capsys):
         tp.main(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# --- scripts/train_zoo.py takes its default thread policy from the newest measurement -----------
+
+@pytest.fixture(scope="module")
+def tz():
+    path = SCRIPT.with_name("train_zoo.py")
+    spec = importlib.util.spec_from_file_location("train_zoo", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _policy_file(folder: Path, stamp: str, winners: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"thread-policy-{stamp}.json").write_text(json.dumps({"hardware": {}, "rows": [], "winners": winners}))
+
+
+def test_train_zoo_follows_the_newest_measured_winner_at_its_batch_size(tz, tmp_path):
+    assert tz.measured_policy(64, tmp_path)[0] == tz.DEFAULT_POLICY  # nothing measured
+    _policy_file(tmp_path, "20260101T000000Z", {"aol@64": "1x1", "sll@64": "1x1"})
+    _policy_file(tmp_path, "20260102T000000Z", {"aol@64": "1x2-passive", "sll@64": "1x2-passive",
+                                                "lot@64": "2x1", "aol@256": "2x1", "sll@256": "2x1"})
+    policy, why = tz.measured_policy(64, tmp_path)
+    assert policy == "1x2-passive" and "20260102T000000Z" in why and "2 of 3" in why
+    assert tz.measured_policy(256, tmp_path)[0] == "2x1"
+    policy, why = tz.measured_policy(128, tmp_path)  # not measured at 128: all batch sizes vote
+    assert policy == "2x1" and "no run at this batch size" in why
+    assert tz.POLICY_SHAPE[policy] == (2, 1)
