@@ -64,6 +64,26 @@ def measured_policy(batch_size: int, folder: Path = ROOT / "results" / "threads"
                   + (f" at batch {batch_size}" if at_batch else " (no run at this batch size)"))
 
 
+def measured_precision(layer: str, folder: Path = ROOT / "results" / "precision-xs") -> tuple[str, str]:
+    """``bf16`` where the newest ``lipzoo bench --precision fp32,bf16`` file of THIS CPU model measured
+    a faster bf16 training step for ``layer`` (or, if the layer was not measured, for standard), else
+    ``fp32``; and the sentence that says why (it goes into the recipe's notes)."""
+    from lipzoo._provenance import cpu_model
+    from lipzoo.zoo.bench import read_results
+
+    here = cpu_model()
+    for f in sorted(folder.glob("benchmark-*.csv"), reverse=True):
+        rows = [r for r in read_results(f) if r.get("hw_cpu_model") == here and r.get("train_images_per_s")]
+        for name in (layer, "standard"):
+            speed = {r.get("precision"): r["train_images_per_s"] for r in rows if r["layer"] == name}
+            if {"fp32", "bf16"} <= set(speed):
+                ratio = speed["fp32"] / speed["bf16"]
+                choice = "bf16" if ratio < 1 else "fp32"
+                return choice, (f"Precision {choice}: a bf16 training step of {name} took {ratio:.2f}x as long as fp32 "
+                                f"on {here} ({folder.name}/{f.name})")
+    return "fp32", f"Precision fp32: bf16 was not measured on {here}"
+
+
 def recipe_path(layer: str) -> Path:
     return ROOT / "recipes" / "fashion_mnist" / f"convnet_xs_{layer}.yaml"
 
@@ -153,7 +173,8 @@ def plan_converge(base, args: argparse.Namespace):
     from lipzoo.zoo.training import load_splits, search_lr
 
     lr0 = base.lr * args.lr_scale
-    base = replace(base, lr=lr0, val_size=VAL_SIZE, schedule_step="batch", batch_size=args.batch_size,
+    precision, precision_why = measured_precision(ARCHITECTURES[base.architecture].layer)
+    base = replace(base, lr=lr0, precision=precision, val_size=VAL_SIZE, schedule_step="batch", batch_size=args.batch_size,
                    train_limit=None, val_limit=None, epochs=args.epochs, budget=None)
     data = load_splits(base)
     factors = tuple(float(f) for f in args.lr_factors.split(","))
@@ -176,7 +197,7 @@ def plan_converge(base, args: argparse.Namespace):
         f"Learning rate: {lr0:.4g} x ({', '.join(f'{f:g}' for f in factors)}), each trained for one epoch over "
         f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
         f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
-        f"paper's. Test-split numbers come from `lipzoo evaluate`, never from this search."
+        f"paper's. {precision_why}. Test-split numbers come from `lipzoo evaluate`, never from this search."
         + (f" Layer options {dict(base.layer_options)}: see the layer's documentation." if base.layer_options else "")
     )
     return final

@@ -92,3 +92,28 @@ def test_train_zoo_follows_the_newest_measured_winner_at_its_batch_size(tz, tmp_
     policy, why = tz.measured_policy(128, tmp_path)  # not measured at 128: all batch sizes vote
     assert policy == "2x1" and "no run at this batch size" in why
     assert tz.POLICY_SHAPE[policy] == (2, 1)
+
+
+def _precision_file(folder: Path, cpu: str, speeds: dict[tuple[str, str], float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "benchmark-cpu-20260101T000000Z.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "layer", "size", "status", "precision", "train_images_per_s",
+                                          "hw_cpu_model"])
+        w.writeheader()
+        for (layer, prec), v in speeds.items():
+            w.writerow({"model": f"convnet_xs_{layer}", "layer": layer, "size": "xs", "status": "ok",
+                        "precision": prec, "train_images_per_s": v, "hw_cpu_model": cpu})
+
+
+def test_train_zoo_uses_bf16_only_where_this_cpu_measured_it_faster(tz, tmp_path):
+    from lipzoo._provenance import cpu_model
+
+    assert tz.measured_precision("aol", tmp_path)[0] == "fp32"  # nothing measured
+    _precision_file(tmp_path / "slow", cpu_model(), {("standard", "fp32"): 70.0, ("standard", "bf16"): 7.0,
+                                                     ("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
+    choice, why = tz.measured_precision("aol", tmp_path / "slow")
+    assert choice == "bf16" and "0.67x as long" in why and why.startswith("Precision bf16")
+    choice, why = tz.measured_precision("sll", tmp_path / "slow")  # not measured: standard decides
+    assert choice == "fp32" and "of standard took 10.00x" in why
+    _precision_file(tmp_path / "other", "Some Other CPU", {("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
+    assert tz.measured_precision("aol", tmp_path / "other") == ("fp32", f"Precision fp32: bf16 was not measured on {cpu_model()}")
