@@ -82,6 +82,20 @@ def test_a_corrupt_checkpoint_on_resume_is_one_clear_error(tmp_path):
         train(r, tmp_path / "run", data=data, progress=False, resume=True)
 
 
+def test_a_killed_and_resumed_run_still_counts_the_time_of_its_epochs(tmp_path):
+    data = synthetic()
+    r = tiny_recipe(val_limit=16, epochs=3)
+    train(r, tmp_path / "run", data=data, progress=False, stop_after_epochs=2)
+    (tmp_path / "run" / "run.json").unlink()  # killed: this process never wrote its share of the time
+    record = train(r, tmp_path / "run", data=data, progress=False, resume=True)
+    epochs = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3
+    total = sum(e["epoch_time_s"] for e in epochs)
+    assert record["epochs_time_s"] == pytest.approx(total)
+    assert record["wall_time_s"] >= total
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["wall_time_s"] >= total
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     data = synthetic()
     r = tiny_recipe(val_limit=16, epochs=3)

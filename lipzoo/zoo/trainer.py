@@ -404,6 +404,13 @@ def _kept(ckpt_path: Path) -> str:
     return "no checkpoint was written yet (nothing to resume)"
 
 
+def _epochs_time_s(metrics: Path) -> float:
+    """The summed ``epoch_time_s`` of the finished epochs in ``metrics``."""
+    if not metrics.is_file():
+        return 0.0
+    return float(sum(json.loads(ln).get("epoch_time_s", 0.0) for ln in metrics.read_text().splitlines() if ln.strip()))
+
+
 def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, last: dict, wall0: float,
             device: str, world: int, is_main: bool) -> dict:
     """Write ``run.json`` (and, for a complete run, ``model.safetensors`` with the proven bound)."""
@@ -415,6 +422,10 @@ def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, l
     }
     prev = json.loads((out / "run.json").read_text()) if is_main and (out / "run.json").is_file() else {}
     record["wall_time_s"] += prev.get("wall_time_s_before_resume", 0.0)
+    # a process killed between checkpoints never wrote its share above; the epochs' own times (carried
+    # across resumes by the checkpoints) are a floor that survives kills
+    record["epochs_time_s"] = _epochs_time_s(out / "metrics.jsonl") if is_main else 0.0
+    record["wall_time_s"] = max(record["wall_time_s"], record["epochs_time_s"])
     if is_main and model is not None and finished >= recipe.epochs:
         # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
         record["lipschitz_upper"] = float(audit(model, lower=False).upper)
