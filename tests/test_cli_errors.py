@@ -262,6 +262,27 @@ def test_evaluate_rejects_an_unknown_device(tmp_path):
     assert "'--device'" in _one_line_error(res, 2)
 
 
+def test_train_rejects_an_unknown_device_before_writing_anything(tmp_path):
+    from lipzoo.zoo.training import Recipe
+
+    recipe = tmp_path / "r.yaml"
+    Recipe(name="r", architecture="convnet_xs_standard", dataset="fashion_mnist", epochs=1, lr=0.01,
+           weight_decay=0.0, batch_size=2).dump(recipe)
+    res = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(tmp_path / "run"), "--device", "tpu"],
+                             catch_exceptions=False)
+    assert "'--device'" in _one_line_error(res, 2) and "tpu" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_card_of_an_unknown_name_is_a_usage_error_naming_the_known_ones():
+    name = next(iter(lipzoo.list_models(pretrained=True)), None)
+    if name is None:
+        pytest.skip("no pretrained entry in cards/")
+    res = CliRunner().invoke(cli, ["card", name + "x", "--check"], catch_exceptions=False)
+    line = _one_line_error(res, 2)
+    assert f"{name}x" in line and name in line
+
+
 def test_no_command_still_shows_the_full_help():
     res = CliRunner().invoke(cli, [], catch_exceptions=False)
     assert "Commands:" in res.output and len(_lines(res.output)) > 10
