@@ -180,6 +180,10 @@ def test_info_is_a_few_readable_lines_and_json_on_request():
     lines = _lines(res.stdout)
     assert 3 <= len(lines) <= 15 and all(len(ln) < 200 for ln in lines), lines
     assert not any("{" in ln for ln in lines)
+    undertrained = [n for n in lipzoo.list_models(pretrained=True) if lipzoo.registry.PRETRAINED[n].status]
+    for shown in undertrained[:1]:  # a status is said where the model is described, as in `list` and on cards
+        res = CliRunner().invoke(cli, ["info", shown], catch_exceptions=False)
+        assert any(ln.startswith("status ") and "undertrained" in ln.lower() for ln in _lines(res.stdout)), res.stdout
     res = CliRunner().invoke(cli, ["info", name, "--json"], catch_exceptions=False)
     assert json.loads(res.stdout)["name"] == name
 
