@@ -148,6 +148,7 @@ def test_resume_refuses_a_finished_run_a_changed_recipe_and_a_missing_checkpoint
     assert before == {f: (tmp_path / "done" / f).read_bytes() for f in before}
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(r, tmp_path / "empty", data=data, progress=False, resume=True)
+    assert not (tmp_path / "empty").exists()  # the refusal created no folder (nor a lock file in it)
     r2 = tiny_recipe(val_limit=16, epochs=3)
     train(r2, tmp_path / "cut", data=data, progress=False, stop_after_epochs=1)
     stored = (tmp_path / "cut" / "recipe.yaml").read_text()
