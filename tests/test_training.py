@@ -260,6 +260,8 @@ def test_smoke_training_on_real_fashion_mnist(tmp_path):
     res = CliRunner().invoke(cli, ["certify", str(tmp_path / "run"), "--limit", "200", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
+    assert out["weights"].startswith("trained run") and out["dataset"] == "fashion_mnist", out  # the run's own
+    assert "freshly initialised" not in res.output
     assert out["clean_accuracy"] > 0.4, out  # chance is 0.1
     assert out["certified_accuracy"][f"{36 / 255:.6g}"] > 0.2, out
     # the attack must never flip a certified point
