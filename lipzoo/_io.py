@@ -1,10 +1,13 @@
-"""Atomic file writes: everything lipzoo writes goes to a temporary name and is renamed.
+"""Atomic writes: everything lipzoo writes goes to a temporary name and is renamed.
 
-A reader never sees a half-written file; a failure leaves the old file (or none) in place.
+A reader never sees a half-written file; a failure leaves the old file (or none) in place. A
+whole folder (a model folder of publish, push or import-1llc) is built beside its target and
+renamed into place by :func:`replace_folder`, so it is never a mix of an old and a new version.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_safetensors"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_safetensors", "replace_folder"]
 
 
 def _umask() -> int:
@@ -57,3 +60,35 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the complete folder ``staged`` at ``target`` (same file system) by renaming.
+
+    A missing ``target`` is created by one rename. An existing one is swapped atomically where the
+    system can, else moved aside first and put back if the second rename fails; the old folder
+    ends up at ``staged``'s path, for the caller to delete.
+    """
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if _exchange(staged, target):
+        return
+    aside = staged.with_name(staged.name + ".old")
+    os.rename(target, aside)
+    try:
+        os.rename(staged, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    os.rename(aside, staged)

@@ -180,6 +180,10 @@ def test_info_is_a_few_readable_lines_and_json_on_request():
     lines = _lines(res.stdout)
     assert 3 <= len(lines) <= 15 and all(len(ln) < 200 for ln in lines), lines
     assert not any("{" in ln for ln in lines)
+    undertrained = [n for n in lipzoo.list_models(pretrained=True) if lipzoo.registry.PRETRAINED[n].status]
+    for shown in undertrained[:1]:  # a status is said where the model is described, as in `list` and on cards
+        res = CliRunner().invoke(cli, ["info", shown], catch_exceptions=False)
+        assert any(ln.startswith("status ") and "undertrained" in ln.lower() for ln in _lines(res.stdout)), res.stdout
     res = CliRunner().invoke(cli, ["info", name, "--json"], catch_exceptions=False)
     assert json.loads(res.stdout)["name"] == name
 
@@ -260,6 +264,27 @@ def test_unknown_pretrained_name_is_a_usage_error_everywhere(command):
 def test_evaluate_rejects_an_unknown_device(tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(tmp_path), "--device", "tpu"], catch_exceptions=False)
     assert "'--device'" in _one_line_error(res, 2)
+
+
+def test_train_rejects_an_unknown_device_before_writing_anything(tmp_path):
+    from lipzoo.zoo.training import Recipe
+
+    recipe = tmp_path / "r.yaml"
+    Recipe(name="r", architecture="convnet_xs_standard", dataset="fashion_mnist", epochs=1, lr=0.01,
+           weight_decay=0.0, batch_size=2).dump(recipe)
+    res = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(tmp_path / "run"), "--device", "tpu"],
+                             catch_exceptions=False)
+    assert "'--device'" in _one_line_error(res, 2) and "tpu" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_card_of_an_unknown_name_is_a_usage_error_naming_the_known_ones():
+    name = next(iter(lipzoo.list_models(pretrained=True)), None)
+    if name is None:
+        pytest.skip("no pretrained entry in cards/")
+    res = CliRunner().invoke(cli, ["card", name + "x", "--check"], catch_exceptions=False)
+    line = _one_line_error(res, 2)
+    assert f"{name}x" in line and name in line
 
 
 def test_no_command_still_shows_the_full_help():

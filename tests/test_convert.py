@@ -285,6 +285,22 @@ def test_import_writes_a_verified_model_folder(server, tmp_path, capsys):
 
 
 @needs_golden
+def test_reimport_replaces_the_model_folder_as_a_whole(server, tmp_path):
+    """A re-import puts the complete new folder in place by renaming it, as publish does: nothing of
+    the old folder survives beside the new files (a file-by-file move would leave a folder mixing
+    the two, e.g. new weights with the old config.json, if it stopped half-way)."""
+    base, files = server
+    rel, _ = serve_golden(files, "sll", tmp_path)
+    out = tmp_path / "cards"
+    import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)
+    (out / rel.name / "stale.txt").write_text("from the old folder")
+    import_1llc([rel.name], out=out, base_url=base, progress=False, audit=False)
+    assert only_final_files(out) == [rel.name, f"{rel.name}/README.md", f"{rel.name}/config.json",
+                                     f"{rel.name}/model.safetensors"]  # no stale file, no temporary left
+    lipzoo.create_model(rel.name, weights=out / rel.name)  # config.json and weights belong together
+
+
+@needs_golden
 @pytest.mark.parametrize("damage", ["not_json", "no_hash"])
 def test_unreadable_recorded_config_is_refused_not_trusted_again(server, tmp_path, damage, capsys):
     base, files = server

@@ -148,6 +148,7 @@ def test_resume_refuses_a_finished_run_a_changed_recipe_and_a_missing_checkpoint
     assert before == {f: (tmp_path / "done" / f).read_bytes() for f in before}
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train(r, tmp_path / "empty", data=data, progress=False, resume=True)
+    assert not (tmp_path / "empty").exists()  # the refusal created no folder (nor a lock file in it)
     r2 = tiny_recipe(val_limit=16, epochs=3)
     train(r2, tmp_path / "cut", data=data, progress=False, stop_after_epochs=1)
     stored = (tmp_path / "cut" / "recipe.yaml").read_text()
@@ -170,9 +171,11 @@ def test_a_run_directory_is_locked_while_training(tmp_path):
 def test_divergence_guard_keeps_the_last_good_checkpoint(tmp_path):
     data = synthetic()
     r = tiny_recipe(architecture="convnet_xs_standard", lr=1e12, schedule="constant", epochs=4)
-    with pytest.raises(DivergenceError, match="last good checkpoint|no checkpoint was written yet"):
+    with pytest.raises(DivergenceError, match="last good checkpoint|no checkpoint was written yet") as info:
         train(r, tmp_path / "run", data=data, progress=False)
     ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    # the message names a checkpoint only when one exists (an lr that diverges at once never wrote one)
+    assert ("last good checkpoint" in str(info.value)) == ckpt.exists(), (str(info.value), ckpt.exists())
     if ckpt.exists():  # every checkpoint written is finite
         for k, v in load_file(ckpt).items():
             if k.startswith("model.") and v.is_floating_point():
@@ -257,6 +260,8 @@ def test_smoke_training_on_real_fashion_mnist(tmp_path):
     res = CliRunner().invoke(cli, ["certify", str(tmp_path / "run"), "--limit", "200", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
+    assert out["weights"].startswith("trained run") and out["dataset"] == "fashion_mnist", out  # the run's own
+    assert "freshly initialised" not in res.output
     assert out["clean_accuracy"] > 0.4, out  # chance is 0.1
     assert out["certified_accuracy"][f"{36 / 255:.6g}"] > 0.2, out
     # the attack must never flip a certified point

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..hub import HubError, download, verify
-from ..registry import CARDS_DIR, PRETRAINED, UnknownModelError, get_pretrained, list_models
+from ..registry import CARDS_DIR, PRETRAINED, get_pretrained, list_models
 from ._app import echo_json, main
 
 
@@ -109,9 +109,9 @@ def card_cmd(names, all_, check, root, as_json) -> None:
 
     if bool(names) == all_:
         raise click.UsageError("give NAME... or --all (not both)")
-    try:
+    try:  # an unknown NAME (UnknownModelError) is a usage error: exit 2, from the central handler
         done = write_cards(Path(root) if root else CARDS_DIR, list(names) or None, check=check)
-    except (UnknownModelError, ValueError) as e:
+    except ValueError as e:  # a malformed config.json: a failure
         raise click.ClickException(str(e)) from None
     if as_json:
         echo_json([d.as_dict() for d in done])

@@ -90,6 +90,9 @@ def _info_lines(info: dict) -> list[tuple[str, str]]:
         entries = info.get("pretrained_entries") or []
         lines.append(("weights", ", ".join(entries) if entries else "none registered (lipzoo list --pretrained)"))
         return lines
+    if info.get("status"):  # e.g. undertrained: published with --force past the publish gate
+        reasons = "; ".join((info.get("provenance") or {}).get("status_reasons") or [])
+        lines.append(("status", info["status"].upper() + (f": {reasons}" if reasons else "")))
     data = info.get("data") or {}
     lines.append(("dataset", f"{info.get('dataset')} ({data.get('num_classes', '?')} classes, "
                              f"{data.get('in_chans', '?')} channel(s), {data.get('input_size', '?')}px)"))

@@ -15,7 +15,7 @@ from ._app import DeviceType, FiniteFloat, Ticker, echo_json, eps_label, main
 @main.command("train")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/<name>).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, type=DeviceType(), help="cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--data-root", default=None, help="Folder with the data set (else $LIPZOO_DATA / system paths).")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,

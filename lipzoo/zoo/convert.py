@@ -32,7 +32,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .._io import replace_folder
 from .._version import __version__
 from ..audit import audit
 from ..data import dataset_info
@@ -301,7 +301,8 @@ def import_1llc(
     the one recorded by an earlier import in ``out/<name>/config.json``); with none known it is
     trusted on first use and its hash announced and recorded (``provenance.source_sha256``). A
     different hash raises :class:`ImportError1LLC` unless ``force``. Everything is written to a
-    temporary folder and moved into place only when complete.
+    temporary folder beside ``out/<name>/`` and, only when complete, renamed into place as a whole
+    (:func:`lipzoo._io.replace_folder`), so the folder is never a mix of two imports.
 
     With ``audit`` (default) each converted model's guaranteed Lipschitz upper bound is computed
     (:func:`audit_record`) and stored as ``metrics.audit`` in config.json, and the card states it;
@@ -350,7 +351,8 @@ def _import_one(rel: PaperRelease, out: Path, *, base_url: str | None, paper_com
                                 provenance=_provenance(rel, url, sha, trust),
                                 layer_kwargs={"paper_compatible": paper_compatible}, license="unknown")
         write_card(entry, tmp)  # tmp/<name>/README.md
-        _move_into_place(staged, folder)
+        # the whole folder at once (an earlier import's folder lands in tmp and is removed with it)
+        replace_folder(staged, folder)
     if unchecked:
         echo(f"{rel.name}: accepted {rel.filename} (force) without checking it: the earlier import's "
              f"config.json was unreadable; sha256 {sha} is now recorded")
@@ -375,12 +377,3 @@ def _provenance(rel: PaperRelease, url: str, sha: str, trust: str) -> dict:
             "source_trust": trust, "run": rel.run_id, "trained_by": "the paper's authors",
             "source_repository": PAPER_REPOSITORY, "import_command": f"lipzoo import-1llc {rel.name}",
             "license_note": "lipzoo has not recorded a license for the released weights; see the authors' repository"}
-
-
-def _move_into_place(staged: Path, folder: Path) -> None:
-    """Move the staged files into ``folder``: the weights first, config.json (the entry) last."""
-    folder.mkdir(parents=True, exist_ok=True)
-    order = sorted(staged.iterdir(), key=lambda p: (p.name == CONFIG_FILENAME, p.name))
-    for p in order:
-        os.replace(p, folder / p.name)
-    shutil.rmtree(staged, ignore_errors=True)

@@ -22,7 +22,6 @@ every moment, also after an interrupted publish.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 from torch import nn
 
 from .._hf_cache import transport_errors
-from .._io import atomic_write_text
+from .._io import atomic_write_text, replace_folder
 from ..data import dataset_info
 from ..hub import ChecksumError, HubError, hf_endpoint, save_pretrained, sha256_file, write_config
 from ..layers import LAYERS
@@ -126,39 +125,6 @@ def _training_hardware(record: dict, ev: dict) -> dict | None:
             evhw.get(k) == hw.get(k) for k in ("platform", "cpu")):
         hw["cpu_model"] = evhw["cpu_model"]
     return hw
-
-
-# --- folder-level replacement -------------------------------------------------------------------
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
-
-
-def replace_folder(staged: Path, target: Path) -> None:
-    """Put the complete folder ``staged`` at ``target`` (same file system) by renaming.
-
-    A missing ``target`` is created by one rename. An existing one is swapped atomically where the
-    system can, else moved aside first and put back if the second rename fails; the old folder
-    ends up at ``staged``'s path, for the caller to delete.
-    """
-    if not target.exists():
-        os.rename(staged, target)
-        return
-    if _exchange(staged, target):
-        return
-    aside = staged.with_name(staged.name + ".old")
-    os.rename(target, aside)
-    try:
-        os.rename(staged, target)
-    except BaseException:
-        os.rename(aside, target)
-        raise
-    os.rename(aside, staged)
 
 
 def _staging(root: Path, name: str) -> Path:

@@ -188,6 +188,8 @@ def train(
     if rank != 0:
         return _train(recipe, out, device, resume, data_root, progress, stop_after_epochs, stop_after_batches,
                       checkpoint_every_s, data, rank, world)
+    if resume and not out.is_dir():
+        prepare_run(recipe, out, resume)  # refuses (nothing to resume) before the lock would create the folder
     with run_lock(out):
         prepare_run(recipe, out, resume)
         if not resume:
