@@ -43,6 +43,9 @@ SEARCH_VAL_LIMIT = 1000  # validation images per search trial (the final run val
 ZOO_CLEAN_FLOOR, ZOO_CERT_FLOOR = 0.85, 0.75  # clean / certified at 36/255 of a 1-Lipschitz zoo model
 STANDARD_CLEAN_FLOOR = 0.91  # the unconstrained baseline (no certificate)
 BATCH_SIZE = 64  # not the paper's 256: a CPU budget of minutes gives too few optimizer steps at 256
+#: converge mode: in results/threads (two 1-thread runs, 2-core AMD EPYC) batch 128 gave more images/s than 64
+#: for AOL and LOT and about as many for SLL; 256 gave no more than 128 for AOL and SLL while halving the steps again
+CONVERGE_BATCH_SIZE = 128
 
 
 #: thread policy (scripts/thread_policy.py) -> (workers, threads per worker)
@@ -193,7 +196,7 @@ def plan_converge(base, args: argparse.Namespace):
     final.notes = (
         f"Fashion-MNIST zoo recipe meant to converge (scripts/train_zoo.py --epochs {args.epochs}): "
         f"{args.epochs} epochs over the {len(data[0])} training images left after holding out {VAL_SIZE} as "
-        f"validation, batch size {args.batch_size}, SGD with OneCycle stepped per batch over the whole run. "
+        f"validation, batch size {args.batch_size} (training images/s per batch size: results/threads), SGD with OneCycle stepped per batch over the whole run. "
         f"Learning rate: {lr0:.4g} x ({', '.join(f'{f:g}' for f in factors)}), each trained for one epoch over "
         f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
         f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
@@ -240,7 +243,8 @@ def main() -> None:
                    help="after the zoo, retrain this layer's recipe once more (<out>/convnet_xs_<layer>-repro)")
     p.add_argument("--epochs", type=int, default=0,
                    help="converge mode: this many epochs over the whole training split (0: the --budget-seconds mode)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"converge mode batch size (default {BATCH_SIZE})")
+    p.add_argument("--batch-size", type=int, default=CONVERGE_BATCH_SIZE,
+                   help=f"converge mode batch size (default {CONVERGE_BATCH_SIZE}, see results/threads)")
     p.add_argument("--search-images", type=int, default=12800,
                    help="converge mode: training images of each one-epoch lr-search trial (default 12800)")
     p.add_argument("--lr-scale", type=float, default=1.0,
