@@ -191,7 +191,7 @@ def plan_converge(base, args: argparse.Namespace):
     # the zoo's quality line: a model below it is only published marked 'undertrained'
     final = replace(base, lr=search["best_lr"], publish_clean_floor=ZOO_CLEAN_FLOOR if lipschitz else STANDARD_CLEAN_FLOOR,
                     publish_floor=ZOO_CERT_FLOOR if lipschitz else None)
-    final.budget = {"zoo": "scripts/train_zoo.py --epochs", "threads": args.threads, "workers": args.workers,
+    final.budget = {"zoo": "scripts/train_zoo.py --epochs", "epochs": args.epochs, "threads": args.threads, "workers": args.workers,
                     "lr_search": search}
     final.notes = (
         f"Fashion-MNIST zoo recipe meant to converge (scripts/train_zoo.py --epochs {args.epochs}): "

@@ -205,3 +205,25 @@ def test_train_refuses_to_resume_a_finished_run_from_the_cli(tmp_path):
     res = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "none"), "--resume"], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 1 and "nothing to resume" in res.stderr
+
+
+def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
+    r = tiny_recipe(epochs=1, val_limit=16, **MECHANICS)
+    tx, ty, vx, vy = synthetic()
+    broken = (tx[:, :, :20], ty, vx, vy)  # 32x20 images: the first batch fails in the network's input check
+    out = tmp_path / "run"
+    with pytest.raises(ValueError):
+        train(r, out, data=broken, progress=False)
+    assert not out.exists()  # no recipe.yaml, no .lock, no empty folder that looks like a run
+    # into an existing folder: only what the run wrote goes, the user's own files stay
+    mine = tmp_path / "existing"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        train(r, mine, data=broken, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # a run that wrote a checkpoint is kept whole (it can be resumed)
+    kept = tmp_path / "kept"
+    train(tiny_recipe(epochs=2, val_limit=16, **MECHANICS), kept, data=synthetic(), progress=False,
+          stop_after_epochs=1)
+    assert (kept / "checkpoint.safetensors").exists() and (kept / "recipe.yaml").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 import lipzoo
@@ -47,7 +48,13 @@ def test_zoo_entry_is_complete_and_measured(name):
                 "hardware"):
         assert key in t, key
     assert e.recipe and (Path(__file__).resolve().parents[1] / e.recipe).is_file()
-    assert e.provenance.get("budget", {}).get("seconds") > 0
+    # a zoo budget is a training time (time-budget recipes) or an epoch count (recipes meant to converge)
+    budget = e.provenance.get("budget", {})
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / e.recipe).read_text())
+    if str(budget.get("zoo", "")).endswith("--epochs"):
+        assert recipe["epochs"] >= 1 and budget.get("epochs", recipe["epochs"]) == recipe["epochs"]
+    else:
+        assert budget.get("seconds", 0) > 0
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Debian package dataset-fashion-mnist")

@@ -163,3 +163,29 @@ def prepare_run(recipe: Recipe, out: Path, resume: bool) -> None:
         if changed:
             raise RecipeError(f"the recipe differs from the one {out} was started with in {', '.join(changed)}; "
                               f"resume with the stored recipe ({stored}) or train into another --out")
+
+
+def epochs_time_s(metrics: Path) -> float:
+    """The summed ``epoch_time_s`` of the finished epochs in ``metrics``."""
+    if not metrics.is_file():
+        return 0.0
+    return float(sum(json.loads(ln).get("epoch_time_s", 0.0) for ln in metrics.read_text().splitlines() if ln.strip()))
+
+
+@contextmanager
+def discarded_if_unstarted(out: Path, fresh: bool, created: bool) -> Iterator[None]:
+    """A fresh run into ``out`` (entered holding its lock) that stops by an error before its first
+    checkpoint leaves nothing behind: nothing in it could be resumed. ``created``: the folder did not
+    exist before the run (then the empty folder goes too). A resumed run is untouched."""
+    try:
+        yield
+    except BaseException:
+        if fresh and not (out / "checkpoint.safetensors").exists() and not (out / "model.safetensors").exists():
+            for name in ("recipe.yaml", "metrics.jsonl", "run.json", ".lock"):
+                (out / name).unlink(missing_ok=True)
+            if created:
+                try:
+                    out.rmdir()  # only when empty: anything else in it is not ours to delete
+                except OSError:
+                    pass
+        raise

@@ -36,7 +36,8 @@ from ..certify import certified_radius
 from ..data import dataset_info, load_tensors, rand_augment
 from ..factory import create_model
 from ..radius import Radius
-from .checkpoint import CheckpointError, Resumed, load_checkpoint, prepare_run, run_lock, save_checkpoint, unwrap
+from .checkpoint import (CheckpointError, Resumed, discarded_if_unstarted, epochs_time_s, load_checkpoint, prepare_run,
+                         run_lock, save_checkpoint, unwrap)
 from .recipe import Recipe, offset_cross_entropy, training_autocast
 
 __all__ = ["DivergenceError", "augment", "as_float", "load_splits", "limit_splits", "build_model",
@@ -190,7 +191,8 @@ def train(
                       checkpoint_every_s, data, rank, world)
     if resume and not out.is_dir():
         prepare_run(recipe, out, resume)  # refuses (nothing to resume) before the lock would create the folder
-    with run_lock(out):
+    created = not out.exists()
+    with run_lock(out), discarded_if_unstarted(out, fresh=not resume, created=created):
         prepare_run(recipe, out, resume)
         if not resume:
             recipe.dump(out / "recipe.yaml")
@@ -406,13 +408,6 @@ def _kept(ckpt_path: Path) -> str:
     return "no checkpoint was written yet (nothing to resume)"
 
 
-def _epochs_time_s(metrics: Path) -> float:
-    """The summed ``epoch_time_s`` of the finished epochs in ``metrics``."""
-    if not metrics.is_file():
-        return 0.0
-    return float(sum(json.loads(ln).get("epoch_time_s", 0.0) for ln in metrics.read_text().splitlines() if ln.strip()))
-
-
 def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, last: dict, wall0: float,
             device: str, world: int, is_main: bool) -> dict:
     """Write ``run.json`` (and, for a complete run, ``model.safetensors`` with the proven bound)."""
@@ -426,7 +421,7 @@ def _finish(recipe: Recipe, out: Path, model: nn.Module | None, finished: int, l
     record["wall_time_s"] += prev.get("wall_time_s_before_resume", 0.0)
     # a process killed between checkpoints never wrote its share above; the epochs' own times (carried
     # across resumes by the checkpoints) are a floor that survives kills
-    record["epochs_time_s"] = _epochs_time_s(out / "metrics.jsonl") if is_main else 0.0
+    record["epochs_time_s"] = epochs_time_s(out / "metrics.jsonl") if is_main else 0.0
     record["wall_time_s"] = max(record["wall_time_s"], record["epochs_time_s"])
     if is_main and model is not None and finished >= recipe.epochs:
         # the per-epoch certified accuracies assume L = 1; the run record carries the proven bound
