@@ -289,3 +289,21 @@ def test_training_cost_section_and_learning_curve_reference(entry, tmp_path):
     (folder / CURVE_FILENAME).write_bytes(b"png")
     with_curve = render_card(PretrainedEntry.from_folder(folder))
     assert f"![learning curve]({CURVE_FILENAME})" in with_curve.split("## Training cost")[1].split("## Usage")[0]
+
+
+@pytest.mark.parametrize("curve,verdict", [
+    ([(0.70, 0.74), (0.78, 0.80)], "it underfits"),  # rising, train below val
+    ([(0.90, 0.84), (0.97, 0.845)], "overfits"),  # train far above val
+    ([(0.84, 0.83), (0.845, 0.832)], "levelled off"),  # flat
+])
+def test_undertrained_card_says_why_from_its_learning_curve(entry, tmp_path, curve, verdict):
+    folder = copy_folder(entry.folder, tmp_path / entry.name)
+    (folder / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": i, "train_accuracy": t, "val_accuracy": v}) + "\n" for i, (t, v) in enumerate(curve)))
+    base = PretrainedEntry.from_folder(folder)
+    card = render_card(_with(base, status="undertrained"))
+    why = next(ln for ln in card.splitlines() if ln.startswith("Why it is below its line"))
+    t, v = curve[-1]
+    assert f"training accuracy (on augmented images) was {100 * t:.2f}%" in why and f"{100 * v:.2f}%" in why
+    assert verdict in why
+    assert "Why it is below" not in render_card(base)  # a model that met its line has no such paragraph

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..radius import Radius
@@ -171,7 +172,42 @@ def training_cost(entry: PretrainedEntry) -> list[str]:
         out += [f"![learning curve]({CURVE_FILENAME})", "",
                 f"Learning curve per epoch, drawn from `metrics.jsonl`: training loss, training and validation "
                 f"clean accuracy{cert}.", ""]
+    if entry.status and entry.folder is not None:
+        out += curve_diagnosis(Path(entry.folder) / "metrics.jsonl")
     return out
+
+
+#: the last epoch's validation gain (accuracy points) above which a curve counts as still rising
+RISING = 0.005
+#: training accuracy this far above validation accuracy counts as overfitting
+OVERFIT_GAP = 0.05
+
+
+def curve_diagnosis(metrics_file: Path) -> list[str]:
+    """What the learning curve in ``metrics_file`` (one JSON line per epoch) says about why a model
+    stopped short of its line: still rising and not fitting its training data (underfitting: train
+    longer), fitting it far better than held-out data (overfitting), or flat. Facts first, then the
+    rule that classified them; empty when fewer than two epochs are recorded."""
+    try:
+        rows = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
+        train, val = [float(r["train_accuracy"]) for r in rows], [float(r["val_accuracy"]) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if len(rows) < 2:
+        return []
+    gain, gap = val[-1] - val[-2], train[-1] - val[-1]
+    facts = (f"In its last epoch ({len(rows)}) training accuracy (on augmented images) was {100 * train[-1]:.2f}% "
+             f"and validation accuracy {100 * val[-1]:.2f}%, {100 * gain:+.2f} points over the epoch before.")
+    if gap > OVERFIT_GAP:
+        verdict = (f"Training accuracy is more than {100 * OVERFIT_GAP:g} points above validation: the model "
+                   "overfits; more epochs alone will not close the gap.")
+    elif gain > RISING:
+        verdict = (f"Validation accuracy was still rising (more than {100 * RISING:g} points in the last epoch) and "
+                   "the model fits its training data no better than held-out data: it underfits, and its schedule "
+                   "ended before it converged; a longer schedule is the indicated remedy.")
+    else:
+        verdict = "Validation accuracy had levelled off: more epochs of the same recipe are unlikely to help much."
+    return [f"Why it is below its line, from this curve: {facts} {verdict}", ""]
 
 
 _SOURCE_TRUST = {
