@@ -64,6 +64,7 @@ def measure(name: str, limit: int | None, progress: bool = True) -> dict:
 
 def write_results(results: list[dict], out: Path) -> tuple[Path, Path]:
     """``roundoff-<UTC time>.json`` and ``.csv`` in ``out``, each written beside and renamed."""
+    from lipzoo._io import atomic_write_text
     from lipzoo._provenance import fingerprint
 
     out.mkdir(parents=True, exist_ok=True)
@@ -72,14 +73,10 @@ def write_results(results: list[dict], out: Path) -> tuple[Path, Path]:
     w = csv.DictWriter(buf, fieldnames=list(results[0]))
     w.writeheader()
     w.writerows(results)
-    paths = []
-    for suffix, text in ((".json", json.dumps({"environment": fingerprint("cpu"), "results": results}, indent=2)),
-                         (".csv", buf.getvalue())):
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(stem.with_suffix(suffix))
-        paths.append(stem.with_suffix(suffix))
-    return paths[0], paths[1]
+    js, cs = stem.with_suffix(".json"), stem.with_suffix(".csv")
+    atomic_write_text(js, json.dumps({"environment": fingerprint("cpu"), "results": results}, indent=2))
+    atomic_write_text(cs, buf.getvalue())
+    return js, cs
 
 
 def table(results: list[dict]) -> str:
