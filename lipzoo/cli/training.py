@@ -110,15 +110,30 @@ def evaluate_cmd(run_dir, split, limit, batch_size, device, speed, as_json) -> N
               help="Folder of the model folders (default: cards/ of this checkout).")
 @click.option("--force", is_flag=True,
               help="Replace an existing model folder; publish a run that fails the gate, marked 'undertrained'.")
+@click.option("--reproduction", is_flag=True,
+              help="The runs retrain published models from their committed recipes: compare their test numbers "
+                   "with the published ones and record that on the cards; the published weights stay.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def publish_cmd(run_dirs, cards_root, force, as_json) -> None:
+def publish_cmd(run_dirs, cards_root, force, reproduction, as_json) -> None:
     """Publish finished, evaluated runs as cards/<name>/ (weights, config.json with their sha256, card)."""
     from ..zoo.cards import write_cards
     from ..zoo.publish import RunError, publish_run
+    from ..zoo.reproduction import record_reproduction
 
+    if reproduction and force:
+        raise click.UsageError("--reproduction records a retrain next to the published weights; it takes no --force")
     rows = []
     for run in run_dirs:
         try:
+            if reproduction:
+                entry = record_reproduction(run, cards_root)
+                rows.append({"run": run, "name": entry.name, "reproduction": entry.provenance["reproduction"]})
+                if not as_json:
+                    r = entry.provenance["reproduction"]
+                    click.echo(f"{run}: {'reproduces' if r['reproduced'] else 'does NOT reproduce'} {entry.name} "
+                               f"(largest difference {100 * r['max_abs_difference']:.2f} points, tolerance "
+                               f"{100 * r['tolerance']:.1f}); recorded on its card")
+                continue
             entry = publish_run(run, cards_root, force=force)
         except RunError as e:
             raise click.ClickException(str(e)) from None

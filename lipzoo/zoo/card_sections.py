@@ -13,7 +13,7 @@ from ..registry import ARCHITECTURES, DEFAULT_HUB_ORG, PretrainedEntry, certifie
 __all__ = ["GITHUB_REPO", "CARD_FILENAME", "HF_DATASETS", "PAPER_BIBTEX", "CURVE_FILENAME", "NO_CERTIFICATE", "by_eps",
            "certified_pairs", "audited_lipschitz", "accuracy_table", "hardware_text", "repo_id", "front_matter",
            "timing_rows", "training_cost", "provenance_lines", "budget_lines", "status_lines", "lipschitz_section",
-           "usage_lines"]
+           "usage_lines", "reproduction_lines"]
 
 GITHUB_REPO = "lipzoo/lipzoo"  # torch.hub.load's "owner/repo"
 CARD_FILENAME = "README.md"
@@ -329,3 +329,24 @@ def usage_lines(entry: PretrainedEntry) -> list[str]:
     out += [f"lipzoo {'certify' if certifies(entry) else 'info'} {entry.name}"
             + (f" --dataset {entry.dataset}" if certifies(entry) else ""), "```", ""]
     return out
+
+
+def reproduction_lines(entry: PretrainedEntry) -> list[str]:
+    """The card's account of a recorded reproduction (``provenance.reproduction``; none: no lines)."""
+    r = entry.provenance.get("reproduction")
+    if not isinstance(r, dict) or "difference" not in r:
+        return []
+    diffs = r["difference"]
+    parts = [f"clean {100 * r['clean_accuracy']:.2f}% ({100 * diffs.get('clean', 0.0):+.2f} points)"]
+    for radius, acc in by_eps(r):
+        if radius.key in diffs:
+            parts.append(f"certified at {radius.label} {100 * acc:.2f}% ({100 * diffs[radius.key]:+.2f})")
+    threads = f", {r['threads']} thread(s)" if r.get("threads") else ""
+    verdict = ("**reproduced**: every difference is within" if r.get("reproduced")
+               else "**not reproduced**: a difference exceeds")
+    bits = ("The retrained weights are bit-identical to the published ones." if r.get("weights_identical")
+            else "The retrained weights differ from the published ones in their bits.")
+    return ["### Reproduced", "",
+            f"Trained again from this recipe alone into a fresh run on {r.get('hardware') or 'an unrecorded CPU'}"
+            f"{threads} and evaluated on the same {r['n']} test images: {', '.join(parts)}; {verdict} "
+            f"{100 * r['tolerance']:.1f} points of the published numbers. {bits}", ""]

@@ -18,7 +18,8 @@ from ..layers import LAYERS
 from ..registry import ARCHITECTURES, CARDS_DIR, PretrainedEntry, UnknownModelError, certifies, load_pretrained_dir, percent
 from .card_sections import (CARD_FILENAME, CURVE_FILENAME, GITHUB_REPO, HF_DATASETS, PAPER_BIBTEX, accuracy_table,
                             audited_lipschitz, budget_lines, by_eps, certified_pairs, front_matter, hardware_text,
-                            lipschitz_section, provenance_lines, status_lines, timing_rows, training_cost, usage_lines)
+                            lipschitz_section, provenance_lines, reproduction_lines, status_lines, timing_rows, training_cost,
+                            usage_lines)
 
 __all__ = ["render_card", "hardware_text", "CURVE_FILENAME", "render_index", "write_card", "write_cards", "CardStatus",
            "audited_lipschitz"]
@@ -113,7 +114,7 @@ def _reproduce(entry: PretrainedEntry) -> list[str]:
     """How to get these weights again: the recipe, or the import of someone else's release."""
     prov = entry.provenance
     if entry.recipe:
-        return ["```bash", f"lipzoo train {entry.recipe}", "```", ""]
+        return ["```bash", f"lipzoo train {entry.recipe}", "```", ""] + reproduction_lines(entry)
     if _trained_here(entry):
         return ["No recipe is recorded for these weights.", ""]
     where = f" ([their repository]({prov['source_repository']}))" if prov.get("source_repository") else ""
