@@ -82,9 +82,11 @@ def test_a_retrain_on_the_same_cpu_reproduces_and_the_card_says_so(zoo, tmp_path
     assert set(r["difference"]) == {"clean"} | set(entry.metrics["certified_accuracy"])
     # same recipe, same seeds, same CPU and threads: the trainer is deterministic on CPU
     assert r["weights_identical"]
+    assert r["hardware"] and r["hardware"] == r["published_hardware"] and r["threads"] == r["published_threads"]
     assert (cards / NAME / "model.safetensors").read_bytes() == weights_before  # the published weights stay
     card = (cards / NAME / "README.md").read_text()
     assert "### Reproduced" in card and "**reproduced**" in card and "bit-identical" in card
+    assert f"(the published weights: {r['published_hardware']}" in card
     res = CliRunner().invoke(cli, ["card", "--all", "--check", "--root", str(cards)])
     assert res.exit_code == 0, res.output  # the card on disk is the one config.json renders
 

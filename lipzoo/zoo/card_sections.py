@@ -342,6 +342,9 @@ def reproduction_lines(entry: PretrainedEntry) -> list[str]:
         if radius.key in diffs:
             parts.append(f"certified at {radius.label} {100 * acc:.2f}% ({100 * diffs[radius.key]:+.2f})")
     threads = f", {r['threads']} thread(s)" if r.get("threads") else ""
+    if r.get("published_hardware"):
+        was = f", {r['published_threads']} thread(s)" if r.get("published_threads") else ""
+        threads += f" (the published weights: {r['published_hardware']}{was})"
     verdict = ("**reproduced**: every difference is within" if r.get("reproduced")
                else "**not reproduced**: a difference exceeds")
     bits = ("The retrained weights are bit-identical to the published ones." if r.get("weights_identical")

@@ -45,6 +45,13 @@ def _same_tensors(a: Path, b: Path) -> bool:
     return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def _cpu(hardware: dict | str) -> str | None:
+    """The CPU model of a hardware record (older records name only the architecture)."""
+    if isinstance(hardware, str):
+        return hardware or None
+    return hardware.get("cpu_model") or hardware.get("cpu")
+
+
 def _entry(root: Path, name: str) -> PretrainedEntry:
     folder = root / name
     if not (folder / "config.json").is_file():
@@ -121,7 +128,7 @@ def record_reproduction(
                        f"{entry.metrics.get('n')} {entry.metrics.get('split')} images: evaluate it on the same split, "
                        "without --limit")
     diffs = _differences(cert, entry.metrics)
-    hw = ev.get("hardware") or {}
+    trained_on, published_on = record.get("hardware") or {}, entry.timing.get("hardware") or {}
     repro = {
         "run_commit": record.get("commit"), "tolerance": tolerance,
         "clean_accuracy": cert["clean_accuracy"], "certified_accuracy": cert.get("certified_accuracy") or {},
@@ -129,8 +136,9 @@ def record_reproduction(
         "difference": diffs, "max_abs_difference": max(abs(d) for d in diffs.values()),
         "reproduced": all(abs(d) <= tolerance + 1e-12 for d in diffs.values()),
         "weights_identical": _same_tensors(run / "model.safetensors", entry.folder / entry.filename),
-        "train_time_s": record.get("wall_time_s"), "threads": (record.get("hardware") or {}).get("cpu_threads"),
-        "hardware": hw.get("cpu_model") or hw.get("cpu"),
+        "train_time_s": record.get("wall_time_s"), "threads": trained_on.get("cpu_threads"),
+        "hardware": _cpu(trained_on), "published_hardware": _cpu(published_on),
+        "published_threads": published_on.get("cpu_threads") if isinstance(published_on, dict) else None,
     }
     updated = replace(entry, provenance=dict(entry.provenance) | {"reproduction": repro})
     write_config(updated, entry.folder)
