@@ -109,10 +109,11 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
     path = recipe_path(layer)
     base = Recipe.load(path)
     earlier = None
-    if (base.budget or {}).get("zoo") and args.replan and not args.epochs:  # a second search, e.g. when the first never left chance
+    if (base.budget or {}).get("zoo") and args.replan:  # a second search, e.g. when the first never left chance
         earlier = base.budget.get("lr_search")
         paper_lr = next(t["lr"] for t in earlier["trials"] if t["factor"] == 1.0)
-        base = replace(base, lr=paper_lr, budget=None)
+        # converge mode searches around base.lr * --lr-scale: the same trials again (reused), then the extension
+        base = replace(base, lr=paper_lr / args.lr_scale if args.epochs else paper_lr, budget=None)
     planned = str((base.budget or {}).get("zoo", ""))
     if planned and (planned.endswith("--epochs") == bool(args.epochs)):  # planned earlier in this mode: (re)train
         final = base
@@ -185,7 +186,7 @@ def plan_converge(base, args: argparse.Namespace):
     estimate = {"batch_seconds": 1.0}  # unused: a trial is one epoch over --search-images, not a time budget
     search = search_lr(trial, args.search_images, Path(args.out) / "search" / base.architecture,
                        factors=factors, estimate=estimate | {"epochs": 1}, progress=False, data=data,
-                       plan=lambda cand: {"epochs": 1, "train_limit": args.search_images})
+                       plan=lambda cand: {"epochs": 1, "train_limit": args.search_images}, extend=args.search_extend)
     trials = trials_text(search)
     lipschitz = LAYERS[ARCHITECTURES[base.architecture].layer].lipschitz
     # the zoo's quality line: a model below it is only published marked 'undertrained'
@@ -197,7 +198,9 @@ def plan_converge(base, args: argparse.Namespace):
         f"Fashion-MNIST zoo recipe meant to converge (scripts/train_zoo.py --epochs {args.epochs}): "
         f"{args.epochs} epochs over the {len(data[0])} training images left after holding out {VAL_SIZE} as "
         f"validation, batch size {args.batch_size} (training images/s per batch size: results/threads), SGD with OneCycle stepped per batch over the whole run. "
-        f"Learning rate: {lr0:.4g} x ({', '.join(f'{f:g}' for f in factors)}), each trained for one epoch over "
+        f"Learning rate: {lr0:.4g} x ({', '.join(f'{f:g}' for f in factors)}"
+        + (f"; then {', '.join(f'{f:g}' for f in search['extended'])}, beyond the winning edge" if search["extended"] else "")
+        + "), each trained for one epoch over "
         f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
         f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
         f"paper's. {precision_why}. Test-split numbers come from `lipzoo evaluate`, never from this search."
@@ -238,7 +241,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/zoo", help="folder of the run directories")
     p.add_argument("--lr-factors", default="0.5,1,2", help="lr search: multiples of the recipe's lr (default 0.5,1,2)")
     p.add_argument("--replan", action="store_true",
-                   help="search again (with --lr-factors) even if the recipe was planned; earlier trials are kept")
+                   help="search again (with --lr-factors) even if the recipe was planned; earlier trials are kept "
+                        "(converge mode: finished trials are reused and --search-extend brackets the winner; "
+                        "move the earlier run folder away first)")
     p.add_argument("--repro", default=None,
                    help="after the zoo, retrain this layer's recipe once more (<out>/convnet_xs_<layer>-repro)")
     p.add_argument("--epochs", type=int, default=0,
@@ -247,6 +252,9 @@ def main() -> None:
                    help=f"converge mode batch size (default {CONVERGE_BATCH_SIZE}, see results/threads)")
     p.add_argument("--search-images", type=int, default=12800,
                    help="converge mode: training images of each one-epoch lr-search trial (default 12800)")
+    p.add_argument("--search-extend", type=int, default=1,
+                   help="converge mode: while the best lr is the largest (smallest) tried, one more trial at twice "
+                        "(half) it, at most this many (default 1; 0: the factors only)")
     p.add_argument("--lr-scale", type=float, default=1.0,
                    help="converge mode: multiply the recipe's lr before the search (e.g. for the standard net)")
     p.add_argument("--checkpoint-every", type=float, default=300.0,

@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -328,6 +329,34 @@ def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, mon
     assert (tmp_path / "s" / "lr0.5" / "model.safetensors").is_file()
     monkeypatch.setattr(lrsearch, "train", lambda *a, **k: pytest.fail("a finished trial was trained again"))
     assert search_lr(r, 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data) == out
+    with pytest.raises(RecipeError, match="holds a finished trial at lr 0.025, not 0.035"):  # folders are named by factor
+        search_lr(replace(r, lr=0.07), 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data)
+
+
+@pytest.mark.parametrize("peak, extend, extended, best", [
+    (4.0, 3, [4.0, 8.0], 4.0),     # rising at the top: doubled until a larger factor scores lower
+    (0.25, 2, [0.25, 0.125], 0.25),  # falling at the bottom: halved likewise
+    (1.0, 2, [], 1.0),             # bracketed by the first trials: nothing added
+    (8.0, 0, [], 2.0),             # no extension asked: the edge winner stands
+    (16.0, 2, [4.0, 8.0], 8.0),    # at most `extend` extra trials
+])
+def test_lr_search_extends_beyond_an_edge_winner_until_bracketed(tmp_path, monkeypatch, peak, extend, extended, best):
+    from lipzoo.zoo import lrsearch
+    from lipzoo.zoo.training import search_lr
+
+    r = tiny_recipe(epochs=1, val_size=32, lr=1.0)
+    trained = []
+
+    def fake_train(cand, run, **kw):  # validation score peaks at lr == peak (log scale)
+        trained.append(cand.lr)
+        score = 1.0 / (1.0 + abs(math.log2(cand.lr / peak)))
+        return {"complete": True, "final": {"val_accuracy": score, "val_certified": {lrsearch.SEARCH_RADIUS.key: score}}}
+
+    monkeypatch.setattr(lrsearch, "train", fake_train)
+    out = search_lr(r, 1.0, tmp_path, factors=(0.5, 1.0, 2.0), estimate={"batch_seconds": 0.1}, data=synthetic(),
+                    extend=extend)
+    assert out["extended"] == extended and trained == [0.5, 1.0, 2.0] + extended
+    assert out["best_lr"] == best and [t["factor"] for t in out["trials"]] == trained
 
 
 def test_every_shipped_recipe_is_valid_and_complete():

@@ -94,6 +94,7 @@ def search_lr(
     progress: bool = True,
     data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     plan: Callable[[Recipe], dict] | None = None,
+    extend: int = 0,
 ) -> dict:
     """A small learning-rate search on the held-out validation split (``recipe.val_size`` > 0).
 
@@ -101,8 +102,10 @@ def search_lr(
     epochs by :func:`plan_budget` from the batch time of ``estimate``, an :func:`estimate_epochs`
     result, measured here if not given) into ``out_root/lr<f>`` (a finished trial is reused); the winner has the best validation
     certified accuracy at ``metric`` (an eps key of ``val_certified``; ties: the clean accuracy).
-    Returns ``{"best_lr", "trials": [{"lr", "val_accuracy", "val_certified", "run"}], "budget_seconds"}``.
-    The test split is never used.
+    ``extend`` > 0 brackets the optimum: while the winner is the largest (smallest) factor tried,
+    one more trial at twice (half) that factor, at most ``extend`` of them (listed in ``extended``).
+    Returns ``{"best_lr", "trials": [{"lr", "val_accuracy", "val_certified", "run"}], "budget_seconds",
+    "extended"}``. The test split is never used.
     """
     if recipe.val_size <= 0:
         raise RecipeError(f"{recipe.name}: a learning-rate search needs a held-out validation split (val_size > 0)")
@@ -110,23 +113,53 @@ def search_lr(
         data = load_splits(replace(recipe, train_limit=None))
     if estimate is None:
         estimate = estimate_epochs(recipe, budget_seconds, device=device, batches=2, train_size=len(data[0]))
-    trials = []
-    for f in factors:
+
+    def trial(f: float) -> dict:
         cand = replace(recipe, lr=recipe.lr * f, name=f"{recipe.name}-lr{f:g}")
         trial_plan = (plan(cand) if plan is not None
                       else plan_budget(cand, budget_seconds, estimate["batch_seconds"], len(data[0])))
         cand = apply_budget(cand, trial_plan | {k: estimate[k] for k in ("device", "hardware") if k in estimate})
         run = Path(out_root) / f"lr{f:g}"
         done = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        if done.get("complete"):
+            _check_same_lr(run, cand.lr)
         if not done.get("complete"):
             done = train(cand, run, device=device, resume=(run / "checkpoint.safetensors").exists(),
                          progress=progress, data=data)
         final = done["final"]
-        trials.append({"lr": cand.lr, "factor": f, "val_accuracy": final["val_accuracy"],
-                       "val_certified": final["val_certified"], "epochs": cand.epochs,
-                       "train_limit": cand.train_limit, "run": str(run)})
+        return {"lr": cand.lr, "factor": f, "val_accuracy": final["val_accuracy"],
+                "val_certified": final["val_certified"], "epochs": cand.epochs,
+                "train_limit": cand.train_limit, "run": str(run)}
+
+    trials = [trial(f) for f in factors]
+    extended = _bracket(trials, trial, extend, metric)
     return {"best_lr": best_trial(trials, metric)["lr"], "metric": f"val_certified[{metric}]",
-            "budget_seconds": budget_seconds, "trials": trials}
+            "budget_seconds": budget_seconds, "trials": trials, "extended": extended}
+
+
+def _bracket(trials: list[dict], trial: Callable[[float], dict], extend: int, metric: str) -> list[float]:
+    """Append up to ``extend`` trials beyond an edge winner (twice the largest or half the smallest
+    factor) until a smaller and a larger factor both score below the winner; the added factors."""
+    extended: list[float] = []
+    while len(extended) < extend:
+        best, tried = best_trial(trials, metric)["factor"], [t["factor"] for t in trials]
+        if best == max(tried):
+            f = 2.0 * best
+        elif best == min(tried):
+            f = 0.5 * best
+        else:
+            break
+        trials.append(trial(f))
+        extended.append(f)
+    return extended
+
+
+def _check_same_lr(run: Path, lr: float) -> None:
+    """A finished trial is reused only when it was trained at ``lr`` (its folder is named by the factor)."""
+    done = Recipe.load(run / "recipe.yaml")
+    if not math.isclose(done.lr, lr, rel_tol=1e-9):
+        raise RecipeError(f"{run} holds a finished trial at lr {done.lr:g}, not {lr:g}: search into another folder, "
+                          "or move that one away")
 
 
 def best_trial(trials: list[dict], metric: str = SEARCH_RADIUS.key) -> dict:
