@@ -46,7 +46,7 @@ from .recipe import Recipe
 
 __all__ = ["EVAL_FILENAME", "CHECK_FILENAME", "RECORD_N", "CHECK_N", "RECORDS", "load_run_model", "evaluate_run",
            "check_records", "publish_run", "publish_gate", "push_entry", "RunError", "CURVE_FILENAME", "CHANCE_FACTOR",
-           "GATE_RADIUS", "GATE_EPS_KEY", "check_name", "replace_folder"]
+           "GATE_RADIUS", "GATE_EPS_KEY", "check_name", "replace_folder", "finished_records"]
 
 #: a run whose test clean accuracy is at most this many times chance (1 / classes) is not published
 CHANCE_FACTOR = 1.5
@@ -162,7 +162,7 @@ def publish_run(
     run = Path(run_dir)
     model, recipe = load_run_model(run)
     check_name(recipe.name, recipe.architecture, recipe.dataset, source=str(run / "recipe.yaml"))
-    record, ev = _records(run, recipe)
+    record, ev = finished_records(run, recipe)
     certifies = LAYERS[ARCHITECTURES[recipe.architecture].layer].lipschitz
     cert = ev["certification"]
     reasons = publish_gate(float(cert["clean_accuracy"]), cert.get("certified_accuracy") or {},
@@ -195,7 +195,7 @@ def publish_run(
     return replace(entry, folder=target)
 
 
-def _records(run: Path, recipe: Recipe) -> tuple[dict, dict]:
+def finished_records(run: Path, recipe: Recipe) -> tuple[dict, dict]:
     """``run.json`` of a complete run and ``eval.json`` of this very run (else :class:`RunError`)."""
     record = read_json(run / "run.json", "the run has not finished")
     if not record.get("complete"):

@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from ..hub import write_config
 from ..registry import CARDS_DIR, PretrainedEntry, RegistryError
 from .cards import write_card
-from .evaluation import EVAL_FILENAME, RunError, read_json, recipe_dict
+from .evaluation import EVAL_FILENAME, RunError, recipe_dict
+from .publish import finished_records
 from .training import Recipe, RecipeError
 
 __all__ = ["TOLERANCE", "IGNORED_FIELDS", "record_reproduction"]
@@ -115,12 +116,7 @@ def record_reproduction(
         committed = Recipe.load(_recipe_file(entry, root, recipe_path))
     except RecipeError as e:
         raise RunError(f"the committed recipe of {entry.name} cannot be read: {e}") from None
-    record = read_json(run / "run.json", "the run has not finished")
-    if not record.get("complete"):
-        raise RunError(f"{run} is not complete ({record.get('epochs_done')}/{record.get('epochs')} epochs); resume it")
-    ev = read_json(run / EVAL_FILENAME, f"evaluate it first: `lipzoo evaluate {run}`")
-    if ev.get("name") != recipe.name:
-        raise RunError(f"{run / EVAL_FILENAME} is of {ev.get('name')!r}, not {recipe.name!r}; evaluate the run again")
+    record, ev = finished_records(run, recipe)
     _check_is_a_retrain(run, recipe, committed, entry)
     cert = ev["certification"]
     if cert.get("n") != entry.metrics.get("n") or cert.get("split") != entry.metrics.get("split"):
