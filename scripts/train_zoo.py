@@ -99,6 +99,15 @@ def trials_text(search: dict) -> str:
                      f"{t['val_certified'].get(SEARCH_RADIUS.key, 0):.3f}" for t in search["trials"])
 
 
+def edge_text(search: dict) -> str:
+    """What the recipe's notes add when the search's winner is still an edge of the lrs tried."""
+    from lipzoo.zoo.training import edge_winner
+
+    edge = edge_winner(search["trials"])
+    return (f" (the {edge} lr tried: the search did not bracket it, a better lr may lie beyond)"
+            if edge else "")
+
+
 def run_layer(layer: str, args: argparse.Namespace) -> None:
     import torch
 
@@ -153,7 +162,7 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
             f"stepped per batch. {VAL_SIZE} training images are held out as validation. "
             f"Learning rate: the paper's CIFAR-10 value x ({factor_list}), each trained for "
             f"{args.budget_seconds * args.search_fraction:g} s and scored on {SEARCH_VAL_LIMIT} validation images "
-            f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
+            f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}{edge_text(search)}. Weight decay: the "
             f"paper's. Test-split numbers come from `lipzoo evaluate`, never from this search."
         )
         final.dump(path)
@@ -202,7 +211,7 @@ def plan_converge(base, args: argparse.Namespace):
         + (f"; then {', '.join(f'{f:g}' for f in search['extended'])}, beyond the winning edge" if search["extended"] else "")
         + "), each trained for one epoch over "
         f"{args.search_images} training images and scored on {SEARCH_VAL_LIMIT} held-out validation images "
-        f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}. Weight decay: the "
+        f"(certified accuracy at 36/255, then accuracy): {trials}; chosen lr {final.lr:.4g}{edge_text(search)}. Weight decay: the "
         f"paper's. {precision_why}. Test-split numbers come from `lipzoo evaluate`, never from this search."
         + (f" Layer options {dict(base.layer_options)}: see the layer's documentation." if base.layer_options else "")
     )

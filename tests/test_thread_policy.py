@@ -117,3 +117,13 @@ def test_train_zoo_uses_bf16_only_where_this_cpu_measured_it_faster(tz, tmp_path
     assert choice == "fp32" and "of standard took 10.00x" in why
     _precision_file(tmp_path / "other", "Some Other CPU", {("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
     assert tz.measured_precision("aol", tmp_path / "other") == ("fp32", f"Precision fp32: bf16 was not measured on {cpu_model()}")
+
+
+def test_train_zoo_notes_say_when_the_lr_search_left_its_winner_at_an_edge(tz):
+    def search(scores: dict[float, float]) -> dict:
+        return {"trials": [{"factor": f, "lr": f, "val_accuracy": s, "val_certified": {"0.141176": s}}
+                           for f, s in scores.items()]}
+
+    assert tz.edge_text(search({0.5: 0.1, 1.0: 0.3, 2.0: 0.2})) == ""
+    assert "the largest lr tried: the search did not bracket it" in tz.edge_text(search({0.5: 0.1, 1.0: 0.2, 2.0: 0.3}))
+    assert "the smallest lr tried" in tz.edge_text(search({0.5: 0.3, 1.0: 0.2, 2.0: 0.1}))

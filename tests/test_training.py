@@ -333,14 +333,16 @@ def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, mon
         search_lr(replace(r, lr=0.07), 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data)
 
 
-@pytest.mark.parametrize("peak, extend, extended, best", [
-    (4.0, 3, [4.0, 8.0], 4.0),     # rising at the top: doubled until a larger factor scores lower
-    (0.25, 2, [0.25, 0.125], 0.25),  # falling at the bottom: halved likewise
-    (1.0, 2, [], 1.0),             # bracketed by the first trials: nothing added
-    (8.0, 0, [], 2.0),             # no extension asked: the edge winner stands
-    (16.0, 2, [4.0, 8.0], 8.0),    # at most `extend` extra trials
+@pytest.mark.parametrize("peak, extend, extended, best, edge", [
+    (4.0, 3, [4.0, 8.0], 4.0, None),      # rising at the top: doubled until a larger factor scores lower
+    (0.25, 2, [0.25, 0.125], 0.25, None),  # falling at the bottom: halved likewise
+    (1.0, 2, [], 1.0, None),              # bracketed by the first trials: nothing added
+    (8.0, 0, [], 2.0, "largest"),         # no extension asked: the edge winner stands, and is said to be one
+    (16.0, 2, [4.0, 8.0], 8.0, "largest"),  # at most `extend` extra trials: still not bracketed
+    (1 / 16, 1, [0.25], 0.25, "smallest"),
 ])
-def test_lr_search_extends_beyond_an_edge_winner_until_bracketed(tmp_path, monkeypatch, peak, extend, extended, best):
+def test_lr_search_extends_beyond_an_edge_winner_until_bracketed(tmp_path, monkeypatch, peak, extend, extended, best,
+                                                                 edge):
     from lipzoo.zoo import lrsearch
     from lipzoo.zoo.training import search_lr
 
@@ -357,6 +359,7 @@ def test_lr_search_extends_beyond_an_edge_winner_until_bracketed(tmp_path, monke
                     extend=extend)
     assert out["extended"] == extended and trained == [0.5, 1.0, 2.0] + extended
     assert out["best_lr"] == best and [t["factor"] for t in out["trials"]] == trained
+    assert out["edge"] == edge
 
 
 def test_every_shipped_recipe_is_valid_and_complete():

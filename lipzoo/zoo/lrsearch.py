@@ -20,7 +20,7 @@ from ..radius import Radius
 from .recipe import Recipe, RecipeError, offset_cross_entropy, training_autocast
 from .trainer import build_model, load_splits, optimizer_and_schedule, train
 
-__all__ = ["estimate_epochs", "plan_budget", "apply_budget", "search_lr", "best_trial", "SEARCH_RADIUS"]
+__all__ = ["estimate_epochs", "plan_budget", "apply_budget", "search_lr", "best_trial", "edge_winner", "SEARCH_RADIUS"]
 
 #: the radius whose validation certified accuracy scores a learning-rate trial
 SEARCH_RADIUS = Radius.of_steps(36)
@@ -103,9 +103,11 @@ def search_lr(
     result, measured here if not given) into ``out_root/lr<f>`` (a finished trial is reused); the winner has the best validation
     certified accuracy at ``metric`` (an eps key of ``val_certified``; ties: the clean accuracy).
     ``extend`` > 0 brackets the optimum: while the winner is the largest (smallest) factor tried,
-    one more trial at twice (half) that factor, at most ``extend`` of them (listed in ``extended``).
+    one more trial at twice (half) that factor, at most ``extend`` of them (listed in ``extended``);
+    ``edge`` says whether the final winner is still the ``"largest"`` or ``"smallest"`` factor tried
+    (``None``: bracketed, both neighbours scored lower), so a recipe can say its optimum was not found.
     Returns ``{"best_lr", "trials": [{"lr", "val_accuracy", "val_certified", "run"}], "budget_seconds",
-    "extended"}``. The test split is never used.
+    "extended", "edge"}``. The test split is never used.
     """
     if recipe.val_size <= 0:
         raise RecipeError(f"{recipe.name}: a learning-rate search needs a held-out validation split (val_size > 0)")
@@ -134,7 +136,19 @@ def search_lr(
     trials = [trial(f) for f in factors]
     extended = _bracket(trials, trial, extend, metric)
     return {"best_lr": best_trial(trials, metric)["lr"], "metric": f"val_certified[{metric}]",
-            "budget_seconds": budget_seconds, "trials": trials, "extended": extended}
+            "budget_seconds": budget_seconds, "trials": trials, "extended": extended,
+            "edge": edge_winner(trials, metric)}
+
+
+def edge_winner(trials: list[dict], metric: str = SEARCH_RADIUS.key) -> str | None:
+    """``"largest"`` / ``"smallest"`` when the winner is the largest / smallest factor tried (the
+    optimum may lie beyond it), ``None`` when tried factors on both sides scored lower."""
+    best, tried = best_trial(trials, metric)["factor"], [t["factor"] for t in trials]
+    if best == max(tried):
+        return "largest"
+    if best == min(tried):
+        return "smallest"
+    return None
 
 
 def _bracket(trials: list[dict], trial: Callable[[float], dict], extend: int, metric: str) -> list[float]:
@@ -142,13 +156,10 @@ def _bracket(trials: list[dict], trial: Callable[[float], dict], extend: int, me
     factor) until a smaller and a larger factor both score below the winner; the added factors."""
     extended: list[float] = []
     while len(extended) < extend:
-        best, tried = best_trial(trials, metric)["factor"], [t["factor"] for t in trials]
-        if best == max(tried):
-            f = 2.0 * best
-        elif best == min(tried):
-            f = 0.5 * best
-        else:
+        edge, best = edge_winner(trials, metric), best_trial(trials, metric)["factor"]
+        if edge is None:
             break
+        f = 2.0 * best if edge == "largest" else 0.5 * best
         trials.append(trial(f))
         extended.append(f)
     return extended
