@@ -17,8 +17,8 @@ from .trainer import DivergenceError, as_float, augment, build_model, evaluate, 
 
 __all__ = [
     "Recipe", "RecipeError", "DivergenceError", "offset_cross_entropy", "train", "build_model", "estimate_epochs",
-    "apply_budget", "plan_budget", "search_lr", "best_trial", "edge_winner", "SEARCH_RADIUS", "recipe_changes", "training_autocast",
-    "augment", "as_float", "load_splits", "limit_splits", "evaluate", "CheckpointError", "Resumed", "save_checkpoint",
-    "load_checkpoint", "RunLockedError", "RunFinishedError", "run_lock", "PAPER_OFFSET", "PAPER_TEMPERATURE",
-    "PRECISIONS",
+    "apply_budget", "plan_budget", "search_lr", "best_trial", "edge_winner", "SEARCH_RADIUS", "recipe_changes",
+    "training_autocast", "augment", "as_float", "load_splits", "limit_splits", "evaluate", "CheckpointError", "Resumed",
+    "save_checkpoint", "load_checkpoint", "RunLockedError", "RunFinishedError", "run_lock", "PAPER_OFFSET",
+    "PAPER_TEMPERATURE", "PRECISIONS",
 ]
