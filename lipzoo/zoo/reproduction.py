@@ -124,13 +124,14 @@ def record_reproduction(
                        f"{entry.metrics.get('n')} {entry.metrics.get('split')} images: evaluate it on the same split, "
                        "without --limit")
     diffs = _differences(cert, entry.metrics)
+    beyond = [k for k, d in diffs.items() if abs(d) > tolerance + 1e-12]
     trained_on, published_on = record.get("hardware") or {}, entry.timing.get("hardware") or {}
     repro = {
         "run_commit": record.get("commit"), "tolerance": tolerance,
         "clean_accuracy": cert["clean_accuracy"], "certified_accuracy": cert.get("certified_accuracy") or {},
         "lipschitz_bound": cert.get("lipschitz_bound"), "n": cert["n"],
         "difference": diffs, "max_abs_difference": max(abs(d) for d in diffs.values()),
-        "reproduced": all(abs(d) <= tolerance + 1e-12 for d in diffs.values()),
+        "reproduced": not beyond, "beyond": beyond,
         "weights_identical": _same_tensors(run / "model.safetensors", entry.folder / entry.filename),
         "train_time_s": record.get("wall_time_s"), "threads": trained_on.get("cpu_threads"),
         "hardware": _cpu(trained_on), "published_hardware": _cpu(published_on),
