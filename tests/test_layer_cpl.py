@@ -187,3 +187,20 @@ def test_paper_state_dict_round_trip():
 def test_model_parameter_counts():
     assert trainable(lipzoo.create_model("convnet_xs_cpl")) == 1_572_288
     assert trainable(lipzoo.create_model("convnet_xs_cpl", paper_compatible=True)) == 1_572_288
+
+
+def test_sound_step_size_value_is_the_full_schur_test_and_its_gradient_the_maxs():
+    """The step size's bound is computed without autograd and differentiated through its maximal
+    row only: the value equals the full Schur test bit for bit, the gradient the full autograd's."""
+    from lipzoo.layers._linalg import gram_row_sums
+    from lipzoo.layers.cpl import cpl_sound_rescaling
+
+    torch.manual_seed(5)
+    for layer in (CPLConv2d(6, 6, 3), CPLLinear(7, 7), CPLConv2d(64, 64, 3)):  # the last takes the DFT path
+        w = (layer.kernel if hasattr(layer, "kernel") else layer.weight).detach().double().requires_grad_()
+        full = 2.0 / (gram_row_sums(w, "in").max().sqrt() ** 2 + EPS)
+        assert cpl_sound_rescaling(w).item() == full.item()
+        got, = torch.autograd.grad(cpl_sound_rescaling(w), w)
+        want, = torch.autograd.grad(full, w)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+        assert got.abs().sum() > 0

@@ -234,15 +234,36 @@ def gram_row_sums(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
     return autocorrelation(kernel, over).abs().sum(dim=(1, 2, 3))
 
 
-def gram_bound(kernel: torch.Tensor) -> torch.Tensor:
+def _gram_row(kernel: torch.Tensor, over: str, row: torch.Tensor) -> torch.Tensor:
+    """``gram_row_sums(kernel, over)[row]`` for one row (a 1-element index tensor): the row of the
+    autocorrelation is the self-convolution of that one filter with all of them."""
+    k = _as_kernel(kernel)
+    if over == "in":
+        k = k.transpose(0, 1)
+    k_h, k_w = k.shape[-2:]
+    return F.conv2d(k.index_select(0, row), k, padding=(k_h - 1, k_w - 1)).abs().sum()
+
+
+def gram_bound(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
     """A guaranteed upper bound on the l2 operator norm of a convolution (or dense matrix).
 
     ``sqrt(max_i sum_j sum_s |(K^T K)_ij(s)|)`` bounds the spectral norm of ``K^T K`` by the
-    Schur / Gershgorin test, hence ``||K||``. It holds for zero padding, circular padding (the
-    wrapped autocorrelation only merges taps, and |a + b| <= |a| + |b|) and every input size.
-    For an exactly orthogonal kernel the autocorrelation is the identity and the bound is 1.
+    Schur / Gershgorin test, hence ``||K||`` (``over="out"``: the same test on ``K K^T``, as
+    ``||K|| = ||K^T||``). It holds for zero padding, circular padding (the wrapped autocorrelation
+    only merges taps, and |a + b| <= |a| + |b|) and every input size. For an exactly orthogonal
+    kernel the autocorrelation is the identity and the bound is 1.
+
+    The value is computed without autograd; the gradient is that of the maximal row ``r_i*``
+    alone (the gradient of the max), recomputed from that one row: the backward of the full
+    autocorrelation, whose cost grows with channels^3, is never run. (At an exact tie of the
+    largest rows the gradient follows one of them, a valid subgradient, where ``Tensor.max``
+    would split it.)
     """
-    return gram_row_sums(kernel, "in").max().sqrt()
+    with torch.no_grad():
+        rows = gram_row_sums(kernel.detach(), over)
+        top = rows.argmax().reshape(1)
+    row = _gram_row(kernel, over, top)
+    return (rows.max() + (row - row.detach())).sqrt()
 
 
 POWER_START_SEED = 20240701  # seed of the fixed start vector of the power iteration

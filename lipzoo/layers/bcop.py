@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import circular_pad, gram_row_sums, power_iteration_sigma, power_start_vector
+from ._linalg import circular_pad, gram_bound, power_iteration_sigma, power_start_vector
 from ._spectral import gram_apply, gram_eigh, traceable
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
@@ -247,36 +247,15 @@ def _circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return _CircularPad.apply_(x, pad)
 
 
-def _gram_row(weight: torch.Tensor, over: str, row: torch.Tensor) -> torch.Tensor:
-    """``gram_row_sums(weight, over)[row]`` for one row (a 1-element index tensor): the row of the
-    autocorrelation is the self-convolution of that one filter with all of them."""
-    k = weight if weight.ndim == 4 else weight[:, :, None, None]
-    if over == "in":
-        k = k.transpose(0, 1)
-    k_h, k_w = k.shape[-2:]
-    return F.conv2d(k.index_select(0, row), k, padding=(k_h - 1, k_w - 1)).abs().sum()
-
-
 def norm_bound(weight: torch.Tensor) -> torch.Tensor:
     """Guaranteed upper bound on the l2 norm of a conv kernel (out, in, k, k) or matrix (out, in).
 
-    The Schur / Gershgorin test on the autocorrelation of the kernel, taken on the side where it
-    is near the identity for a near-isometry: ``K^T K`` when out >= in, ``K K^T`` otherwise
-    (``||K|| = ||K^T||``): ``sqrt(max_i r_i)``, ``r_i`` the absolute row sums. Valid for zero and
-    circular padding and every input size.
-
-    The value is computed without autograd; the gradient is that of the maximal row ``r_i*``
-    alone (the gradient of the max), recomputed from that one row: the backward of the full
-    self-convolution, which costs more than the Bjorck iteration's, is never run. (At an exact tie
-    of the largest rows the gradient follows one of them, a valid subgradient, where
-    ``Tensor.max`` would split it.)
+    :func:`~lipzoo.layers._linalg.gram_bound` (the Schur / Gershgorin test on the autocorrelation,
+    valid for zero and circular padding and every input size, its gradient from the maximal row
+    alone), taken on the side where the autocorrelation is near the identity for a near-isometry:
+    ``K^T K`` when out >= in, ``K K^T`` otherwise (``||K|| = ||K^T||``).
     """
-    over = "in" if weight.shape[0] >= weight.shape[1] else "out"
-    with torch.no_grad():
-        rows = gram_row_sums(weight.detach(), over)
-        top = rows.argmax().reshape(1)
-    row = _gram_row(weight, over, top)
-    return (rows.max() + (row - row.detach())).sqrt()
+    return gram_bound(weight, "in" if weight.shape[0] >= weight.shape[1] else "out")
 
 
 def _block_orth(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
