@@ -226,7 +226,9 @@ def test_publish_gate_refuses_near_chance_and_force_marks_it_undertrained(evalua
     assert f"[{NAME}]({NAME}/README.md) **UNDERTRAINED**" in (cards / "README.md").read_text()
     monkeypatch.setitem(PRETRAINED, NAME, entry)
     res = CliRunner().invoke(cli, ["list", "--pretrained", NAME])
-    assert res.exit_code == 0 and res.output.strip() == f"{NAME}  [undertrained]"
+    clean, cert = cfg["metrics"]["clean_accuracy"], cfg["metrics"]["certified_accuracy"][GATE_EPS_KEY]
+    assert res.exit_code == 0 and res.output.strip() == (
+        f"{NAME}  clean {100 * clean:5.2f}%  certified {100 * cert:5.2f}% at 36/255  [undertrained]")
 
 
 @needs_fmnist

@@ -37,6 +37,18 @@ def test_list_pretrained_shows_the_nine_fashion_mnist_models():
     assert len(ZOO) >= 9 and {f"convnet_xs_{lid}.fashion_mnist" for lid in PAPER_LAYERS} <= set(ZOO)
 
 
+def test_list_pretrained_text_shows_each_models_test_accuracies_and_status():
+    res = CliRunner().invoke(cli, ["list", "--pretrained"])
+    assert res.exit_code == 0, res.output
+    lines = {line.split()[0]: line for line in res.output.splitlines()}
+    for name in ZOO:
+        m = PRETRAINED[name].metrics
+        want = (f"clean {100 * m['clean_accuracy']:5.2f}%  certified {100 * m['certified_accuracy']['0.141176']:5.2f}%"
+                " at 36/255")
+        assert want in lines[name], lines[name]
+        assert lines[name].endswith("[undertrained]") == (PRETRAINED[name].status == "undertrained")
+
+
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_entry_is_complete_and_measured(name):
     e = PRETRAINED[name]
