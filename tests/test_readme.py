@@ -91,3 +91,22 @@ def test_the_python_blocks_run_in_order(tmp_path):
                          timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "audited on this machine" in res.stdout
+
+
+def test_zoo_status_quotes_match_the_cards():
+    """Each "LAYER (N epochs: clean% / certified%)" in the README's zoo status is the card's own numbers."""
+    import yaml
+
+    from lipzoo.registry import PRETRAINED
+
+    quote = r"\*{0,2}(\w+)\*{0,2}\s+\((\d+)\s+epochs:\s+([\d.]+)%(?:\s+/\s+([\d.]+)%|\s+clean)\)"
+    quotes = re.findall(quote, README)
+    assert len(quotes) >= 8, quotes
+    for layer, epochs, clean, certified in quotes:
+        entry = PRETRAINED[f"convnet_xs_{layer.lower()}.fashion_mnist"]
+        m = entry.metrics
+        assert f"{100 * m['clean_accuracy']:.2f}" == clean, layer
+        if certified:
+            assert f"{100 * m['certified_accuracy']['0.141176']:.2f}" == certified, layer
+        recipe = yaml.safe_load((ROOT / entry.recipe).read_text())
+        assert recipe["epochs"] == int(epochs), layer
