@@ -21,6 +21,15 @@ expressed in units of the ``standard`` ConvNet's whole step, so a row reads "thi
 Writes ``profile-<device>-<size>-<UTC time>.json`` (every operator's self time, hardware included)
 and ``.csv`` (kinds per layer) and a stacked bar PNG into ``--out`` (default ``./lipzoo-results``),
 each through a temporary name, and prints a markdown table. Run it on an otherwise idle core.
+
+``--conv-rate`` adds the roof those convolutions run against: for every distinct convolution shape
+of the ``standard`` ConvNet-<size> (channels, kernel, image size, at ``--batch-size``) it times a
+forward + backward of that convolution alone (input needing its gradient, as inside a network), in
+the default and in channels-last memory, and a plain matrix product with the same
+multiply-accumulates as the forward (the im2col form: out-channels x in-channels*k*k times
+in-channels*k*k x batch*pixels); all three as GMAC/s (a forward + backward counts 3 forwards).
+Convolutions near the matrix product's rate leave nothing for a faster convolution code to gain.
+The rows go into the JSON (``conv_rates``) and a second table.
 """
 
 from __future__ import annotations
@@ -95,6 +104,77 @@ def profile_layer(layer: str, size: str, batch_size: int, warmup: int, repeats: 
             "top_ops": sorted(best["ops"].items(), key=lambda kv: -kv[1])[:15]}
 
 
+def conv_shapes(size: str, batch_size: int) -> list[dict]:
+    """The distinct (in, out, kernel, stride, padding, height, width) of the standard ConvNet's convs.
+
+    Recorded from every ``conv2d`` call of one forward (whatever module makes it): the input as the
+    convolution sees it, after any explicit (e.g. circular) padding.
+    """
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    from lipzoo import create_model
+
+    seen: dict[tuple, dict] = {}
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (F.conv2d, torch.conv2d):
+                x, w = args[0], args[1]
+                stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
+                pad = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+                stride, pad = (v[0] if isinstance(v, (tuple, list)) else v for v in (stride, pad))
+                key = (w.shape[1], w.shape[0], w.shape[-1], stride, pad, *x.shape[-2:])
+                seen.setdefault(key, dict(zip(("cin", "cout", "k", "stride", "pad", "h", "w"), key)))
+            return func(*args, **kwargs)
+
+    model = create_model(f"convnet_{size}_standard", in_chans=1).eval()
+    with torch.no_grad(), Record():
+        model(torch.rand(1, 1, 32, 32))
+    return [s | {"batch_size": batch_size} for s in seen.values()]
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (oneDNN primitive creation)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def conv_rate(shape: dict, repeats: int) -> dict:
+    """GMAC/s of one convolution's forward + backward (both memory layouts) and of the same-size matmul."""
+    import torch.nn.functional as F
+
+    b, cin, cout, k, h, w = (shape[n] for n in ("batch_size", "cin", "cout", "k", "h", "w"))
+    weight = torch.randn(cout, cin, k, k, requires_grad=True)
+    x0 = torch.randn(b, cin, h, w)
+    h_out, w_out = F.conv2d(x0[:1], weight, stride=shape["stride"], padding=shape["pad"]).shape[-2:]
+    macs = b * h_out * w_out * cout * cin * k * k
+    row = dict(shape, h_out=h_out, w_out=w_out, gmacs_per_fwd=macs / 1e9)
+    for name, fmt in (("conv", torch.contiguous_format), ("conv_channels_last", torch.channels_last)):
+        x = x0.contiguous(memory_format=fmt).requires_grad_()
+
+        def step() -> None:
+            F.conv2d(x, weight, stride=shape["stride"], padding=shape["pad"]).sum().backward()
+        row[f"{name}_gmac_s"] = 3 * macs / 1e9 / _seconds(step, repeats)
+    a, m = torch.randn(cout, cin * k * k), torch.randn(cin * k * k, b * h_out * w_out)
+    row["matmul_gmac_s"] = macs / 1e9 / _seconds(lambda: a @ m, repeats)
+    return row
+
+
+def rate_table(rows: list[dict]) -> str:
+    """Markdown: per convolution shape, GMAC/s of the convolution (two layouts) and of the matmul."""
+    out = ["| in -> out, k | output pixels | conv fwd+bwd GMAC/s | channels-last | matmul GMAC/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['cin']} -> {r['cout']}, {r['k']}x{r['k']} | {r['h_out']}x{r['w_out']} | {r['conv_gmac_s']:.1f} "
+                   f"| {r['conv_channels_last_gmac_s']:.1f} | {r['matmul_gmac_s']:.1f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: per layer, each kind in units of standard's whole step (and the step itself)."""
     std = next((r["step_s"] for r in rows if r["layer"] == "standard"), None)
@@ -141,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="lipzoo-results", help="folder of the result files")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.add_argument("--conv-rate", action="store_true",
+                   help="also time each convolution shape of the standard ConvNet against a matmul of its size")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--batch-size, --threads and --repeats must be >= 1, --warmup >= 0")
@@ -157,11 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     for lid in layers:
         rows.append(profile_layer(lid, args.size, args.batch_size, args.warmup, args.repeats))
         print(f"{lid}: step {rows[-1]['step_s']:.3f} s (self CPU), {rows[-1]['op_calls']} op calls", flush=True)
+    rates = []
+    if args.conv_rate:
+        rates = [conv_rate(shape, max(args.repeats, 3)) for shape in conv_shapes(args.size, args.batch_size)]
     hw = fingerprint("cpu") | {"threads": torch.get_num_threads()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"profile-cpu-{args.size}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps({"settings": vars(args), "hardware": hw, "rows": rows}, indent=1))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps({"settings": vars(args), "hardware": hw, "rows": rows, "conv_rates": rates}, indent=1))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["layer", "size", "batch_size", "step_s", "op_calls"] + [f"{k}_s" for k in KINDS] + ["hw_cpu_model", "threads"])
@@ -171,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
     _draw(rows, stem.with_suffix(".png"), f"ConvNet-{args.size.upper()} training step by operator kind, batch "
           f"{args.batch_size}, {hw['threads']} thread(s), {hw.get('cpu_model')}; median of {args.repeats}")
-    print(json.dumps(rows, indent=1) if args.json else table(rows))
+    print(json.dumps({"rows": rows, "conv_rates": rates}, indent=1) if args.json else table(rows))
+    if rates and not args.json:
+        print(rate_table(rates))
     print(f"wrote {stem}.json/.csv/.png")
     return 0
 

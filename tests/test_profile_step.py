@@ -53,3 +53,27 @@ def test_an_unknown_layer_is_one_line(ps, capsys):
         ps.main(["--layer", "nope"])
     assert e.value.code == 2
     assert "unknown layer id(s) ['nope']" in capsys.readouterr().err
+
+
+def test_conv_rate_times_every_conv_shape_of_the_standard_convnet_against_a_matmul(ps, tmp_path, capsys):
+    shapes = ps.conv_shapes("xs", 2)
+    assert len({(s["cin"], s["cout"], s["k"], s["h"]) for s in shapes}) == len(shapes)  # distinct
+    assert {(s["cin"], s["k"]) for s in shapes} >= {(16, 3), (32, 3), (64, 3), (128, 3), (16, 1), (256, 1)}
+    rc = ps.main(["--layer", "soc", "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--conv-rate",
+                  "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| 16 -> 16, 3x3 | 32x32 |" in out and "matmul GMAC/s" in out
+    (js,) = tmp_path.glob("profile-cpu-xs-*.json")
+    rates = json.loads(js.read_text())["conv_rates"]
+    assert len(rates) == len(shapes)
+    r = next(r for r in rates if (r["cin"], r["k"]) == (16, 3))
+    assert (r["h_out"], r["w_out"]) == (32, 32)  # circular padding keeps the image size
+    assert r["gmacs_per_fwd"] == pytest.approx(2 * 32 * 32 * 16 * 16 * 9 / 1e9)
+    assert all(r[k] > 0 for r in rates for k in ("conv_gmac_s", "conv_channels_last_gmac_s", "matmul_gmac_s"))
+
+
+def test_without_conv_rate_the_json_has_no_rates(ps, tmp_path):
+    ps.main(["--layer", "aol", "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path)])
+    (js,) = tmp_path.glob("profile-cpu-xs-*.json")
+    assert json.loads(js.read_text())["conv_rates"] == []

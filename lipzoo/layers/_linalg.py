@@ -351,7 +351,9 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
     convolutions (by the kernel scaled by 1/i, a tiny tensor) and ``terms`` additions, no
     division of the activations. A 1 x 1 kernel is a matrix ``L`` applied at every pixel, whose
     powers are 1 x 1 kernels too (zero padding plays no part): for few channels the polynomial
-    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once. Else the
+    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once; for more
+    channels each term is a matrix product of the pixels (rows, channels-last) with ``L^T``
+    (several times faster than a 1 x 1 convolution on CPU for these few, wide pixels). Else the
     convolutions run on a channels-last copy of ``x`` (faster on CPU); the result is returned
     contiguous. The same polynomial as the term-by-term sum, up to float round-off.
     """
@@ -365,6 +367,14 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
         for i in range(terms - 1, 0, -1):
             poly = torch.addmm(eye, m, poly, alpha=1.0 / i)
         return F.conv2d(x, poly[:, :, None, None])
+    if k_h == k_w == 1:
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels-last
+        m_t = kernel[:, :, 0, 0].t()
+        z = rows
+        for i in range(terms, 0, -1):
+            z = torch.addmm(rows, z, m_t, alpha=1.0 / i)
+        return z.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
     pad = (k_h // 2, k_w // 2)
     # the series runs in channels-last memory (oneDNN's faster layout for these convolutions,
     # 7% of a ConvNet-XS training step on CPU): one copy in, one back out
