@@ -135,19 +135,11 @@ def conv_shapes(size: str, batch_size: int) -> list[dict]:
     return [s | {"batch_size": batch_size} for s in seen.values()]
 
 
-def _seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (oneDNN primitive creation)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 def conv_rate(shape: dict, repeats: int) -> dict:
     """GMAC/s of one convolution's forward + backward (both memory layouts) and of the same-size matmul."""
     import torch.nn.functional as F
+
+    from lipzoo.zoo.measure import timed
 
     b, cin, cout, k, h, w = (shape[n] for n in ("batch_size", "cin", "cout", "k", "h", "w"))
     weight = torch.randn(cout, cin, k, k, requires_grad=True)
@@ -160,9 +152,9 @@ def conv_rate(shape: dict, repeats: int) -> dict:
 
         def step() -> None:
             F.conv2d(x, weight, stride=shape["stride"], padding=shape["pad"]).sum().backward()
-        row[f"{name}_gmac_s"] = 3 * macs / 1e9 / _seconds(step, repeats)
+        row[f"{name}_gmac_s"] = 3 * macs / 1e9 / timed(step, "cpu", 1, repeats)
     a, m = torch.randn(cout, cin * k * k), torch.randn(cin * k * k, b * h_out * w_out)
-    row["matmul_gmac_s"] = macs / 1e9 / _seconds(lambda: a @ m, repeats)
+    row["matmul_gmac_s"] = macs / 1e9 / timed(lambda: a @ m, "cpu", 1, repeats)
     return row
 
 
