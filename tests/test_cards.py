@@ -295,6 +295,12 @@ def test_training_cost_section_and_learning_curve_reference(entry, tmp_path):
     ([(0.70, 0.74), (0.78, 0.80)], "it underfits"),  # rising, train below val
     ([(0.90, 0.84), (0.97, 0.845)], "overfits"),  # train far above val
     ([(0.84, 0.83), (0.845, 0.832)], "levelled off"),  # flat
+    # one-cycle: the annealed last epoch is flat, but the last third still rose 2.2 points
+    ([(0.7, 0.73), (0.74, 0.76), (0.77, 0.78), (0.78, 0.80), (0.79, 0.81), (0.8, 0.80), (0.8, 0.813),
+      (0.81, 0.829), (0.815, 0.834), (0.816, 0.835)], "it underfits"),
+    # rose early, flat over the last third although the last epoch gained 0.6 points
+    ([(0.7, 0.73), (0.8, 0.80), (0.83, 0.83), (0.84, 0.84), (0.845, 0.845), (0.85, 0.848), (0.85, 0.85),
+      (0.85, 0.846), (0.85, 0.845), (0.85, 0.851)], "levelled off"),
 ])
 def test_undertrained_card_says_why_from_its_learning_curve(entry, tmp_path, curve, verdict):
     folder = copy_folder(entry.folder, tmp_path / entry.name)

@@ -177,7 +177,9 @@ def training_cost(entry: PretrainedEntry) -> list[str]:
     return out
 
 
-#: the last epoch's validation gain (accuracy points) above which a curve counts as still rising
+#: validation gain per epoch (accuracy points), averaged over the curve's last third, above which a curve
+#: counts as still rising; a window rather than the last epoch alone, because a one-cycle schedule anneals
+#: the learning rate to ~0 in its last epoch, which flattens that epoch whatever the trend
 RISING = 0.005
 #: training accuracy this far above validation accuracy counts as overfitting
 OVERFIT_GAP = 0.05
@@ -186,7 +188,8 @@ OVERFIT_GAP = 0.05
 def curve_diagnosis(metrics_file: Path) -> list[str]:
     """What the learning curve in ``metrics_file`` (one JSON line per epoch) says about why a model
     stopped short of its line: still rising and not fitting its training data (underfitting: train
-    longer), fitting it far better than held-out data (overfitting), or flat. Facts first, then the
+    longer), fitting it far better than held-out data (overfitting), or flat. The trend is the mean
+    validation gain per epoch over the last third of the epochs (at least one). Facts first, then the
     rule that classified them; empty when fewer than two epochs are recorded."""
     try:
         rows = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
@@ -195,18 +198,23 @@ def curve_diagnosis(metrics_file: Path) -> list[str]:
         return []
     if len(rows) < 2:
         return []
-    gain, gap = val[-1] - val[-2], train[-1] - val[-1]
+    window = max(1, len(rows) // 3)
+    gain, gap = (val[-1] - val[-1 - window]) / window, train[-1] - val[-1]
+    rise = f"{100 * gain:+.2f} points " + ("over the epoch before" if window == 1
+                                            else f"per epoch over its last {window} epochs")
     facts = (f"In its last epoch ({len(rows)}) training accuracy (on augmented images) was {100 * train[-1]:.2f}% "
-             f"and validation accuracy {100 * val[-1]:.2f}%, {100 * gain:+.2f} points over the epoch before.")
+             f"and validation accuracy {100 * val[-1]:.2f}%, {rise}.")
     if gap > OVERFIT_GAP:
         verdict = (f"Training accuracy is more than {100 * OVERFIT_GAP:g} points above validation: the model "
                    "overfits; more epochs alone will not close the gap.")
     elif gain > RISING:
-        verdict = (f"Validation accuracy was still rising (more than {100 * RISING:g} points in the last epoch) and "
-                   "the model fits its training data no better than held-out data: it underfits, and its schedule "
-                   "ended before it converged; a longer schedule is the indicated remedy.")
+        verdict = (f"Validation accuracy was still rising (more than {100 * RISING:g} points per epoch over the "
+                   "last third of the run) and the model fits its training data no better than held-out data: it "
+                   "underfits, and its schedule ended before it converged; a longer schedule is the indicated "
+                   "remedy.")
     else:
-        verdict = "Validation accuracy had levelled off: more epochs of the same recipe are unlikely to help much."
+        verdict = ("Validation accuracy had levelled off over the last third of the run: more epochs of the same "
+                   "recipe are unlikely to help much.")
     return [f"Why it is below its line, from this curve: {facts} {verdict}", ""]
 
 
