@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..radius import Radius
 from ..registry import ARCHITECTURES, DEFAULT_HUB_ORG, PretrainedEntry, certifies, percent
+from .plots import read_epochs
 
 __all__ = ["GITHUB_REPO", "CARD_FILENAME", "HF_DATASETS", "PAPER_BIBTEX", "CURVE_FILENAME", "NO_CERTIFICATE", "by_eps",
            "certified_pairs", "audited_lipschitz", "accuracy_table", "hardware_text", "repo_id", "front_matter",
@@ -192,7 +192,7 @@ def curve_diagnosis(metrics_file: Path) -> list[str]:
     validation gain per epoch over the last third of the epochs (at least one). Facts first, then the
     rule that classified them; empty when fewer than two epochs are recorded."""
     try:
-        rows = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
+        rows = read_epochs(metrics_file)
         train, val = [float(r["train_accuracy"]) for r in rows], [float(r["val_accuracy"]) for r in rows]
     except (OSError, ValueError, KeyError, TypeError):
         return []
