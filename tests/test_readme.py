@@ -110,3 +110,18 @@ def test_zoo_status_quotes_match_the_cards():
             assert f"{100 * m['certified_accuracy']['0.141176']:.2f}" == certified, layer
         recipe = yaml.safe_load((ROOT / entry.recipe).read_text())
         assert recipe["epochs"] == int(epochs), layer
+
+
+def test_zoo_status_sorts_each_model_by_its_registry_status():
+    """A model quoted under "meet the line" is published normally; one under "still below it" is marked undertrained."""
+    from lipzoo.registry import PRETRAINED
+
+    meet = re.search(r"^- meet the line: (.*?)(?=^- |^$)", README, re.M | re.S)
+    below = re.search(r"^- converging runs still below it(.*?)(?=^- |^$)", README, re.M | re.S)
+    assert meet and below, "the README's zoo status has lost one of its two bullets"
+    name = r"\*{0,2}(\w+)\*{0,2}\s+\(\d+\s+epochs:"
+    for bullet, wanted in ((meet, None), (below, "undertrained")):
+        layers = re.findall(name, bullet.group(1))
+        assert layers, bullet.group(0)
+        for layer in layers:
+            assert PRETRAINED[f"convnet_xs_{layer.lower()}.fashion_mnist"].status == wanted, layer
