@@ -34,6 +34,10 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lipzoo.zoo.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -108,6 +112,16 @@ def edge_text(search: dict) -> str:
             if edge else "")
 
 
+def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
+    """The same searched recipe run for ``epochs`` epochs: its epochs, its budget record and its notes say so."""
+    notes = re.sub(r"--epochs %d\b" % recipe.epochs, f"--epochs {epochs}", recipe.notes or "")
+    budget = dict(recipe.budget or {})
+    if "epochs" in budget:
+        budget["epochs"] = epochs
+    return replace(recipe, epochs=epochs, budget=budget or recipe.budget,
+                   notes=re.sub(r"\b%d epochs\b" % recipe.epochs, f"{epochs} epochs", notes))
+
+
 def run_layer(layer: str, args: argparse.Namespace) -> None:
     import torch
 
@@ -127,10 +141,7 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
     if planned and (planned.endswith("--epochs") == bool(args.epochs)):  # planned earlier in this mode: (re)train
         final = base
         if args.epochs and args.epochs != base.epochs:  # a longer (or shorter) run of the same searched recipe
-            final = replace(base, epochs=args.epochs,
-                            notes=re.sub(r"\b%d epochs\b" % base.epochs, f"{args.epochs} epochs",
-                                         re.sub(r"--epochs %d\b" % base.epochs, f"--epochs {args.epochs}",
-                                                base.notes or "")))
+            final = with_epochs(base, args.epochs)
             final.dump(path)
     elif args.epochs:
         final = plan_converge(base, args)
