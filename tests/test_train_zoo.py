@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,5 +37,5 @@ def test_with_epochs_rewrites_epochs_budget_and_notes_and_keeps_the_search(tz, t
 
 def test_with_epochs_leaves_a_recipe_without_budget_record_without_one(tz):
     recipe = Recipe.load(ROOT / "recipes" / "fashion_mnist" / "convnet_xs_bcop.yaml")
-    bare = tz.with_epochs(Recipe(**{**recipe.__dict__, "budget": None}), 3)
+    bare = tz.with_epochs(replace(recipe, budget=None), 3)
     assert bare.epochs == 3 and bare.budget is None
