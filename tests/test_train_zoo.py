@@ -1,8 +1,11 @@
-"""scripts/train_zoo.py: a longer run of a searched recipe keeps its search and says its new length everywhere."""
+"""scripts/train_zoo.py: what it takes from measurements (thread policy, precision), what its recipe notes say,
+and how a longer run of a searched recipe keeps its search and says its new length everywhere."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,3 +42,58 @@ def test_with_epochs_leaves_a_recipe_without_budget_record_without_one(tz):
     recipe = Recipe.load(ROOT / "recipes" / "fashion_mnist" / "convnet_xs_bcop.yaml")
     bare = tz.with_epochs(replace(recipe, budget=None), 3)
     assert bare.epochs == 3 and bare.budget is None
+
+
+# --- scripts/train_zoo.py takes its default thread policy from the newest measurement -----------
+
+def _policy_file(folder: Path, stamp: str, winners: dict[str, str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"thread-policy-{stamp}.json").write_text(json.dumps({"hardware": {}, "rows": [], "winners": winners}))
+
+
+def test_train_zoo_follows_the_newest_measured_winner_at_its_batch_size(tz, tmp_path):
+    assert tz.measured_policy(64, tmp_path)[0] == tz.DEFAULT_POLICY  # nothing measured
+    _policy_file(tmp_path, "20260101T000000Z", {"aol@64": "1x1", "sll@64": "1x1"})
+    _policy_file(tmp_path, "20260102T000000Z", {"aol@64": "1x2-passive", "sll@64": "1x2-passive",
+                                                "lot@64": "2x1", "aol@256": "2x1", "sll@256": "2x1"})
+    policy, why = tz.measured_policy(64, tmp_path)
+    assert policy == "1x2-passive" and "20260102T000000Z" in why and "2 of 3" in why
+    assert tz.measured_policy(256, tmp_path)[0] == "2x1"
+    policy, why = tz.measured_policy(128, tmp_path)  # not measured at 128: all batch sizes vote
+    assert policy == "2x1" and "no run at this batch size" in why
+    assert tz.POLICY_SHAPE[policy] == (2, 1)
+
+
+def _precision_file(folder: Path, cpu: str, speeds: dict[tuple[str, str], float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "benchmark-cpu-20260101T000000Z.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["model", "layer", "size", "status", "precision", "train_images_per_s",
+                                          "hw_cpu_model"])
+        w.writeheader()
+        for (layer, prec), v in speeds.items():
+            w.writerow({"model": f"convnet_xs_{layer}", "layer": layer, "size": "xs", "status": "ok",
+                        "precision": prec, "train_images_per_s": v, "hw_cpu_model": cpu})
+
+
+def test_train_zoo_uses_bf16_only_where_this_cpu_measured_it_faster(tz, tmp_path):
+    from lipzoo._provenance import cpu_model
+
+    assert tz.measured_precision("aol", tmp_path)[0] == "fp32"  # nothing measured
+    _precision_file(tmp_path / "slow", cpu_model(), {("standard", "fp32"): 70.0, ("standard", "bf16"): 7.0,
+                                                     ("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
+    choice, why = tz.measured_precision("aol", tmp_path / "slow")
+    assert choice == "bf16" and "0.67x as long" in why and why.startswith("Precision bf16")
+    choice, why = tz.measured_precision("sll", tmp_path / "slow")  # not measured: standard decides
+    assert choice == "fp32" and "of standard took 10.00x" in why
+    _precision_file(tmp_path / "other", "Some Other CPU", {("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
+    assert tz.measured_precision("aol", tmp_path / "other") == ("fp32", f"Precision fp32: bf16 was not measured on {cpu_model()}")
+
+
+def test_train_zoo_notes_say_when_the_lr_search_left_its_winner_at_an_edge(tz):
+    def search(scores: dict[float, float]) -> dict:
+        return {"trials": [{"factor": f, "lr": f, "val_accuracy": s, "val_certified": {"0.141176": s}}
+                           for f, s in scores.items()]}
+
+    assert tz.edge_text(search({0.5: 0.1, 1.0: 0.3, 2.0: 0.2})) == ""
+    assert "the largest lr tried: the search did not bracket it" in tz.edge_text(search({0.5: 0.1, 1.0: 0.2, 2.0: 0.3}))
+    assert "the smallest lr tried" in tz.edge_text(search({0.5: 0.3, 1.0: 0.2, 2.0: 0.1}))
