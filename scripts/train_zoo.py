@@ -115,10 +115,10 @@ def edge_text(search: dict) -> str:
 def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
     """The same searched recipe run for ``epochs`` epochs: its epochs, its budget record and its notes say so."""
     notes = re.sub(r"--epochs %d\b" % recipe.epochs, f"--epochs {epochs}", recipe.notes or "")
-    budget = dict(recipe.budget or {})
-    if "epochs" in budget:
-        budget["epochs"] = epochs
-    return replace(recipe, epochs=epochs, budget=budget or recipe.budget,
+    budget = recipe.budget
+    if budget and "epochs" in budget:
+        budget = {**budget, "epochs": epochs}
+    return replace(recipe, epochs=epochs, budget=budget,
                    notes=re.sub(r"\b%d epochs\b" % recipe.epochs, f"{epochs} epochs", notes))
 
 
