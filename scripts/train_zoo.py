@@ -122,6 +122,32 @@ def with_epochs(recipe: Recipe, epochs: int) -> Recipe:
                    notes=re.sub(r"\b%d epochs\b" % recipe.epochs, f"{epochs} epochs", notes))
 
 
+def with_lr_instead(recipe: Recipe, lr: float, why: str) -> Recipe:
+    """The searched recipe at another of its searched lrs, smaller than the search's winner (e.g. when
+    the winner diverged in the full run): its lr, its budget record (``chosen_lr``, ``chosen_why``) and
+    its notes say which and why. Raises ValueError naming what was wrong and what is expected."""
+    search = (recipe.budget or {}).get("lr_search")
+    if not search:
+        raise ValueError(f"--lr-instead: {recipe.name} has no lr search in its budget record; "
+                         "expected a recipe planned by this script")
+    if not why.strip():
+        raise ValueError("--lr-why is empty; expected the reason the search's winner is not trained")
+    best = search["best_lr"]
+    below = sorted(t["lr"] for t in search["trials"] if t["lr"] < best)
+    chosen = next((t for t in below if abs(t - lr) <= 1e-3 * t), None)
+    if chosen is None:
+        raise ValueError(f"--lr-instead {lr:g} was not searched below the winner {best:g}; expected one of: "
+                         + (", ".join(f"{t:g}" for t in below) or "none (the winner is the smallest lr tried)"))
+    if (recipe.budget or {}).get("chosen_lr") == chosen and recipe.lr == chosen:
+        return recipe
+    said = f"chosen lr {chosen:.4g} instead of the search's winner {best:.4g}: {why.strip().rstrip('.')}"
+    old = f"chosen lr {recipe.lr:.4g}"
+    notes = recipe.notes or ""
+    notes = notes.replace(old, said, 1) if old in notes else f"{notes.rstrip()} {said[0].upper()}{said[1:]}."
+    return replace(recipe, lr=chosen, budget={**recipe.budget, "chosen_lr": chosen, "chosen_why": why.strip()},
+                   notes=notes)
+
+
 def run_layer(layer: str, args: argparse.Namespace) -> None:
     import torch
 
@@ -142,6 +168,9 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
         final = base
         if args.epochs and args.epochs != base.epochs:  # a longer (or shorter) run of the same searched recipe
             final = with_epochs(base, args.epochs)
+        if args.lr_instead:  # e.g. the winner diverged in the full run: another searched lr, said why
+            final = with_lr_instead(final, args.lr_instead, args.lr_why)
+        if final is not base:
             final.dump(path)
     elif args.epochs:
         final = plan_converge(base, args)
@@ -277,6 +306,11 @@ def main() -> None:
                         "(half) it, at most this many (default 1; 0: the factors only)")
     p.add_argument("--lr-scale", type=float, default=1.0,
                    help="converge mode: multiply the recipe's lr before the search (e.g. for the standard net)")
+    p.add_argument("--lr-instead", type=float, default=None,
+                   help="train a planned recipe at this lr, one of its searched lrs below the search's winner "
+                        "(e.g. when the winner diverged in the full run; move that run folder away first); "
+                        "recorded in the recipe's budget (chosen_lr, chosen_why) and notes")
+    p.add_argument("--lr-why", default="", help="with --lr-instead: why the search's winner is not trained")
     p.add_argument("--checkpoint-every", type=float, default=300.0,
                    help="seconds of training between mid-epoch checkpoints (default 300)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one job in this process
@@ -298,6 +332,15 @@ def main() -> None:
     layers = list(dict.fromkeys(lid for q in pats for lid in LAYERS if fnmatch.fnmatchcase(lid, q)))  # given order
     if not layers:
         p.error(f"no layer matches {args.layers!r}; known: {', '.join(LAYERS)}")
+    if args.lr_instead is not None:  # checked here, before any worker starts
+        from lipzoo.zoo.recipe import Recipe
+
+        if len(layers) != 1:
+            p.error(f"--lr-instead takes exactly one layer, got {len(layers)}: {', '.join(layers)}")
+        try:
+            with_lr_instead(Recipe.load(recipe_path(layers[0])), args.lr_instead, args.lr_why)
+        except ValueError as err:
+            p.error(str(err))
     if args.repro:
         if args.repro not in LAYERS:
             p.error(f"--repro {args.repro!r} is not a layer id; known: {', '.join(LAYERS)}")

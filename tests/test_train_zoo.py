@@ -97,3 +97,49 @@ def test_train_zoo_notes_say_when_the_lr_search_left_its_winner_at_an_edge(tz):
     assert tz.edge_text(search({0.5: 0.1, 1.0: 0.3, 2.0: 0.2})) == ""
     assert "the largest lr tried: the search did not bracket it" in tz.edge_text(search({0.5: 0.1, 1.0: 0.2, 2.0: 0.3}))
     assert "the smallest lr tried" in tz.edge_text(search({0.5: 0.3, 1.0: 0.2, 2.0: 0.1}))
+
+
+# --- a planned recipe trained at a smaller searched lr (the winner diverged), said in the recipe -----
+
+def test_with_lr_instead_takes_a_smaller_searched_lr_and_says_why_everywhere(tz, tmp_path):
+    recipe = Recipe.load(ROOT / "recipes" / "fashion_mnist" / "convnet_xs_sll.yaml")
+    best = recipe.budget["lr_search"]["best_lr"]
+    smaller = max(t["lr"] for t in recipe.budget["lr_search"]["trials"] if t["lr"] < best)
+    assert recipe.lr == best and f"chosen lr {best:.4g}" in recipe.notes
+    taken = tz.with_lr_instead(recipe, round(smaller, 3), "the winner diverged in the full run.")
+    assert taken.lr == smaller and taken.budget["chosen_lr"] == smaller
+    assert taken.budget["chosen_why"] == "the winner diverged in the full run."
+    assert (f"chosen lr {smaller:.4g} instead of the search's winner {best:.4g}: the winner diverged in the full run"
+            in taken.notes) and f"chosen lr {best:.4g}" not in taken.notes
+    assert taken.budget["lr_search"] == recipe.budget["lr_search"] and recipe.lr == best  # search kept, input unchanged
+    assert tz.with_lr_instead(taken, smaller, "again") is taken  # already chosen: nothing rewritten
+    taken.dump(tmp_path / "r.yaml")
+    assert Recipe.load(tmp_path / "r.yaml") == taken
+
+
+def test_with_lr_instead_refuses_an_lr_the_search_did_not_try_below_its_winner(tz):
+    recipe = Recipe.load(ROOT / "recipes" / "fashion_mnist" / "convnet_xs_sll.yaml")
+    best = recipe.budget["lr_search"]["best_lr"]
+    with pytest.raises(ValueError, match=r"--lr-instead 1 was not searched below the winner .*expected one of: 0\.1814"):
+        tz.with_lr_instead(recipe, 1.0, "why")
+    with pytest.raises(ValueError, match="not searched below the winner"):
+        tz.with_lr_instead(recipe, best, "the winner itself")
+    with pytest.raises(ValueError, match="--lr-why is empty"):
+        tz.with_lr_instead(recipe, 0.1814, "  ")
+    with pytest.raises(ValueError, match="has no lr search in its budget record"):
+        tz.with_lr_instead(replace(recipe, budget=None), 0.1814, "why")
+
+
+def test_train_zoo_rejects_a_bad_lr_instead_before_any_worker_starts(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "train_zoo.py"), "--epochs", "15", "--out",
+                               str(tmp_path), *args], capture_output=True, text=True, timeout=120)
+
+    res = run("--layers", "sll", "--lr-instead", "1.0", "--lr-why", "diverged")
+    assert res.returncode == 2 and "--lr-instead 1 was not searched below the winner" in res.stderr, res.stderr
+    res = run("--layers", "aol,sll", "--lr-instead", "0.1814", "--lr-why", "diverged")
+    assert res.returncode == 2 and "--lr-instead takes exactly one layer, got 2: aol, sll" in res.stderr, res.stderr
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written

@@ -115,3 +115,26 @@ def test_certified_margins_carry_round_off_far_below_the_slack(name):
     scale = big.abs().amax(dim=1)
     assert float(((margins(big, labels) - margins(small, labels)).abs() / scale).max()) < 1e-3 * ROUNDOFF_SLACK
     assert float(((margins(z32, labels) - margins(big, labels)).abs() / scale).max()) < 10 * ROUNDOFF_SLACK
+
+
+#: the zoo's searched recipes (scripts/train_zoo.py wrote an lr search into their budget record)
+SEARCHED = sorted(p for p in (CARDS.parent / "recipes").rglob("*.yaml")
+                  if ((yaml.safe_load(p.read_text()) or {}).get("budget") or {}).get("lr_search"))
+
+
+def test_the_zoo_recipes_were_searched():
+    assert {f"convnet_xs_{lid}" for lid in PAPER_LAYERS} <= {p.stem for p in SEARCHED}
+
+
+@pytest.mark.parametrize("path", SEARCHED, ids=lambda p: p.stem)
+def test_a_searched_recipe_trains_its_winner_or_says_why_not(path):
+    recipe = yaml.safe_load(path.read_text())
+    budget = recipe["budget"]
+    search = budget["lr_search"]
+    tried = [t["lr"] for t in search["trials"]]
+    assert search["best_lr"] in tried and recipe["lr"] in tried
+    if recipe["lr"] != search["best_lr"]:  # scripts/train_zoo.py --lr-instead: a smaller searched lr, with the reason
+        assert budget.get("chosen_lr") == recipe["lr"] < search["best_lr"] and budget.get("chosen_why")
+        assert f"chosen lr {recipe['lr']:.4g}" in recipe["notes"] or f"takes lr {recipe['lr']:.4g}" in recipe["notes"]
+    else:
+        assert "chosen_lr" not in budget
