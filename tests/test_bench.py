@@ -295,6 +295,12 @@ def test_cli_plot(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["bench"].endswith(".csv") and os.path.isfile(out["radar"]["path"]) and os.path.isfile(out["pareto"]["path"])
+    # the bundled models of the charts' data set, their learning curves against training time
+    assert out["curves"]["dataset"] == out["pareto"]["dataset"] and os.path.isfile(out["curves"]["path"])
+    res = CliRunner().invoke(main, ["plot", "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "none"),
+                                    "--layer", "aol,sll,lot", "--dataset", "cifar10", "--json"])
+    out = json.loads(res.output)  # no bundled cifar10 model: no learning-curve picture, and the notes say why
+    assert res.exit_code == 0 and out["curves"] is None and any("no learning-curve picture" in n for n in out["notes"])
     res = CliRunner().invoke(main, ["plot", "--results", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "lipzoo bench" in res.output
 

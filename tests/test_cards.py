@@ -72,11 +72,13 @@ def test_index_pictures_are_the_plots_of_the_datasets_present(entry, tmp_path):
 
     cards, results = tmp_path / "cards", tmp_path / "results"
     results.mkdir()
-    for f in ("radar-cpu-xs.png", f"pareto-cpu-{entry.dataset}.png", "pareto-cpu-cifar100.png"):
+    for f in ("radar-cpu-xs.png", f"pareto-cpu-{entry.dataset}.png", "pareto-cpu-cifar100.png",
+              f"curves-{entry.dataset}.png", "curves-cifar100.png"):
         (results / f).write_bytes(b"png")
     assert index_pictures(cards) == []  # no models, no pictures
     copy_folder(entry.folder, cards / entry.name)
-    assert index_pictures(cards) == ["../results/radar-cpu-xs.png", f"../results/pareto-cpu-{entry.dataset}.png"]
+    assert index_pictures(cards) == ["../results/radar-cpu-xs.png", f"../results/pareto-cpu-{entry.dataset}.png",
+                                     f"../results/curves-{entry.dataset}.png"]
 
 
 def test_write_and_check_cards(entry, tmp_path):

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 import lipzoo
 from lipzoo.cli import main as cli
-from lipzoo.zoo.plots import PlotError, learning_curve, read_epochs
+from lipzoo.zoo.curves import learning_curve, read_epochs
+from lipzoo.zoo.plots import PlotError
 from lipzoo.zoo.publish import GATE_EPS_KEY, RunError, evaluate_run, publish_gate, publish_run
 from lipzoo.registry import PRETRAINED, PretrainedEntry, load_pretrained_dir
 from lipzoo.zoo.training import Recipe, train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
 import click
 
@@ -94,16 +95,24 @@ def _layer_ids(patterns: str) -> list[str]:
 @click.option("--dataset", default=None, help="Data set of the accuracies and epoch times (default: the most trained one, else cifar10).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plot_cmd(bench_file, results_dir, layer_pattern, runs_dir, out_dir, size, dataset, as_json) -> None:
-    """Radar and Pareto charts (PNG) from the benchmark results and the measured accuracies.
+    """Radar and Pareto charts (PNG) from the benchmark results and the measured accuracies, and the
+    bundled models' learning curves against training time (curves-<dataset>.png).
 
     Refuses (exit 1, naming them) when the benchmark file lacks any of the --layer layers."""
+    from ..registry import PRETRAINED
     from ..zoo.bench import DEFAULT_OUT
-    from ..zoo.plots import make_plots
+    from ..zoo.curves import zoo_curves
+    from ..zoo.plots import PlotError, make_plots
 
     results_dir = results_dir or DEFAULT_OUT
     layers = _layer_ids(layer_pattern)
     done = make_plots(bench_file, results_dir=results_dir, runs_dir=runs_dir, out_dir=out_dir, size=size,
                       dataset=dataset, layers=layers)
+    ds = done["pareto"]["dataset"]
+    try:
+        done["curves"] = zoo_curves(PRETRAINED.values(), Path(out_dir or results_dir) / f"curves-{ds}.png", dataset=ds)
+    except PlotError as err:  # no bundled model of this data set has per-epoch records: the charts stand alone
+        done["curves"], done["notes"] = None, done["notes"] + [f"no learning-curve picture: {err}"]
     if as_json:
         echo_json(done)
         return
@@ -113,5 +122,7 @@ def plot_cmd(bench_file, results_dir, layer_pattern, runs_dir, out_dir, size, da
         click.echo(f"  {axis}: not measured yet for {', '.join(layers)}")
     p = done["pareto"]
     click.echo(f"wrote {p['path']}  ({p['measured']} of {p['points']} points with a measured certified accuracy)")
+    if done["curves"]:
+        click.echo(f"wrote {done['curves']['path']}  (learning curves of {len(done['curves']['models'])} bundled models)")
     for note in done["notes"]:
         click.echo(f"note: {note}", err=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..radius import Radius
 from ..registry import ARCHITECTURES, DEFAULT_HUB_ORG, PretrainedEntry, certifies, percent
-from .plots import read_epochs
+from .curves import read_epochs
 
 __all__ = ["GITHUB_REPO", "CARD_FILENAME", "HF_DATASETS", "PAPER_BIBTEX", "CURVE_FILENAME", "NO_CERTIFICATE", "by_eps",
            "certified_pairs", "audited_lipschitz", "accuracy_table", "hardware_text", "repo_id", "front_matter",

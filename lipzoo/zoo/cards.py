@@ -167,14 +167,15 @@ def render_index(entries: dict[str, PretrainedEntry] | list[PretrainedEntry], pi
                 "`lipzoo.save_pretrained` into `cards/<name>/`, then run `lipzoo card --all`._"]
     if pictures:
         out += ["", "## Pictures", "", "Drawn by `lipzoo plot` from the benchmark results and these models' "
-                "certified accuracies (see `results/`).", ""]
+                "certified accuracies and per-epoch records (see `results/`).", ""]
         out += [f"![{Path(p).stem}]({p})" for p in pictures]
     return "\n".join(out) + "\n"
 
 
 def index_pictures(root: Path) -> list[str]:
     """The comparison PNGs of ``lipzoo plot`` that belong with ``root``'s index: those in the
-    ``results/`` folder next to it whose data set has a model under ``root`` (radar charts always)."""
+    ``results/`` folder next to it whose data set has a model under ``root`` (Pareto charts and
+    learning curves; radar charts always)."""
     results = root.parent / "results"
     if not results.is_dir():
         return []
@@ -183,6 +184,7 @@ def index_pictures(root: Path) -> list[str]:
         return []
     keep = sorted(results.glob("radar-*.png"))
     keep += [p for p in sorted(results.glob("pareto-*.png")) if p.stem.split("-", 2)[-1] in datasets]
+    keep += [p for p in sorted(results.glob("curves-*.png")) if p.stem.split("-", 1)[-1] in datasets]
     return [os.path.relpath(p, root) for p in keep]
 
 

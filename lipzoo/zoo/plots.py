@@ -36,8 +36,7 @@ from ..registry import PRETRAINED, get_architecture
 from .bench_results import BASELINE, DEFAULT_OUT, EPOCH_PREFIX, latest_results, read_results
 from .recipe import Recipe, RecipeError
 
-__all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS",
-           "read_epochs", "learning_curve"]
+__all__ = ["Accuracy", "PlotError", "collect_accuracies", "radar_chart", "pareto_chart", "make_plots", "CERT_EPS"]
 
 CERT_RADIUS = Radius.of_steps(36)  #: the radius of the pictures' certified accuracies
 CERT_EPS = CERT_RADIUS.value
@@ -331,78 +330,3 @@ def make_plots(bench: str | os.PathLike | None = None, *, results_dir: str | os.
     radar = radar_chart(rows, accs, out / f"radar-{device}-{size}.png", size=size, dataset=dataset, source=source)
     pareto = pareto_chart(rows, accs, out / f"pareto-{device}-{dataset}.png", dataset=dataset, source=source)
     return {"bench": str(source), "radar": radar, "pareto": pareto, "notes": notes}
-
-
-# --- learning curve of one training run ---------------------------------------------------------
-def read_epochs(path: str | os.PathLike) -> list[dict]:
-    """The per-epoch records of a run's ``metrics.jsonl`` (one JSON object a line; blank lines skipped).
-
-    A line that is not a JSON object raises :class:`PlotError` naming the file and the line.
-    """
-    path = Path(path)
-    out: list[dict] = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PlotError(f"{path}:{i} is not valid JSON ({e}); expected one epoch record a line") from None
-        if not isinstance(rec, dict):
-            raise PlotError(f"{path}:{i} is a {type(rec).__name__}; expected one JSON object (an epoch record) a line")
-        out.append(rec)
-    return out
-
-
-def learning_curve(epochs: list[dict], out: str | os.PathLike, *, title: str = "", certified: bool = True,
-                   eps: float = CERT_EPS) -> Path:
-    """Draw a run's learning curve from its epoch records (:func:`read_epochs`) into the PNG ``out``.
-
-    Left: training loss (and validation loss where recorded) per epoch. Right: training and
-    validation clean accuracy and, with ``certified``, training and validation certified accuracy
-    at ``eps`` (``train_certified`` / ``val_certified``, which the trainer computes with L = 1;
-    pass ``certified=False`` for an unconstrained layer, whose certificates mean nothing).
-    A quantity missing from every record is left out; the file is written atomically. Raises
-    :class:`PlotError` when there is no epoch or no plottable quantity.
-    """
-    if not epochs:
-        raise PlotError("no epoch records to draw a learning curve from (empty metrics.jsonl?)")
-    key = Radius(eps).key
-
-    def series(get) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for i, rec in enumerate(epochs):
-            v = get(rec)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                xs.append(int(rec.get("epoch", i)) + 1)
-                ys.append(float(v))
-        return xs, ys
-
-    def cert(name: str):
-        return lambda r: (r.get(name) or {}).get(key) if isinstance(r.get(name), dict) else None
-
-    losses = [("train loss", series(lambda r: r.get("train_loss"))), ("val loss", series(lambda r: r.get("val_loss")))]
-    accs = [("train clean", series(lambda r: r.get("train_accuracy"))),
-            ("val clean", series(lambda r: r.get("val_accuracy")))]
-    if certified:
-        label = f"certified {Radius(eps).label} (L = 1)"
-        accs += [(f"train {label}", series(cert("train_certified"))), (f"val {label}", series(cert("val_certified")))]
-    if not any(s[0] for _, s in losses + accs):
-        raise PlotError("the epoch records hold none of train_loss, val_loss, train_accuracy, val_accuracy")
-    fig = _figure(figsize=(10, 3.8))
-    for ax, group, ylabel in ((fig.add_subplot(1, 2, 1), losses, "loss"),
-                              (fig.add_subplot(1, 2, 2), accs, "accuracy")):
-        for name, (xs, ys) in group:
-            if xs:
-                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name,
-                        linestyle="--" if name.startswith("val") else "-")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if any(s[0] for _, s in group):
-            ax.legend(fontsize=8)
-        if ylabel == "accuracy":
-            ax.set_ylim(0, 1)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, Path(out))

@@ -39,9 +39,10 @@ from ..layers import LAYERS
 from ..radius import Radius
 from ..registry import ARCHITECTURES, CARDS_DIR, CONFIG_FILENAME, PRETRAINED, PretrainedEntry, RegistryError
 from .cards import CARD_FILENAME, CURVE_FILENAME, render_card, write_card
+from .curves import learning_curve, read_epochs
 from .evaluation import (CHECK_FILENAME, CHECK_N, EVAL_FILENAME, FLOOR_KEY, RECORD_N, RECORDS, RunError, check_records,
                          evaluate_run, load_run_model, read_json, recipe_dict)
-from .plots import PlotError, learning_curve, read_epochs
+from .plots import PlotError
 from .recipe import Recipe
 
 __all__ = ["EVAL_FILENAME", "CHECK_FILENAME", "RECORD_N", "CHECK_N", "RECORDS", "load_run_model", "evaluate_run",
