@@ -99,7 +99,6 @@ def plot_cmd(bench_file, results_dir, layer_pattern, runs_dir, out_dir, size, da
     bundled models' learning curves against training time (curves-<dataset>.png).
 
     Refuses (exit 1, naming them) when the benchmark file lacks any of the --layer layers."""
-    from ..registry import PRETRAINED
     from ..zoo.bench import DEFAULT_OUT
     from ..zoo.curves import zoo_curves
     from ..zoo.plots import PlotError, make_plots
@@ -110,7 +109,7 @@ def plot_cmd(bench_file, results_dir, layer_pattern, runs_dir, out_dir, size, da
                       dataset=dataset, layers=layers)
     ds = done["pareto"]["dataset"]
     try:
-        done["curves"] = zoo_curves(PRETRAINED.values(), Path(out_dir or results_dir) / f"curves-{ds}.png", dataset=ds)
+        done["curves"] = zoo_curves(None, Path(out_dir or results_dir) / f"curves-{ds}.png", dataset=ds)
     except PlotError as err:  # no bundled model of this data set has per-epoch records: the charts stand alone
         done["curves"], done["notes"] = None, done["notes"] + [f"no learning-curve picture: {err}"]
     if as_json:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..layers import LAYERS
 from ..radius import Radius
-from ..registry import ARCHITECTURES, PretrainedEntry, certifies
+from ..registry import ARCHITECTURES, PRETRAINED, PretrainedEntry, certifies
 from .plots import CERT_EPS, PlotError, _figure, _save
 from .recipe import Recipe, RecipeError
 
@@ -136,15 +136,15 @@ def _quality_lines(entries: list[PretrainedEntry]) -> tuple[float | None, float 
     return (clean.pop() if len(clean) == 1 else None), (cert.pop() if len(cert) == 1 else None)
 
 
-def zoo_curves(entries: Iterable[PretrainedEntry], out: str | os.PathLike, *, dataset: str,
+def zoo_curves(entries: Iterable[PretrainedEntry] | None, out: str | os.PathLike, *, dataset: str,
                eps: float = CERT_EPS) -> dict:
-    """Draw every ``dataset`` entry's validation accuracy (left: clean; right: certified at ``eps``,
+    """Draw every ``dataset`` entry's (``None``: the registry's bundled models) validation accuracy (left: clean; right: certified at ``eps``,
     1-Lipschitz models only) against its cumulative training hours, from the ``metrics.jsonl`` in
     its folder, into the PNG ``out``; the legend gives each model's test accuracies and marks the
     undertrained ones (dotted). Returns what was drawn; :class:`PlotError` when no entry of
     ``dataset`` has per-epoch records with wall times."""
     key = Radius(eps).key
-    chosen = sorted((e for e in entries if e.dataset == dataset and e.folder is not None
+    chosen = sorted((e for e in (PRETRAINED.values() if entries is None else entries) if e.dataset == dataset and e.folder is not None
                      and (Path(e.folder) / "metrics.jsonl").is_file()), key=lambda e: e.name)
     runs = []
     for e in chosen:
