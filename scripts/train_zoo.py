@@ -337,6 +337,9 @@ def main() -> None:
 
         if len(layers) != 1:
             p.error(f"--lr-instead takes exactly one layer, got {len(layers)}: {', '.join(layers)}")
+        if args.replan:
+            p.error("--lr-instead picks among the trials of a finished search; it cannot go with --replan "
+                    "(search first, then train at a smaller searched lr)")
         try:
             with_lr_instead(Recipe.load(recipe_path(layers[0])), args.lr_instead, args.lr_why)
         except ValueError as err:

@@ -142,4 +142,6 @@ def test_train_zoo_rejects_a_bad_lr_instead_before_any_worker_starts(tmp_path):
     assert res.returncode == 2 and "--lr-instead 1 was not searched below the winner" in res.stderr, res.stderr
     res = run("--layers", "aol,sll", "--lr-instead", "0.1814", "--lr-why", "diverged")
     assert res.returncode == 2 and "--lr-instead takes exactly one layer, got 2: aol, sll" in res.stderr, res.stderr
+    res = run("--layers", "sll", "--lr-instead", "0.1814", "--lr-why", "diverged", "--replan")
+    assert res.returncode == 2 and "cannot go with --replan" in res.stderr, res.stderr
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
