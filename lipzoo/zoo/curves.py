@@ -127,7 +127,7 @@ def _quality_lines(entries: list[PretrainedEntry]) -> tuple[float | None, float 
     for e in entries:
         if not certifies(e) or not e.recipe or e.folder is None:
             continue
-        try:
+        try:  # a bundled folder is <checkout>/cards/<name>; its recipe path is relative to the checkout
             r = Recipe.load(Path(e.folder).parent.parent / e.recipe)
         except (OSError, RecipeError):
             continue
@@ -138,19 +138,21 @@ def _quality_lines(entries: list[PretrainedEntry]) -> tuple[float | None, float 
 
 def zoo_curves(entries: Iterable[PretrainedEntry] | None, out: str | os.PathLike, *, dataset: str,
                eps: float = CERT_EPS) -> dict:
-    """Draw every ``dataset`` entry's (``None``: the registry's bundled models) validation accuracy (left: clean; right: certified at ``eps``,
+    """Draw every ``dataset`` entry's validation accuracy (left: clean; right: certified at ``eps``,
     1-Lipschitz models only) against its cumulative training hours, from the ``metrics.jsonl`` in
-    its folder, into the PNG ``out``; the legend gives each model's test accuracies and marks the
-    undertrained ones (dotted). Returns what was drawn; :class:`PlotError` when no entry of
+    its folder, into the PNG ``out`` (``entries=None``: the registry's bundled models); the legend
+    gives each model's test accuracies and marks the undertrained ones (dotted). Returns what was drawn; :class:`PlotError` when no entry of
     ``dataset`` has per-epoch records with wall times."""
     key = Radius(eps).key
-    chosen = sorted((e for e in (PRETRAINED.values() if entries is None else entries) if e.dataset == dataset and e.folder is not None
+    pool = PRETRAINED.values() if entries is None else entries
+    chosen = sorted((e for e in pool if e.dataset == dataset and e.folder is not None
                      and (Path(e.folder) / "metrics.jsonl").is_file()), key=lambda e: e.name)
     runs = []
     for e in chosen:
         epochs = read_epochs(Path(e.folder) / "metrics.jsonl")
         clean = _hours_and_values(epochs, lambda r: r.get("val_accuracy"))
-        cert = _hours_and_values(epochs, lambda r: (r.get("val_certified") or {}).get(key)) if certifies(e) else ([], [])
+        cert = (_hours_and_values(epochs, lambda r: (r.get("val_certified") or {}).get(key)) if certifies(e)
+                else ([], []))
         if clean[0]:
             runs.append((e, clean, cert))
     if not runs:
