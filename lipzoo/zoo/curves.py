@@ -141,8 +141,8 @@ def zoo_curves(entries: Iterable[PretrainedEntry] | None, out: str | os.PathLike
     """Draw every ``dataset`` entry's validation accuracy (left: clean; right: certified at ``eps``,
     1-Lipschitz models only) against its cumulative training hours, from the ``metrics.jsonl`` in
     its folder, into the PNG ``out`` (``entries=None``: the registry's bundled models); the legend
-    gives each model's test accuracies and marks the undertrained ones (dotted). Returns what was drawn; :class:`PlotError` when no entry of
-    ``dataset`` has per-epoch records with wall times."""
+    gives each model's test accuracies and marks the undertrained ones (dotted). Returns what was
+    drawn; :class:`PlotError` when no entry of ``dataset`` has per-epoch records with wall times."""
     key = Radius(eps).key
     pool = PRETRAINED.values() if entries is None else entries
     chosen = sorted((e for e in pool if e.dataset == dataset and e.folder is not None
