@@ -17,7 +17,7 @@ from pathlib import Path
 from ..layers import LAYERS
 from ..radius import Radius
 from ..registry import ARCHITECTURES, PRETRAINED, PretrainedEntry, certifies
-from .plots import CERT_EPS, PlotError, _figure, _save
+from .plots import CERT_EPS, PlotError, _colors, _figure, _save
 from .recipe import Recipe, RecipeError
 
 __all__ = ["read_epochs", "learning_curve", "zoo_curves"]
@@ -99,13 +99,6 @@ def learning_curve(epochs: list[dict], out: str | os.PathLike, *, title: str = "
 
 
 # --- the zoo's learning curves in one picture ---------------------------------------------------
-def _colors(names: list[str]) -> dict[str, tuple]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
-
-
 def _hours_and_values(epochs: list[dict], get) -> tuple[list[float], list[float]]:
     """Cumulative training hours at the end of each epoch, and ``get(record)`` there (finite only)."""
     xs, ys, hours = [], [], 0.0

@@ -139,8 +139,8 @@ def _ok_rows(rows: list[dict]) -> list[dict]:
 def _colors(layers: list[str]) -> dict[str, tuple]:
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10"]
-    return {lid: cmap(i % 10) for i, lid in enumerate(layers)}
+    cmap = colormaps["tab10" if len(layers) <= 10 else "tab20"]  # distinct colours for up to 20
+    return {lid: cmap(i % cmap.N) for i, lid in enumerate(layers)}
 
 
 def _default_dataset(accs: dict[tuple[str, str], Accuracy], archs: set[str], input_size: int) -> str:
