@@ -9,13 +9,14 @@ timed steps, the CSV, JSON and PNG.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from scripttools import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_vs_paper.py"
@@ -83,12 +84,8 @@ def write_fake_paper(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bvp():
-    spec = importlib.util.spec_from_file_location("lipzoo_bench_vs_paper_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    yield mod
-    del sys.modules[spec.name]
+    yield load_script(SCRIPT, "lipzoo_bench_vs_paper_test", register=True)  # its dataclasses look it up there
+    del sys.modules["lipzoo_bench_vs_paper_test"]
 
 
 @pytest.fixture

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from scripttools import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cpl_step_gap.py"
 
 
 @pytest.fixture(scope="module")
 def gap():
-    spec = importlib.util.spec_from_file_location("cpl_step_gap", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "cpl_step_gap")
 
 
 def test_the_three_norms_are_ordered_and_the_gap_is_their_ratio(gap):

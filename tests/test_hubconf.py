@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,13 @@ import lipzoo
 from lipzoo.registry import PRETRAINED
 
 from hubtools import copy_folder, free_port, make_checkpoint
+from scripttools import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hubconf():
-    spec = importlib.util.spec_from_file_location("lipzoo_hubconf_test", ROOT / "hubconf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "hubconf.py", "lipzoo_hubconf_test")
 
 
 def test_entrypoints_are_the_registry_architectures():

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from scripttools import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
 
 
 @pytest.fixture(scope="module")
 def ps():
-    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "profile_step")
 
 
 @pytest.mark.parametrize("op,kind", [

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from scripttools import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "roundoff_check.py"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -15,10 +16,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 @pytest.fixture(scope="module")
 def ro():
-    spec = importlib.util.spec_from_file_location("roundoff_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "roundoff_check")
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Debian package dataset-fashion-mnist")

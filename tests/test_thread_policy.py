@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from scripttools import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "thread_policy.py"
 
 
 @pytest.fixture(scope="module")
 def tp():
-    spec = importlib.util.spec_from_file_location("thread_policy", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(SCRIPT, "thread_policy")
 
 
 def test_winner_is_the_policy_with_most_images_per_second(tp):

@@ -4,7 +4,6 @@ and how a longer run of a searched recipe keeps its search and says its new leng
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,15 +12,14 @@ import pytest
 
 from lipzoo.zoo.recipe import Recipe
 
+from scripttools import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tz():
-    spec = importlib.util.spec_from_file_location("train_zoo", ROOT / "scripts" / "train_zoo.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "scripts" / "train_zoo.py", "train_zoo")
 
 
 def test_with_epochs_rewrites_epochs_budget_and_notes_and_keeps_the_search(tz, tmp_path):
