@@ -6,8 +6,10 @@ default takes ``r = 2 / B^2`` with ``B = gram_bound(K)``, valid for every input 
 the layer actually sees (n x n), the circular norm of ``K`` on the (n + k - 1) grid is also a
 guaranteed bound (the zero-padded operator is a compression of it), and the exact dense norm is
 computed where the map is small. This script prints, per CPL convolution of a model (a run folder
-or a bundled model name), the three and ``(B / circular)^2``: how many times larger the step could
-soundly be at that size. Numbers come from the model's weights; nothing is typed in.
+or a bundled model name), the three and ``2 / (r circular^2)``: how many times larger than the
+layer's actual step ``r`` the step could soundly be at that size (``(B / circular)^2`` for the
+default step; about 1 for a layer built with ``step_bound="spectral"``, which takes that bound).
+Numbers come from the model's weights; nothing is typed in.
 
     python scripts/cpl_step_gap.py convnet_xs_cpl.fashion_mnist [--json]
     python scripts/cpl_step_gap.py ~/lipzoo-runs/zoo/convnet_xs_cpl
@@ -56,8 +58,11 @@ def step_gaps(model: torch.nn.Module, input_shape: tuple[int, ...]) -> list[dict
         circ = circular_conv_norm(k, h + kh - 1, w + kw - 1)
         small = max(k.shape[:2]) * h * w <= DENSE_EXACT_MAX
         exact = zero_padded_conv_norm(k, h, w) if small else None
-        rows.append({"layer": name, "kernel": list(k.shape), "input": [h, w], "gram_bound": gram,
-                     "circular_bound": circ, "exact": exact, "step_gap": (gram / circ) ** 2})
+        with torch.no_grad():
+            step = float(layer._step_size((k.shape[1], h, w)))
+        rows.append({"layer": name, "kernel": list(k.shape), "input": [h, w], "step_bound": layer.step_bound,
+                     "gram_bound": gram, "circular_bound": circ, "exact": exact, "step": step,
+                     "step_gap": 2.0 / (step * circ**2)})
     return rows
 
 
@@ -91,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("| layer | kernel | input | gram bound | circular bound | exact | step could be x |")
-    print("|---|---|---|---|---|---|---|")
+    print("| layer | kernel | input | step bound | gram bound | circular bound | exact | step could be x |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         exact = f"{r['exact']:.4f}" if r["exact"] is not None else "-"
         print(f"| {r['layer']} | {'x'.join(map(str, r['kernel']))} | {r['input'][0]}x{r['input'][1]} | "
-              f"{r['gram_bound']:.4f} | {r['circular_bound']:.4f} | {exact} | {r['step_gap']:.2f} |")
+              f"{r['step_bound']} | {r['gram_bound']:.4f} | {r['circular_bound']:.4f} | {exact} | {r['step_gap']:.2f} |")
     gaps = [r["step_gap"] for r in rows]
     print(f"\nstep gap: min {min(gaps):.2f}, geometric mean {math.exp(sum(map(math.log, gaps)) / len(gaps)):.2f}, "
           f"max {max(gaps):.2f}")

@@ -28,6 +28,11 @@ def test_the_three_norms_are_ordered_and_the_gap_is_their_ratio(gap):
     for r in rows:  # every one an upper bound on the exact norm; the circular one the tighter here
         assert r["exact"] <= r["circular_bound"] * (1 + 1e-9) and r["circular_bound"] <= r["gram_bound"] * (1 + 1e-9)
         assert r["step_gap"] == pytest.approx((r["gram_bound"] / r["circular_bound"]) ** 2)
+    tight = torch.nn.Sequential(CPLConv2d(4, 4, 3, step_bound="spectral"), torch.nn.AvgPool2d(2),
+                                CPLConv2d(4, 4, 3, step_bound="spectral"))
+    tight.load_state_dict(net.state_dict())
+    for r in gap.step_gaps(tight, (4, 8, 8)):  # the spectral step is the circular bound's (up to its margin)
+        assert r["step_bound"] == "spectral" and r["step_gap"] == pytest.approx(1.0, rel=3e-4)
 
 
 def test_json_rows_and_a_model_without_cpl_refused(gap, capsys, monkeypatch):

@@ -11,6 +11,15 @@ guaranteed upper bound on ``||K||`` (Schur test on the autocorrelation) for zero
 every input size, so ``r <= 2 / ||K||^2`` always and the layer is provably 1-Lipschitz. There
 is no power-iteration state in this mode and the layer works at any input size.
 
+``step_bound="spectral"`` takes ``B`` tighter, for the input size the layer actually sees: the
+largest singular value of the kernel's frequency matrices on the ``(n + k - 1)``-grid (the
+zero-padded operator on ``n x n`` maps is a compression of that circular operator; taps further
+than ``n - 1`` from the centre are cropped first, as they never meet the input), computed exactly
+(eigenvalues of the per-frequency Gram matrices) times ``1 + SPECTRAL_MARGIN``; for the dense
+layer and 1x1 kernels, the spectral norm of the matrix. The Schur test is loose by 1.1-1.7x on
+trained kernels, so this step is up to ~3x larger, and the layer can express more. It costs one
+batched eigenvalue computation per training forward (eval caches it per input size).
+
 ``paper_compatible=True`` reproduces the paper's code instead: ``r = 2 / (sigma^2 + 1e-6)``
 with ``sigma = <K u, v>`` from power iteration on a persistent buffer ``u`` (shape
 ``(1, C, H, W)`` for the input size given at construction, ``(1, C)`` for the dense layer).
@@ -34,14 +43,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, check_square, as_size, InputError, LipschitzModule, map_size, spatial_size
+from ._fourier import conv_kernel_rfft
 from ._linalg import gram_bound
 from ._norms import residual_bound
 from ._plain import potential_residual_conv, potential_residual_linear
 
-__all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling"]
+__all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling", "spectral_bound"]
 
 #: added to sigma^2 (or B^2) in the step size, as in the paper's code
 EPS = 1e-6
+#: the ways of bounding ||K|| for the sound step size
+STEP_BOUNDS = ("gram", "spectral")
+#: relative margin on the float32 eigenvalue solve of ``step_bound="spectral"``: its round-off,
+#: ~ channels * 6e-8 relative (measured <= 1.3e-6 at 512 channels), stays far below it
+SPECTRAL_MARGIN = 1e-4
 #: added to the norms in the power iteration: training forward / eval (the paper's values)
 TRAIN_NORM_EPS = 1e-6
 EVAL_NORM_EPS = 1e-12
@@ -58,9 +73,71 @@ class CPLWeight(NamedTuple):
     u: torch.Tensor | None = None
 
 
-def cpl_sound_rescaling(weight: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """``2 / (B^2 + eps)`` with ``B = gram_bound(weight)`` >= ``||weight||``: a provably safe step."""
-    return 2.0 / (gram_bound(weight) ** 2 + eps)
+def _crop(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre taps of a (out, in, k, k) kernel that can reach an input of ``size``: offsets < n."""
+    k_h, k_w = kernel.shape[-2:]
+    c_h, c_w = min(k_h, 2 * size[0] - 1), min(k_w, 2 * size[1] - 1)
+    o_h, o_w = (k_h - c_h) // 2, (k_w - c_w) // 2
+    return kernel[..., o_h : o_h + c_h, o_w : o_w + c_w]
+
+
+def spectral_bound(weight: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``||weight||`` times ``1 + SPECTRAL_MARGIN``: an upper bound on the operator's l2 norm.
+
+    ``weight``: an (out, in) matrix, or an (out, in, k, k) kernel of a zero-padded 'same'
+    convolution on ``size`` maps (odd k). For a kernel, the largest singular value of its
+    frequency matrices on the (n + k' - 1)-grid of the kernel cropped to the k' <= 2n - 1 taps
+    that reach the input; the zero-padded operator is a compression of that circular one.
+    The value comes from a float32 eigenvalue solve without autograd; its gradient is that of the
+    largest singular value, ``Re(u^H dA v)`` with the top singular pair of the maximising
+    frequency (the gradient of the max).
+    """
+    if weight.ndim == 4:
+        if size is None:
+            raise ValueError("a convolution's spectral bound needs the input size")
+        weight = _crop(weight, size)
+        if weight.shape[-2:] != (1, 1):
+            n_h, n_w = size[0] + weight.shape[-2] - 1, size[1] + weight.shape[-1] - 1
+            mats = conv_kernel_rfft(weight, n_h, n_w).flatten(0, 1)
+        else:
+            mats = weight[None, :, :, 0, 0]
+    else:
+        mats = weight[None]
+    if mats.shape[-2] < mats.shape[-1]:  # the Gram matrix of the smaller side
+        mats = mats.mH
+    with torch.no_grad():
+        a = mats.detach()
+        if a.shape[0] == 1:  # one matrix: its eigenvectors come with the same solve
+            lam, vecs = torch.linalg.eigh(a[0].mH @ a[0])
+            top, lam, v = 0, lam[-1], vecs[:, -1:]
+        else:
+            lams = torch.linalg.eigvalsh(a.mH @ a)[..., -1]
+            top = lams.argmax()
+            lam, v = lams[top], torch.linalg.eigh(a[top].mH @ a[top])[1][:, -1:]
+        sigma = lam.clamp_min(0).sqrt()
+        u = a[top] @ v / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
+    s = (u.mH @ mats[top] @ v).real.squeeze()
+    return (sigma + (s - s.detach())) * (1 + SPECTRAL_MARGIN)
+
+
+def cpl_sound_rescaling(weight: torch.Tensor, eps: float = EPS, step_bound: str = "gram",
+                        size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``2 / (B^2 + eps)`` with ``B >= ||weight||``: a provably safe step.
+
+    ``B`` is ``gram_bound(weight)`` (every input size) or, with ``step_bound="spectral"``,
+    :func:`spectral_bound` for inputs of ``size``.
+    """
+    b = gram_bound(weight) if step_bound == "gram" else spectral_bound(weight, size)
+    return 2.0 / (b**2 + eps)
+
+
+def _check_step_bound(name: str, step_bound: str, paper_compatible: bool) -> str:
+    if step_bound not in STEP_BOUNDS:
+        raise ValueError(f"{name}: step_bound must be one of {', '.join(STEP_BOUNDS)}, got {step_bound!r}")
+    if paper_compatible and step_bound != "gram":
+        raise ValueError(f"{name}: paper_compatible=True takes the paper's power-iteration step; "
+                         f"step_bound={step_bound!r} is for the sound mode")
+    return step_bound
 
 
 @torch.no_grad()
@@ -99,6 +176,8 @@ class CPLConv2d(LipschitzModule):
     ``paper_compatible=True``: the paper's power-iteration ``r`` with a buffer ``u`` of shape
     (1, out, H, W) for ``input_size`` (required); only approximately 1-Lipschitz, and only for
     inputs of that size. ``val_niter`` (paper mode only): eval power iterations (100).
+    ``step_bound``: ``"gram"`` (default, every input size) or ``"spectral"`` (sound and tighter,
+    for the spatial size of each input; see the module docstring).
     """
 
     def __init__(
@@ -110,9 +189,13 @@ class CPLConv2d(LipschitzModule):
         input_size: tuple[int, int] | int | None = None,
         paper_compatible: bool = False,
         val_niter: int = 100,
+        step_bound: str = "gram",
     ) -> None:
         super().__init__()
         check_square(type(self).__name__, in_channels, out_channels)
+        self.step_bound = _check_step_bound(type(self).__name__, step_bound, paper_compatible)
+        # the spectral step of a 1x1 kernel is its matrix's norm: the same on every input size
+        self.size_dependent = self.step_bound == "spectral" and kernel_size > 1
         check_kernel_size(kernel_size)
         if val_niter < 1:
             raise ValueError(f"val_niter must be >= 1, got {val_niter}")
@@ -151,15 +234,16 @@ class CPLConv2d(LipschitzModule):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> CPLWeight:
         if not self.paper_compatible:
-            return CPLWeight(cpl_sound_rescaling(self.kernel))
+            if self.step_bound == "spectral" and not self.size_dependent:
+                size = (1, 1)  # a 1x1 kernel: its matrix's norm on every input size
+            return CPLWeight(cpl_sound_rescaling(self.kernel, step_bound=self.step_bound, size=size))
         self._check_size(size)
         return _paper_rescaling(self._op, self._op_t, self.u, self.training, self.val_niter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
-        size = None
+        size = spatial_size(x) if self.size_dependent else None
         if self.paper_compatible:
-            size = spatial_size(x)
             self._check_size(size)
         w = self.effective_weight(size)
         if w.u is not None:  # paper mode, training: keep the power-iteration state
@@ -172,7 +256,7 @@ class CPLConv2d(LipschitzModule):
 
     def _step_size(self, shape: tuple[int, ...] | None) -> torch.Tensor:
         """The eval-mode step size r (0-dim) for inputs of ``shape`` (the size matters in paper mode only)."""
-        return self.effective_weight(map_size(shape) if self.paper_compatible else None).rescaling
+        return self.effective_weight(map_size(shape) if self.size_dependent else None).rescaling
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         """``max(1, ||sqrt(r) K||^2 - 1)`` with the zero-padded conv norm on ``shape`` maps (see
@@ -189,7 +273,7 @@ class CPLConv2d(LipschitzModule):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, padding=zeros"
         if self.paper_compatible:
             return s + f", paper_compatible=True (power iteration on {self.input_size}), val_niter={self.val_niter}"
-        return s + ", rescaling=gram_bound"
+        return s + f", step_bound={self.step_bound}"
 
 
 class CPLLinear(LipschitzModule):
@@ -198,13 +282,16 @@ class CPLLinear(LipschitzModule):
     Parameters ``weight`` (out, in; xavier normal) and ``bias`` (U(+-1/sqrt(in))). Default: ``r``
     from ``gram_bound(weight)`` (sound). ``paper_compatible=True``: the paper's power-iteration
     ``r`` with a buffer ``u`` of shape (1, out); only approximately 1-Lipschitz.
+    ``step_bound="spectral"``: ``r`` from the spectral norm of ``weight`` (sound and tighter).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, paper_compatible: bool = False, val_niter: int = 100
+        self, in_features: int, out_features: int, *, paper_compatible: bool = False, val_niter: int = 100,
+        step_bound: str = "gram",
     ) -> None:
         super().__init__()
         check_square(type(self).__name__, in_features, out_features)
+        self.step_bound = _check_step_bound(type(self).__name__, step_bound, paper_compatible)
         if val_niter < 1:
             raise ValueError(f"val_niter must be >= 1, got {val_niter}")
         self.in_features, self.out_features = in_features, out_features
@@ -226,7 +313,7 @@ class CPLLinear(LipschitzModule):
 
     def compute_weight(self, size: tuple[int, int] | None = None) -> CPLWeight:
         if not self.paper_compatible:
-            return CPLWeight(cpl_sound_rescaling(self.weight))
+            return CPLWeight(cpl_sound_rescaling(self.weight, step_bound=self.step_bound))
         return _paper_rescaling(self._op, self._op_t, self.u, self.training, self.val_niter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,4 +341,4 @@ class CPLLinear(LipschitzModule):
         s = f"{self.in_features}, {self.out_features}"
         if self.paper_compatible:
             return s + f", paper_compatible=True (power iteration), val_niter={self.val_niter}"
-        return s + ", rescaling=gram_bound"
+        return s + f", step_bound={self.step_bound}"
