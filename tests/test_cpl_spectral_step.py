@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +14,10 @@ from lipzoo.layers._fourier import conv_kernel_rfft
 from lipzoo.layers._linalg import gram_bound
 from lipzoo.layers._norms import circular_conv_norm, zero_padded_conv_norm
 from lipzoo.layers.cpl import EPS, SPECTRAL_MARGIN, CPLConv2d, CPLLinear, spectral_bound
+from lipzoo.registry import PRETRAINED
+from lipzoo.zoo.evaluation import evaluate_run, load_run_model
+from lipzoo.zoo.publish import publish_run
+from lipzoo.zoo.training import Recipe, train
 
 from lipschitz import jacobian_matrix, push_norm_up
 
@@ -125,3 +131,28 @@ def test_a_spectral_model_audits_at_one_and_exports_to_the_same_function():
     x = torch.rand(3, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(to_plain(model)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
+def test_a_recipes_layer_options_reach_the_published_model(tmp_path, monkeypatch):
+    """train -> evaluate -> publish of a recipe with step_bound: spectral: the card's config keeps
+    the option and the pretrained model is built with it (the same function as the run's)."""
+    r = Recipe(name="convnet_xs_cpl.fashion_mnist", architecture="convnet_xs_cpl", dataset="fashion_mnist",
+               epochs=1, lr=0.5, weight_decay=0.0, batch_size=64, crop_padding=0, hflip=False, schedule_step="batch",
+               val_size=100, train_limit=128, seed=1, layer_options={"step_bound": "spectral"})
+    run = tmp_path / "run"
+    train(r, run, progress=False)
+    evaluate_run(run, limit=50, speed=False, progress=False)
+    entry = publish_run(run, tmp_path / "cards", force=True)
+    folder = entry.folder
+    assert entry.layer_kwargs == {"step_bound": "spectral"}
+    monkeypatch.setitem(PRETRAINED, entry.name, entry)
+    model = lipzoo.create_model(entry.name, pretrained=True, weights=folder).eval()
+    assert "step_bound=spectral" in repr(model)
+    trained, _ = load_run_model(run)
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained.eval()(x))
