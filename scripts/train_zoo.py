@@ -91,6 +91,13 @@ def measured_precision(layer: str, folder: Path = ROOT / "results" / "precision-
     return "fp32", f"Precision fp32: bf16 was not measured on {here}"
 
 
+def search_base_lr(search: dict) -> float:
+    """The lr a search multiplied by its factors (every trial's ``lr / factor``; a search need not
+    have tried factor 1, e.g. one run with ``--lr-factors 8,16,32``)."""
+    trial = search["trials"][0]
+    return float(trial["lr"]) / float(trial["factor"])
+
+
 def recipe_path(layer: str) -> Path:
     return ROOT / "recipes" / "fashion_mnist" / f"convnet_xs_{layer}.yaml"
 
@@ -160,7 +167,7 @@ def run_layer(layer: str, args: argparse.Namespace) -> None:
     earlier = None
     if (base.budget or {}).get("zoo") and args.replan:  # a second search, e.g. when the first never left chance
         earlier = base.budget.get("lr_search")
-        paper_lr = next(t["lr"] for t in earlier["trials"] if t["factor"] == 1.0)
+        paper_lr = search_base_lr(earlier)
         # converge mode searches around base.lr * --lr-scale: the same trials again (reused), then the extension
         base = replace(base, lr=paper_lr / args.lr_scale if args.epochs else paper_lr, budget=None)
     planned = str((base.budget or {}).get("zoo", ""))

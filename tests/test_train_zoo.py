@@ -143,3 +143,9 @@ def test_train_zoo_rejects_a_bad_lr_instead_before_any_worker_starts(tmp_path):
     res = run("--layers", "sll", "--lr-instead", "0.1814", "--lr-why", "diverged", "--replan")
     assert res.returncode == 2 and "cannot go with --replan" in res.stderr, res.stderr
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_a_replan_finds_the_searchs_base_lr_without_a_factor_one_trial(tz):
+    trials = [{"lr": 0.54832, "factor": 8.0}, {"lr": 1.09664, "factor": 16.0}]
+    assert tz.search_base_lr({"trials": trials}) == pytest.approx(0.06854)
+    assert tz.search_base_lr({"trials": [{"lr": 0.1, "factor": 1.0}]}) == 0.1
