@@ -331,6 +331,9 @@ def test_lr_search_scores_on_validation_and_reuses_finished_trials(tmp_path, mon
     assert search_lr(r, 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data) == out
     with pytest.raises(RecipeError, match="holds a finished trial at lr 0.025, not 0.035"):  # folders are named by factor
         search_lr(replace(r, lr=0.07), 2.0, tmp_path / "s", factors=(0.5, 2.0), estimate=est, data=data)
+    with pytest.raises(RecipeError, match="holds a finished trial with layer_options {}, not {'step_bound': 'spectral'}"):
+        search_lr(replace(r, layer_options={"step_bound": "spectral"}), 2.0, tmp_path / "s", factors=(0.5, 2.0),
+                  estimate=est, data=data)
 
 
 @pytest.mark.parametrize("peak, extend, extended, best, edge", [

@@ -124,7 +124,7 @@ def search_lr(
         run = Path(out_root) / f"lr{f:g}"
         done = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
         if done.get("complete"):
-            _check_same_lr(run, cand.lr)
+            _check_same_trial(run, cand)
         if not done.get("complete"):
             done = train(cand, run, device=device, resume=(run / "checkpoint.safetensors").exists(),
                          progress=progress, data=data)
@@ -165,12 +165,23 @@ def _bracket(trials: list[dict], trial: Callable[[float], dict], extend: int, me
     return extended
 
 
-def _check_same_lr(run: Path, lr: float) -> None:
-    """A finished trial is reused only when it was trained at ``lr`` (its folder is named by the factor)."""
+#: the recipe fields a reused trial must share with the candidate besides its lr (not its epochs and
+#: train_limit: a budget search re-times its batches when it is run again)
+TRIAL_FIELDS = ("architecture", "dataset", "layer_options", "precision", "batch_size", "weight_decay", "val_limit",
+                "seed")
+
+
+def _check_same_trial(run: Path, cand: Recipe) -> None:
+    """A finished trial is reused only when it is the candidate's: the same lr (its folder is named
+    by the factor) and the same :data:`TRIAL_FIELDS` (e.g. layer options changed between searches)."""
     done = Recipe.load(run / "recipe.yaml")
-    if not math.isclose(done.lr, lr, rel_tol=1e-9):
-        raise RecipeError(f"{run} holds a finished trial at lr {done.lr:g}, not {lr:g}: search into another folder, "
+    if not math.isclose(done.lr, cand.lr, rel_tol=1e-9):
+        raise RecipeError(f"{run} holds a finished trial at lr {done.lr:g}, not {cand.lr:g}: search into another folder, "
                           "or move that one away")
+    for field in TRIAL_FIELDS:
+        if getattr(done, field) != getattr(cand, field):
+            raise RecipeError(f"{run} holds a finished trial with {field} {getattr(done, field)!r}, not "
+                              f"{getattr(cand, field)!r}: search into another folder, or move that one away")
 
 
 def best_trial(trials: list[dict], metric: str = SEARCH_RADIUS.key) -> dict:
