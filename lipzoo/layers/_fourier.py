@@ -4,7 +4,8 @@ A circular convolution on an ``H x W`` grid is block-diagonal in the Fourier bas
 ``(out, in)`` matrix per frequency, laid out ``(H, W_freq, out, in)``. Here: the kernel's
 spectrum (centred like ``F.conv2d`` with circular 'same' padding), the product of such a stack with
 an input's spectrum (``fft_conv2d``, with a hand-written backward), evaluating a matrix function
-once per distinct frequency of a real kernel's half spectrum, and the stack's Frobenius norm.
+once per distinct frequency of a real kernel's half spectrum, the stack's Frobenius norm, and a
+sound size-specific bound on a zero-padded convolution's norm from its largest singular value.
 Pure functions of tensors: no modules, no state, no I/O.
 """
 
@@ -17,7 +18,13 @@ import torch
 
 from ._linalg import _dense, _sum_to, matmul, tangents_possible
 
-__all__ = ["frobenius_norm", "half_spectrum_map", "conv_kernel_rfft", "conv_kernel_fft", "fft_conv2d"]
+__all__ = [
+    "frobenius_norm", "half_spectrum_map", "conv_kernel_rfft", "conv_kernel_fft", "fft_conv2d", "spectral_bound",
+]
+
+#: relative margin on the float32 eigenvalue solve of :func:`spectral_bound`: its round-off,
+#: ~ channels * 6e-8 relative (measured <= 1.3e-6 at 512 channels), stays far below it
+SPECTRAL_MARGIN = 1e-4
 
 
 @functools.lru_cache(maxsize=64)
@@ -275,3 +282,50 @@ def fft_conv2d(x: torch.Tensor, wfreq: torch.Tensor, full: bool = False) -> torc
         return _FFTConv2d.apply(x, wfreq)[0]
     xf = _rfft2(x).permute(2, 3, 1, 0)  # (H, Wf, in, N); the same function with plain ops
     return _irfft2(matmul(wfreq, xf).permute(3, 2, 0, 1), (n_h, n_w))
+
+
+def _crop(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre taps of a (out, in, k, k) kernel that can reach an input of ``size``: offsets < n."""
+    k_h, k_w = kernel.shape[-2:]
+    c_h, c_w = min(k_h, 2 * size[0] - 1), min(k_w, 2 * size[1] - 1)
+    o_h, o_w = (k_h - c_h) // 2, (k_w - c_w) // 2
+    return kernel[..., o_h : o_h + c_h, o_w : o_w + c_w]
+
+
+def spectral_bound(weight: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``||weight||`` times ``1 + SPECTRAL_MARGIN``: an upper bound on the operator's l2 norm.
+
+    ``weight``: an (out, in) matrix, or an (out, in, k, k) kernel of a zero-padded 'same'
+    convolution on ``size`` maps (odd k). For a kernel, the largest singular value of its
+    frequency matrices on the (n + k' - 1)-grid of the kernel cropped to the k' <= 2n - 1 taps
+    that reach the input; the zero-padded operator is a compression of that circular one.
+    The value comes from a float32 eigenvalue solve without autograd; its gradient is that of the
+    largest singular value, ``Re(u^H dA v)`` with the top singular pair of the maximising
+    frequency (the gradient of the max).
+    """
+    if weight.ndim == 4:
+        if size is None:
+            raise ValueError("a convolution's spectral bound needs the input size")
+        weight = _crop(weight, size)
+        if weight.shape[-2:] != (1, 1):
+            n_h, n_w = size[0] + weight.shape[-2] - 1, size[1] + weight.shape[-1] - 1
+            mats = conv_kernel_rfft(weight, n_h, n_w).flatten(0, 1)
+        else:
+            mats = weight[None, :, :, 0, 0]
+    else:
+        mats = weight[None]
+    if mats.shape[-2] < mats.shape[-1]:  # the Gram matrix of the smaller side
+        mats = mats.mH
+    with torch.no_grad():
+        a = mats.detach()
+        if a.shape[0] == 1:  # one matrix: its eigenvectors come with the same solve
+            lam, vecs = torch.linalg.eigh(a[0].mH @ a[0])
+            top, lam, v = 0, lam[-1], vecs[:, -1:]
+        else:
+            lams = torch.linalg.eigvalsh(a.mH @ a)[..., -1]
+            top = lams.argmax()
+            lam, v = lams[top], torch.linalg.eigh(a[top].mH @ a[top])[1][:, -1:]
+        sigma = lam.clamp_min(0).sqrt()
+        u = a[top] @ v / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
+    s = (u.mH @ mats[top] @ v).real.squeeze()
+    return (sigma + (s - s.detach())) * (1 + SPECTRAL_MARGIN)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, check_square, as_size, InputError, LipschitzModule, map_size, spatial_size
-from ._fourier import conv_kernel_rfft
+from ._fourier import SPECTRAL_MARGIN, spectral_bound  # noqa: F401 (SPECTRAL_MARGIN: re-exported)
 from ._linalg import gram_bound
 from ._norms import residual_bound
 from ._plain import potential_residual_conv, potential_residual_linear
@@ -56,9 +56,6 @@ __all__ = ["CPLConv2d", "CPLLinear", "CPLWeight", "cpl_sound_rescaling", "spectr
 EPS = 1e-6
 #: the ways of bounding ||K|| for the sound step size
 STEP_BOUNDS = ("gram", "spectral")
-#: relative margin on the float32 eigenvalue solve of ``step_bound="spectral"``: its round-off,
-#: ~ channels * 6e-8 relative (measured <= 1.3e-6 at 512 channels), stays far below it
-SPECTRAL_MARGIN = 1e-4
 #: added to the norms in the power iteration: training forward / eval (the paper's values)
 TRAIN_NORM_EPS = 1e-6
 EVAL_NORM_EPS = 1e-12
@@ -73,53 +70,6 @@ class CPLWeight(NamedTuple):
     rescaling: torch.Tensor
     #: paper mode, training: the power-iteration vector to store back into ``u``; else None
     u: torch.Tensor | None = None
-
-
-def _crop(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The centre taps of a (out, in, k, k) kernel that can reach an input of ``size``: offsets < n."""
-    k_h, k_w = kernel.shape[-2:]
-    c_h, c_w = min(k_h, 2 * size[0] - 1), min(k_w, 2 * size[1] - 1)
-    o_h, o_w = (k_h - c_h) // 2, (k_w - c_w) // 2
-    return kernel[..., o_h : o_h + c_h, o_w : o_w + c_w]
-
-
-def spectral_bound(weight: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """``||weight||`` times ``1 + SPECTRAL_MARGIN``: an upper bound on the operator's l2 norm.
-
-    ``weight``: an (out, in) matrix, or an (out, in, k, k) kernel of a zero-padded 'same'
-    convolution on ``size`` maps (odd k). For a kernel, the largest singular value of its
-    frequency matrices on the (n + k' - 1)-grid of the kernel cropped to the k' <= 2n - 1 taps
-    that reach the input; the zero-padded operator is a compression of that circular one.
-    The value comes from a float32 eigenvalue solve without autograd; its gradient is that of the
-    largest singular value, ``Re(u^H dA v)`` with the top singular pair of the maximising
-    frequency (the gradient of the max).
-    """
-    if weight.ndim == 4:
-        if size is None:
-            raise ValueError("a convolution's spectral bound needs the input size")
-        weight = _crop(weight, size)
-        if weight.shape[-2:] != (1, 1):
-            n_h, n_w = size[0] + weight.shape[-2] - 1, size[1] + weight.shape[-1] - 1
-            mats = conv_kernel_rfft(weight, n_h, n_w).flatten(0, 1)
-        else:
-            mats = weight[None, :, :, 0, 0]
-    else:
-        mats = weight[None]
-    if mats.shape[-2] < mats.shape[-1]:  # the Gram matrix of the smaller side
-        mats = mats.mH
-    with torch.no_grad():
-        a = mats.detach()
-        if a.shape[0] == 1:  # one matrix: its eigenvectors come with the same solve
-            lam, vecs = torch.linalg.eigh(a[0].mH @ a[0])
-            top, lam, v = 0, lam[-1], vecs[:, -1:]
-        else:
-            lams = torch.linalg.eigvalsh(a.mH @ a)[..., -1]
-            top = lams.argmax()
-            lam, v = lams[top], torch.linalg.eigh(a[top].mH @ a[top])[1][:, -1:]
-        sigma = lam.clamp_min(0).sqrt()
-        u = a[top] @ v / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)
-    s = (u.mH @ mats[top] @ v).real.squeeze()
-    return (sigma + (s - s.detach())) * (1 + SPECTRAL_MARGIN)
 
 
 def cpl_sound_rescaling(weight: torch.Tensor, eps: float = EPS, step_bound: str = "gram",

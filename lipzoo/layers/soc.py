@@ -32,7 +32,18 @@ layer actually uses, so a freshly built layer is correct in eval mode.
 
 Cost of soundness: ``gram_bound`` over-estimates ``||L||`` (2-4x on the golden filters), so the
 default's ``||L_n||`` is smaller than the paper's (0.26-0.73 there) and each layer rotates less
-unless training makes the bound tighter.
+unless training makes the bound tighter. Rescaling the filter cannot make up for it: ``L / B(L)``
+is invariant under ``L -> cL``, so only a tighter bound ``B`` lets a layer rotate further.
+
+``skew_bound="spectral"`` divides by a tighter bound instead, for the input size the layer
+actually sees (after the stride fold): :func:`~lipzoo.layers._fourier.spectral_bound`, the
+largest singular value of ``L``'s frequency matrices on the ``(n + k - 1)``-grid (the zero-padded
+operator on ``n x n`` maps is a compression of that circular one) times ``1 + SPECTRAL_MARGIN``,
+which covers its float32 round-off; the spectral norm of the matrix for 1x1 kernels. Then
+``||L_n|| <= 1`` holds on inputs of that size, so the argument above holds there, and every power
+``L_n^i`` (one zero-padded convolution each) has norm <= 1 as well. On the bundled SOC model
+``gram_bound`` was 1.43x-3.40x (geometric mean 2.38x) larger than this bound. It costs one
+batched eigenvalue solve per training forward (eval caches the weight per input size).
 
 The buffer updates happen in place under ``no_grad`` before ``compute_weight`` (so the eval
 cache sees the new version counters); ``sigma_i`` is computed from clones of the vectors, so
@@ -47,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import check_kernel_size, full_precision, InputError, LipschitzModule, map_size, MatrixLayer
+from ._base import check_kernel_size, full_precision, InputError, LipschitzModule, map_size, MatrixLayer, spatial_size
+from ._fourier import spectral_bound
 from ._linalg import gram_bound, taylor_exp_conv2d
 from ._norms import skew_taylor_bound, taylor_tail_bound, zero_padded_bound
 from ._plain import TaylorExpConv2d
@@ -67,6 +79,8 @@ __all__ = [
 VECTOR_NAMES = ("u1", "v1", "u2", "v2", "u3", "v3", "u4", "v4")
 #: smallest norm bound used as a divisor (a zero skew filter stays zero)
 _TINY = 1e-12
+#: the ways of bounding ||L|| for the sound normalisation L_n = L / B(L)
+SKEW_BOUNDS = ("gram", "spectral")
 
 
 def skew_filter(m: torch.Tensor) -> torch.Tensor:
@@ -153,7 +167,9 @@ class SOCConv2d(LipschitzModule):
     Options (the paper's defaults): ``train_terms=5``, ``eval_terms=12``, ``bias=True``,
     ``stride=1`` (2 folds 2x2 pixels into channels first, as the paper's einops rearrange) and,
     used only with ``paper_compatible=True``: ``init_iters=50``, ``update_iters=1``,
-    ``update_freq=200``, ``correction=0.7`` (forced to 1.0 for k = 1).
+    ``update_freq=200``, ``correction=0.7`` (forced to 1.0 for k = 1). ``skew_bound``:
+    ``"gram"`` (default, every input size) or ``"spectral"`` (sound and tighter, for the spatial
+    size of each input; see the module docstring); the sound mode only.
     """
 
     def __init__(
@@ -172,9 +188,18 @@ class SOCConv2d(LipschitzModule):
         update_iters: int = 1,
         update_freq: int = 200,
         correction: float = 0.7,
+        skew_bound: str = "gram",
     ) -> None:
         super().__init__()
         check_kernel_size(kernel_size)
+        if skew_bound not in SKEW_BOUNDS:
+            raise ValueError(f"SOCConv2d: skew_bound must be one of {', '.join(SKEW_BOUNDS)}, got {skew_bound!r}")
+        if paper_compatible and skew_bound != "gram":
+            raise ValueError(f"SOCConv2d: paper_compatible=True normalises by the paper's estimate; "
+                             f"skew_bound={skew_bound!r} is for the sound mode")
+        self.skew_bound = skew_bound
+        # the spectral bound of a 1x1 kernel is its matrix's norm: the same on every input size
+        self.size_dependent = skew_bound == "spectral" and kernel_size > 1
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         if in_channels < 1 or out_channels < 1:
@@ -215,12 +240,26 @@ class SOCConv2d(LipschitzModule):
 
     # --- the pure function -------------------------------------------------------------------
     def compute_weight(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The normalised skew kernel ``L_n`` (``||L_n|| <= 1`` guaranteed in default mode)."""
+        """The normalised skew kernel ``L_n`` (``||L_n|| <= 1`` guaranteed in the sound mode; with
+        ``skew_bound="spectral"`` on inputs of ``size``, the spatial size after the stride fold)."""
         skew = skew_filter(self.random_conv_filter)
         if self.paper_compatible:
             sigma = fantastic_four_sigma(skew, self._vectors())
             return (self.correction * skew) / sigma
+        if self.skew_bound == "spectral":
+            if self.size_dependent and size is None:
+                raise ValueError("SOCConv2d with skew_bound='spectral' needs the input size for its weight")
+            return skew / spectral_bound(skew, size if self.size_dependent else (1, 1)).clamp_min(_TINY)
         return skew / gram_bound(skew).clamp_min(_TINY)
+
+    def _folded_size(self, shape: tuple[int, ...] | None) -> tuple[int, int] | None:
+        """The spatial size the kernel acts on (after the stride fold), where the weight depends on it."""
+        if not self.size_dependent:
+            return None
+        if shape is None:
+            raise ValueError("SOCConv2d with skew_bound='spectral' depends on the input size; pass the input shape")
+        n_h, n_w = map_size(shape)
+        return n_h // self.stride, n_w // self.stride
 
     def _vectors(self) -> dict[str, torch.Tensor]:
         return {name: getattr(self, name) for name in VECTOR_NAMES}
@@ -246,12 +285,12 @@ class SOCConv2d(LipschitzModule):
         self._check(x, self.in_channels)
         if self.paper_compatible and self.training:
             self.update_power_iteration()  # buffers first, under no_grad, then the pure weight
-        kernel = self.effective_weight()
         if self.stride > 1:
             h, w = x.shape[-2:]
             if h % self.stride or w % self.stride:
                 raise InputError(f"SOCConv2d with stride {self.stride} expects even height and width, got {h}x{w}")
             x = F.pixel_unshuffle(x, self.stride)  # == einops 'b c (h k1) (w k2) -> b (c k1 k2) h w'
+        kernel = self.effective_weight(spatial_size(x) if self.size_dependent else None)
         if self.out_channels > self.folded_channels:
             x = F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.folded_channels))
         terms = self.train_terms if self.training else self.eval_terms
@@ -275,9 +314,9 @@ class SOCConv2d(LipschitzModule):
         remainder, and ``1 + tail(T, rho)`` when rho <= 1); else ``sum_i rho^i / i!``. Times the
         layer's output scale. Channel padding is an isometry and the channel slice a projection.
         """
-        kernel = self.effective_weight().detach()
         n_h, n_w = map_size(shape)
         n_h, n_w = n_h // self.stride, n_w // self.stride
+        kernel = self.effective_weight(self._folded_size(shape)).detach()
         terms = self.train_terms if self.training else self.eval_terms
         skew = bool(torch.equal(kernel, -kernel.transpose(0, 1).flip(2, 3)))
         scale = self.taylor_scale(terms)
@@ -300,7 +339,7 @@ class SOCConv2d(LipschitzModule):
     def plain(self, shape: tuple[int, ...] | None, circular: str) -> nn.Module:
         """A TaylorExpConv2d with the eval-mode kernel ``L_n``, ``eval_terms`` terms and the output scale
         (the terms are not folded into one kernel: a composition of zero-padded convolutions is not one)."""
-        return TaylorExpConv2d(self.effective_weight(), self.bias, terms=self.eval_terms,
+        return TaylorExpConv2d(self.effective_weight(self._folded_size(shape)), self.bias, terms=self.eval_terms,
                                scale=self.taylor_scale(self.eval_terms), in_channels=self.in_channels,
                                out_channels=self.out_channels, stride=self.stride)
 
@@ -313,6 +352,8 @@ class SOCConv2d(LipschitzModule):
             s += ", bias=False"
         if self.paper_compatible:
             s += f", paper_compatible=True, correction={float(self.correction):g}"
+        elif self.skew_bound != "gram":
+            s += f", skew_bound={self.skew_bound}"
         return s
 
 
@@ -323,13 +364,17 @@ class SOCLinear(MatrixLayer):
     and ``exp`` of a skew-symmetric matrix is orthogonal, so no normalisation is needed. With
     ``in != out`` the input is zero-padded / the output sliced, i.e. the weight is
     ``exp(A)[:out, :in]``. The paper has no dense SOC layer (its networks use a 1x1 SOC conv as
-    head), so ``paper_compatible`` is accepted for a uniform interface and changes nothing.
+    head), so ``paper_compatible`` is accepted for a uniform interface and changes nothing; so is
+    ``skew_bound`` (the matrix exponential needs no normalisation).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, *, paper_compatible: bool = False, bias: bool = True
+        self, in_features: int, out_features: int, *, paper_compatible: bool = False, bias: bool = True,
+        skew_bound: str = "gram",
     ) -> None:
         super().__init__()
+        if skew_bound not in SKEW_BOUNDS:
+            raise ValueError(f"SOCLinear: skew_bound must be one of {', '.join(SKEW_BOUNDS)}, got {skew_bound!r}")
         if in_features < 1 or out_features < 1:
             raise ValueError(f"feature counts must be positive, got {in_features} -> {out_features}")
         self.in_features, self.out_features = in_features, out_features
