@@ -18,7 +18,7 @@ than ``n - 1`` from the centre are cropped first, as they never meet the input),
 eigenvalues of the per-frequency Gram matrices, times ``1 + SPECTRAL_MARGIN`` (which covers their
 round-off); for the dense layer and 1x1 kernels, the spectral norm of the matrix. On the bundled
 CPL model the Schur test made each layer's step 1.11x-4.45x smaller than this bound allows
-(``scripts/cpl_step_gap.py``); rescaling ``K`` cannot make up for a loose bound (``r K^T ReLU(Kx + b)``
+(``scripts/bound_gap.py``); rescaling ``K`` cannot make up for a loose bound (``r K^T ReLU(Kx + b)``
 is invariant under ``K -> cK, b -> cb``), so the tighter bound lets the layer express more. It
 costs one batched eigenvalue solve per training forward (eval caches it per input size).
 

@@ -41,9 +41,10 @@ largest singular value of ``L``'s frequency matrices on the ``(n + k - 1)``-grid
 operator on ``n x n`` maps is a compression of that circular one) times ``1 + SPECTRAL_MARGIN``,
 which covers its float32 round-off; the spectral norm of the matrix for 1x1 kernels. Then
 ``||L_n|| <= 1`` holds on inputs of that size, so the argument above holds there, and every power
-``L_n^i`` (one zero-padded convolution each) has norm <= 1 as well. On the bundled SOC model
-``gram_bound`` was 1.43x-3.40x (geometric mean 2.38x) larger than this bound. It costs one
-batched eigenvalue solve per training forward (eval caches the weight per input size).
+``L_n^i`` (one zero-padded convolution each) has norm <= 1 as well. On the SOC model trained with
+the default for 10 epochs ``gram_bound`` was 1.43x-3.40x (geometric mean 2.38x) larger than this
+bound (``scripts/bound_gap.py``). It costs one batched eigenvalue solve per training forward (eval
+caches the weight per input size).
 
 The buffer updates happen in place under ``no_grad`` before ``compute_weight`` (so the eval
 cache sees the new version counters); ``sigma_i`` is computed from clones of the vectors, so
