@@ -61,14 +61,17 @@ def _pretrained_line(name: str, width: int) -> str:
 
 
 @main.command("layers")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def layers_cmd(as_json: bool) -> None:
+@click.option("--options", "show_options", is_flag=True,
+              help="Also list each family's layer options (create_model(arch, **options), a recipe's layer_options) "
+                   "with their defaults.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (always with the options).")
+def layers_cmd(show_options: bool, as_json: bool) -> None:
     """List the layer types with their papers and guarantees."""
     rows = [
         {
             "id": s.id, "name": s.name, "conv": s.conv.__name__, "linear": s.linear.__name__ if s.linear else None,
             "head": s.head, "orthogonal": s.orthogonal, "lipschitz": s.lipschitz, "paper": s.paper,
-            "citation": s.citation, "note": s.note,
+            "citation": s.citation, "note": s.note, "options": s.options(),
         }
         for s in LAYERS.values()
     ]
@@ -78,6 +81,9 @@ def layers_cmd(as_json: bool) -> None:
     for r in rows:
         kind = "orthogonal" if r["orthogonal"] else ("1-Lipschitz" if r["lipschitz"] else "UNCONSTRAINED")
         click.echo(f"{r['id']:<9} {kind:<13} {r['citation']:<32} {r['paper']}")
+        if show_options:
+            opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) or "(none)"
+            click.echo(f"{'':<9} options: {opts}")
 
 
 @main.command("info")

@@ -21,6 +21,7 @@ benchmarks, tests) enumerates this table.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,13 @@ __all__ = [
 
 #: the values of ``LayerSpec.paper_mode`` (see the module doc)
 PAPER_MODES = ("option", "same", "none")
+#: keyword arguments the architectures set per layer: not model-wide layer options
+PER_LAYER_ARGUMENTS = frozenset({"input_size", "stride", "bias"})
+
+
+def _keyword_only(cls: type) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,17 @@ class LayerSpec:
             raise ValueError(f"{self.name} layers have no paper-compatible mode (lipzoo's implementation is the only "
                              f"one); build {self.id} models without paper_compatible=True")
         return out
+
+    def options(self) -> dict[str, Any]:
+        """The layer options a whole model of this family takes (``create_model(arch, **options)``, a
+        recipe's ``layer_options``), with their defaults: the keyword-only arguments of its
+        convolution class, less those the architectures set per layer, and, where the head is a dense
+        layer, only those its dense class takes too."""
+        opts = {k: v for k, v in _keyword_only(self.conv).items() if k not in PER_LAYER_ARGUMENTS}
+        if self.head == "linear" and self.linear is not None:
+            dense = _keyword_only(self.linear)
+            opts = {k: v for k, v in opts.items() if k in dense}
+        return opts
 
 
 LAYERS: dict[str, LayerSpec] = {
