@@ -42,3 +42,11 @@ def test_cli_lists_the_options():
     soc = next(i for i, line in enumerate(text) if line.startswith("soc "))
     assert "skew_bound='gram'" in text[soc + 1] and text[soc + 1].lstrip().startswith("options:")
     assert "options:" not in runner.invoke(cli, ["layers"]).output
+
+
+def test_info_names_the_options_a_pretrained_model_is_built_with():
+    runner = CliRunner()
+    lines = runner.invoke(cli, ["info", "convnet_xs_cpl.fashion_mnist"]).output.splitlines()
+    assert "options    step_bound='spectral'" in lines
+    aol = runner.invoke(cli, ["info", "convnet_xs_aol.fashion_mnist"]).output.splitlines()
+    assert not any(line.startswith("options") for line in aol)

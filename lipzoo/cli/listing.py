@@ -119,6 +119,8 @@ def _info_lines(info: dict) -> list[tuple[str, str]]:
                   f"{info['input_size']}x{info['input_size']} input, {info['trainable_parameters']:,} trainable parameters"),
         ("layer", f"{info['layer']} ({kind}): {info['citation']}, {info['paper']}"),
     ]
+    if info.get("layer_kwargs"):  # the layer options the pretrained model is built with
+        lines.append(("options", ", ".join(f"{k}={v!r}" for k, v in info["layer_kwargs"].items())))
     if not info.get("pretrained"):
         entries = info.get("pretrained_entries") or []
         lines.append(("weights", ", ".join(entries) if entries else "none registered (lipzoo list --pretrained)"))
