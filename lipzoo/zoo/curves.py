@@ -20,7 +20,7 @@ from ..registry import ARCHITECTURES, PRETRAINED, PretrainedEntry, certifies
 from .plots import CERT_EPS, PlotError, _colors, _figure, _save
 from .recipe import Recipe, RecipeError
 
-__all__ = ["read_epochs", "learning_curve", "zoo_curves"]
+__all__ = ["read_epochs", "learning_curve", "zoo_curves", "run_label", "runs_curves"]
 
 
 # --- learning curve of one training run ---------------------------------------------------------
@@ -185,3 +185,66 @@ def zoo_curves(entries: Iterable[PretrainedEntry] | None, out: str | os.PathLike
     path = _save(fig, Path(out))
     return {"path": str(path), "dataset": dataset, "models": [e.name for e, _, _ in runs],
             "skipped": [e.name for e in chosen if e.name not in {r[0].name for r in runs}]}
+
+
+# --- several training runs side by side ---------------------------------------------------------
+def _options_text(options: dict) -> str:
+    return f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+
+
+def run_label(run: str | os.PathLike) -> str:
+    """``<architecture> (<layer options>) <epochs> ep, lr <lr>`` from a run folder's ``recipe.yaml``;
+    for a published model's folder (``config.json`` + ``run.json``), ``<name> (<layer options>)
+    <epochs> ep, published``."""
+    folder = Path(run)
+    if (folder / "recipe.yaml").is_file():
+        r = Recipe.load(folder / "recipe.yaml")
+        return f"{r.architecture}{_options_text(r.layer_options)} {r.epochs} ep, lr {r.lr:.4g}"
+    config = json.loads((folder / "config.json").read_text())
+    done = json.loads((folder / "run.json").read_text()).get("epochs_done", "?")
+    return f"{config['name']}{_options_text(config.get('layer_kwargs') or {})} {done} ep, published"
+
+
+def runs_curves(runs: list[str | os.PathLike], out: str | os.PathLike, *, eps: float = CERT_EPS,
+                title: str = "") -> dict:
+    """Draw the validation accuracy of several run (or published model) folders after each epoch (left: clean; right:
+    certified at ``eps`` with L = 1) into the PNG ``out``, each labelled by :func:`run_label`, to
+    compare recipes of one layer (e.g. a layer option, or the number of epochs). Finished or not:
+    every recorded epoch is drawn. Returns what was drawn (per run: label and its epoch records'
+    validation numbers); :class:`PlotError` when a folder has no ``recipe.yaml`` or no epoch yet."""
+    key = Radius(eps).key
+    drawn = []
+    for run in runs:
+        folder = Path(run)
+        is_run = (folder / "recipe.yaml").is_file() or ((folder / "config.json").is_file()
+                                                         and (folder / "run.json").is_file())
+        if not is_run or not (folder / "metrics.jsonl").is_file():
+            raise PlotError(f"{folder} is neither a run folder (recipe.yaml, metrics.jsonl) nor a published model's "
+                            "(config.json, run.json, metrics.jsonl); expected a lipzoo train --out or a cards/ folder")
+        epochs = read_epochs(folder / "metrics.jsonl")
+        if not epochs:
+            raise PlotError(f"{folder}/metrics.jsonl has no epoch yet; draw it after its first epoch")
+        drawn.append({"run": str(folder), "label": run_label(folder),
+                      "epochs": [int(r.get("epoch", i)) + 1 for i, r in enumerate(epochs)],
+                      "val_accuracy": [r.get("val_accuracy") for r in epochs],
+                      "val_certified": [(r.get("val_certified") or {}).get(key) for r in epochs]})
+    colors = _colors([d["run"] for d in drawn])
+    fig = _figure(figsize=(11, 4.2))
+    axes = (fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2))
+    for d in drawn:
+        for ax, ys in ((axes[0], d["val_accuracy"]), (axes[1], d["val_certified"])):
+            pts = [(x, y) for x, y in zip(d["epochs"], ys) if isinstance(y, (int, float)) and math.isfinite(y)]
+            if pts:
+                ax.plot(*zip(*pts), color=colors[d["run"]], marker="o", markersize=3, label=d["label"])
+    for ax, what in ((axes[0], "validation clean accuracy"),
+                     (axes[1], f"validation certified accuracy at {Radius(eps).label} (L = 1)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=2, title="run: architecture (layer options) epochs, lr", title_fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = _save(fig, Path(out))
+    return {"path": str(path), "runs": drawn}
+
