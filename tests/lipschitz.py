@@ -73,3 +73,20 @@ def push_norm_up(
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+def assert_model_audits_at_one_and_exports(arch: str, **options) -> None:
+    """An XS model of ``arch`` built with layer ``options``: its repr names them, the audit proves
+    L <= 1 and its plain (exported) form computes the same function."""
+    import lipzoo
+    from lipzoo.audit import audit
+    from lipzoo.export import to_plain
+
+    torch.manual_seed(0)
+    model = lipzoo.create_model(arch, num_classes=10, in_chans=1, **options).eval()
+    for key, value in options.items():
+        assert f"{key}={value}" in repr(model)
+    assert audit(model, lower=False).upper <= 1.0 + 1e-9
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(to_plain(model)(x), model(x), rtol=1e-4, atol=1e-5)

@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lipzoo
-from lipzoo.audit import audit, layer_bound
-from lipzoo.export import to_plain
+from lipzoo.audit import layer_bound
 from lipzoo.layers._fourier import SPECTRAL_MARGIN, spectral_bound
 from lipzoo.layers._linalg import gram_bound, taylor_exp_conv2d
 from lipzoo.layers._norms import zero_padded_conv_norm
 from lipzoo.layers.soc import SOCConv2d, SOCLinear, skew_filter
 
-from lipschitz import impulse_matrix, push_norm_up
+from lipschitz import assert_model_audits_at_one_and_exports, impulse_matrix, push_norm_up
 
 TOL_MAX = 1e-4
 TOL_MIN = 1e-3  # eval mode: 12 Taylor terms, orthogonal to ~3e-10 in exact arithmetic
@@ -104,11 +102,4 @@ def test_the_audit_proves_each_layer_and_the_bound_is_the_layers_own():
 
 
 def test_a_spectral_model_audits_at_one_and_exports_to_the_same_function():
-    torch.manual_seed(0)
-    model = lipzoo.create_model("convnet_xs_soc", num_classes=10, in_chans=1, skew_bound="spectral").eval()
-    assert "skew_bound=spectral" in repr(model)
-    report = audit(model, lower=False)
-    assert report.upper <= 1.0 + 1e-9
-    x = torch.rand(3, 1, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(to_plain(model)(x), model(x), rtol=1e-4, atol=1e-5)
+    assert_model_audits_at_one_and_exports("convnet_xs_soc", skew_bound="spectral")
