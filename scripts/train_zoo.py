@@ -73,8 +73,9 @@ def measured_policy(batch_size: int, folder: Path = ROOT / "results" / "threads"
 
 def measured_precision(layer: str, folder: Path = ROOT / "results" / "precision-xs") -> tuple[str, str]:
     """``bf16`` where the newest ``lipzoo bench --precision fp32,bf16`` file of THIS CPU model measured
-    a faster bf16 training step for ``layer`` (or, if the layer was not measured, for standard), else
-    ``fp32``; and the sentence that says why (it goes into the recipe's notes)."""
+    a faster bf16 training step for ``layer`` (or, if the layer was not measured, for standard) AND the
+    newest ``scripts/precision_check.py`` file of this CPU model found bf16 training no less accurate
+    for ``layer``; else ``fp32``. Also the sentence that says why (it goes into the recipe's notes)."""
     from lipzoo._provenance import cpu_model
     from lipzoo.zoo.bench import read_results
 
@@ -85,10 +86,29 @@ def measured_precision(layer: str, folder: Path = ROOT / "results" / "precision-
             speed = {r.get("precision"): r["train_images_per_s"] for r in rows if r["layer"] == name}
             if {"fp32", "bf16"} <= set(speed):
                 ratio = speed["fp32"] / speed["bf16"]
-                choice = "bf16" if ratio < 1 else "fp32"
-                return choice, (f"Precision {choice}: a bf16 training step of {name} took {ratio:.2f}x as long as fp32 "
-                                f"on {here} ({folder.name}/{f.name})")
+                why = (f"a bf16 training step of {name} took {ratio:.2f}x as long as fp32 on {here} "
+                       f"({folder.name}/{f.name})")
+                if ratio >= 1:
+                    return "fp32", f"Precision fp32: {why}"
+                return accuracy_checked(layer, folder, here, why)
     return "fp32", f"Precision fp32: bf16 was not measured on {here}"
+
+
+def accuracy_checked(layer: str, folder: Path, here: str, faster: str) -> tuple[str, str]:
+    """bf16 (measured faster: ``faster`` says how) only where the newest accuracy check of ``layer`` on
+    the CPU model ``here`` passed; the sentence says which file decided."""
+    for f in sorted(folder.glob("accuracy-*.json"), reverse=True):
+        check = json.loads(f.read_text())
+        v = check.get("verdicts", {}).get(layer)
+        if v is None or check.get("hardware", {}).get("cpu") != here:
+            continue
+        scored = (f"one epoch over {check['protocol']['images']} images cost {v['clean_drop_points']:g} clean and "
+                  f"{v['certified_drop_points']:g} certified points against fp32 (tolerance "
+                  f"{check['tolerance_points']:g}; {folder.name}/{f.name})")
+        return ("bf16", f"Precision bf16: {faster}, and {scored}") if v["bf16_ok"] else \
+            ("fp32", f"Precision fp32: although {faster}, {scored}")
+    return "fp32", (f"Precision fp32: although {faster}, bf16 training of {layer} was not checked for accuracy "
+                    f"on {here} (scripts/precision_check.py)")
 
 
 def search_base_lr(search: dict) -> float:

@@ -73,14 +73,31 @@ def _precision_file(folder: Path, cpu: str, speeds: dict[tuple[str, str], float]
                         "precision": prec, "train_images_per_s": v, "hw_cpu_model": cpu})
 
 
-def test_train_zoo_uses_bf16_only_where_this_cpu_measured_it_faster(tz, tmp_path):
+def _accuracy_file(folder: Path, stamp: str, cpu: str, verdicts: dict[str, bool]) -> None:
+    check = {"hardware": {"cpu": cpu}, "tolerance_points": 1.5, "protocol": {"images": 6400},
+             "verdicts": {la: {"bf16_ok": ok, "clean_drop_points": 0.4 if ok else 3.1,
+                               "certified_drop_points": -0.2 if ok else 5.0} for la, ok in verdicts.items()}}
+    (folder / f"accuracy-{stamp}.json").write_text(json.dumps(check))
+
+
+def test_train_zoo_uses_bf16_only_where_this_cpu_measured_it_faster_and_as_accurate(tz, tmp_path):
     from lipzoo._provenance import cpu_model
 
     assert tz.measured_precision("aol", tmp_path)[0] == "fp32"  # nothing measured
     _precision_file(tmp_path / "slow", cpu_model(), {("standard", "fp32"): 70.0, ("standard", "bf16"): 7.0,
-                                                     ("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
+                                                     ("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0,
+                                                     ("soc", "fp32"): 10.0, ("soc", "bf16"): 14.0})
+    choice, why = tz.measured_precision("aol", tmp_path / "slow")  # faster, but its accuracy never checked
+    assert choice == "fp32" and "0.67x as long" in why and "not checked for accuracy" in why
+    _accuracy_file(tmp_path / "slow", "20260101T000000Z", cpu_model(), {"aol": True, "soc": True})
+    _accuracy_file(tmp_path / "slow", "20260102T000000Z", cpu_model(), {"soc": False})  # newest for soc
+    _accuracy_file(tmp_path / "slow", "20260103T000000Z", "Some Other CPU", {"aol": False, "soc": True})
     choice, why = tz.measured_precision("aol", tmp_path / "slow")
-    assert choice == "bf16" and "0.67x as long" in why and why.startswith("Precision bf16")
+    assert choice == "bf16" and why.startswith("Precision bf16") and "0.67x as long" in why
+    assert "accuracy-20260101T000000Z.json" in why and "0.4 clean" in why
+    choice, why = tz.measured_precision("soc", tmp_path / "slow")  # faster but less accurate
+    assert choice == "fp32" and "0.71x as long" in why and "5 certified" in why
+    assert "accuracy-20260102T000000Z.json" in why
     choice, why = tz.measured_precision("sll", tmp_path / "slow")  # not measured: standard decides
     assert choice == "fp32" and "of standard took 10.00x" in why
     _precision_file(tmp_path / "other", "Some Other CPU", {("aol", "fp32"): 30.0, ("aol", "bf16"): 45.0})
