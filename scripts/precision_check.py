@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
     else:
         for la, v in result["verdicts"].items():
-            print(f"{la}: bf16 {'passes' if v['bf16_ok'] else 'FAILS'} (clean -{v['clean_drop_points']}, "
-                  f"certified -{v['certified_drop_points']} points, training {v['bf16_speedup']}x)")
+            print(f"{la}: bf16 {'passes' if v['bf16_ok'] else 'FAILS'} (against fp32: clean {-v['clean_drop_points']:+.2f}, "
+                  f"certified {-v['certified_drop_points']:+.2f} points; training {v['bf16_speedup']}x as fast)")
         print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
     return 0
 
