@@ -94,9 +94,9 @@ def test_train_zoo_uses_bf16_only_where_this_cpu_measured_it_faster_and_as_accur
     _accuracy_file(tmp_path / "slow", "20260103T000000Z", "Some Other CPU", {"aol": False, "soc": True})
     choice, why = tz.measured_precision("aol", tmp_path / "slow")
     assert choice == "bf16" and why.startswith("Precision bf16") and "0.67x as long" in why
-    assert "accuracy-20260101T000000Z.json" in why and "0.4 clean" in why
+    assert "accuracy-20260101T000000Z.json" in why and "accuracy by -0.4 and certified accuracy by +0.2 points" in why
     choice, why = tz.measured_precision("soc", tmp_path / "slow")  # faster but less accurate
-    assert choice == "fp32" and "0.71x as long" in why and "5 certified" in why
+    assert choice == "fp32" and "0.71x as long" in why and "certified accuracy by -5 points" in why
     assert "accuracy-20260102T000000Z.json" in why
     choice, why = tz.measured_precision("sll", tmp_path / "slow")  # not measured: standard decides
     assert choice == "fp32" and "of standard took 10.00x" in why
