@@ -65,16 +65,12 @@ def short_run(layer: str, precision: str, args: argparse.Namespace, data) -> dic
 
 def draw(result: dict, png: Path) -> None:
     """Bars: validation clean and certified accuracy per layer, fp32 beside bf16."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lipzoo._io import atomic_path
+    from lipzoo.zoo.plots import _figure, _save  # the project's pyplot-free figure and atomic PNG write
 
     layers = list(result["verdicts"])
     rows = {(r["layer"], r["precision"]): r for r in result["runs"]}
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(layers), 3.6))
+    fig = _figure(figsize=(1.6 + 1.4 * len(layers), 3.6))
+    ax = fig.add_subplot(1, 1, 1)
     width = 0.2
     for i, (prec, key, hatch) in enumerate([("fp32", "val_accuracy", ""), ("bf16", "val_accuracy", "//"),
                                             ("fp32", "val_certified_36", ""), ("bf16", "val_certified_36", "//")]):
@@ -87,10 +83,7 @@ def draw(result: dict, png: Path) -> None:
     p = result["protocol"]
     ax.set_title(f"fp32 vs bf16 training, 1 epoch over {p['images']} images\n{result['hardware']['cpu']}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(png, suffix=".tmp.png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    _save(fig, png)
 
 
 def main(argv: list[str] | None = None) -> int:
