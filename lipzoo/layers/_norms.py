@@ -185,14 +185,15 @@ def residual_bound(name: str, k: torch.Tensor, t: torch.Tensor,
 
 
 def taylor_tail_bound(terms: int, radius: float = 1.0) -> float:
-    """A guaranteed upper bound on ``sum_{i > terms} radius^i / i!`` for ``0 <= radius <= 1``.
+    """A guaranteed upper bound on ``sum_{i > terms} radius^i / i!`` for ``0 <= radius < terms + 2``.
 
-    ``r^(T+1)/(T+1)! * sum_j (r/(T+2))^j = r^(T+1)/(T+1)! * (T+2)/(T+2-r)``; it bounds
-    ``||exp(A) - S_T(A)||`` for any operator with ``||A|| <= radius``.
+    ``r^(T+1)/(T+1)! * sum_j (r/(T+2))^j = r^(T+1)/(T+1)! * (T+2)/(T+2-r)`` (each ratio of
+    consecutive terms is at most ``r / (T+2)``); it bounds ``||exp(A) - S_T(A)||`` for any
+    operator with ``||A|| <= radius``.
     """
-    if not 0.0 <= radius <= 1.0:
-        raise ValueError(f"radius must be in [0, 1], got {radius}")
     t = int(terms)
+    if not 0.0 <= radius < t + 2:
+        raise ValueError(f"radius must be in [0, {t + 2}) for {t} terms, got {radius}")
     return radius ** (t + 1) / math.factorial(t + 1) * (t + 2) / (t + 2 - radius)
 
 

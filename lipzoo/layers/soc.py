@@ -46,6 +46,17 @@ the default for 10 epochs ``gram_bound`` was 1.43x-3.40x (geometric mean 2.38x) 
 bound (``scripts/bound_gap.py``). It costs one batched eigenvalue solve per training forward (eval
 caches the weight per input size).
 
+``max_angle`` (radians, default 1) lets each layer rotate further: ``L_n = max_angle * L / B(L)``,
+so ``||L_n|| <= max_angle`` and ``exp(L_n)`` turns any plane by at most ``max_angle`` (with the
+default, never more than 1 rad: every layer stays within 57 degrees of the identity, and no layer
+can, e.g., flip a sign, which takes pi). For ``max_angle != 1`` the Taylor output is divided by
+``max_{|l| <= max_angle} |S_T(i l)|`` (:func:`~lipzoo.layers._norms.skew_taylor_bound`, guaranteed):
+``S_T(L_n)`` of an exactly skew-adjoint ``L_n`` is normal with its spectrum in ``i [-max_angle,
+max_angle]``, so the layer stays 1-Lipschitz in train and eval mode whatever the number of terms.
+The truncation error grows like ``max_angle^(T+1) / (T+1)!``: raise ``train_terms`` with the angle
+(7 terms at 2 rad are as close to ``exp`` as 5 terms at 1 rad). Angles beyond pi add nothing
+(``exp`` of an angle is periodic), so ``0 < max_angle <= pi``.
+
 The buffer updates happen in place under ``no_grad`` before ``compute_weight`` (so the eval
 cache sees the new version counters); ``sigma_i`` is computed from clones of the vectors, so
 autograd never holds the buffers and several training forwards before one ``backward()`` work.
@@ -53,6 +64,7 @@ autograd never holds the buffers and several training forwards before one ``back
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -162,6 +174,26 @@ def fantastic_four_sigma(kernel: torch.Tensor, vecs: dict[str, torch.Tensor]) ->
     return torch.stack(sigmas).min()
 
 
+def _check_max_angle(max_angle: float, paper_compatible: bool, owner: str) -> float:
+    """``max_angle`` as a float in (0, pi], or one clear error."""
+    try:
+        angle = float(max_angle)
+    except (TypeError, ValueError):
+        raise ValueError(f"{owner}: max_angle must be a number of radians in (0, pi], got {max_angle!r}") from None
+    if not 0.0 < angle <= math.pi:
+        raise ValueError(f"{owner}: max_angle must be a number of radians in (0, pi], got {max_angle!r}")
+    if paper_compatible and angle != 1.0:
+        raise ValueError(f"{owner}: paper_compatible=True scales by the paper's correction; "
+                         f"max_angle={max_angle!r} is for the sound mode")
+    return angle
+
+
+@functools.lru_cache(maxsize=64)
+def _angle_scale(terms: int, angle: float) -> float:
+    """``1 / max_{|l| <= angle} |S_T(i l)|`` (guaranteed), cached: it is one number per (T, angle)."""
+    return 1.0 / skew_taylor_bound(terms, angle)
+
+
 class SOCConv2d(LipschitzModule):
     """Skew orthogonal convolution: ``exp(L_n)`` by a truncated Taylor series, plus a bias.
 
@@ -170,7 +202,8 @@ class SOCConv2d(LipschitzModule):
     used only with ``paper_compatible=True``: ``init_iters=50``, ``update_iters=1``,
     ``update_freq=200``, ``correction=0.7`` (forced to 1.0 for k = 1). ``skew_bound``:
     ``"gram"`` (default, every input size) or ``"spectral"`` (sound and tighter, for the spatial
-    size of each input; see the module docstring); the sound mode only.
+    size of each input; see the module docstring); the sound mode only. ``max_angle``: the bound
+    on ``||L_n||`` in radians (default 1, at most pi), the sound mode only.
     """
 
     def __init__(
@@ -190,9 +223,11 @@ class SOCConv2d(LipschitzModule):
         update_freq: int = 200,
         correction: float = 0.7,
         skew_bound: str = "gram",
+        max_angle: float = 1.0,
     ) -> None:
         super().__init__()
         check_kernel_size(kernel_size)
+        self.max_angle = _check_max_angle(max_angle, paper_compatible, type(self).__name__)
         if skew_bound not in SKEW_BOUNDS:
             raise ValueError(f"SOCConv2d: skew_bound must be one of {', '.join(SKEW_BOUNDS)}, got {skew_bound!r}")
         if paper_compatible and skew_bound != "gram":
@@ -250,8 +285,12 @@ class SOCConv2d(LipschitzModule):
         if self.skew_bound == "spectral":
             if self.size_dependent and size is None:
                 raise ValueError("SOCConv2d with skew_bound='spectral' needs the input size for its weight")
-            return skew / spectral_bound(skew, size if self.size_dependent else (1, 1)).clamp_min(_TINY)
-        return skew / gram_bound(skew).clamp_min(_TINY)
+            bound = spectral_bound(skew, size if self.size_dependent else (1, 1))
+        else:
+            bound = gram_bound(skew)
+        if self.max_angle != 1.0:  # a scalar factor keeps the kernel exactly skew (negation is exact)
+            skew = self.max_angle * skew
+        return skew / bound.clamp_min(_TINY)
 
     def _folded_size(self, shape: tuple[int, ...] | None) -> tuple[int, int] | None:
         """The spatial size the kernel acts on (after the stride fold), where the weight depends on it."""
@@ -278,8 +317,13 @@ class SOCConv2d(LipschitzModule):
             getattr(self, name).copy_(new[name])
 
     def taylor_scale(self, terms: int) -> float:
-        """The factor applied to the Taylor output: ``1 / (1 + tail(terms))`` (1 in paper mode)."""
-        return 1.0 if self.paper_compatible else 1.0 / (1.0 + taylor_tail_bound(terms))
+        """The factor applied to the Taylor output: ``1 / (1 + tail(terms))`` (1 in paper mode);
+        ``1 / max_{|l| <= max_angle} |S_T(i l)|`` where ``max_angle != 1``."""
+        if self.paper_compatible:
+            return 1.0
+        if self.max_angle != 1.0:
+            return _angle_scale(terms, self.max_angle)
+        return 1.0 / (1.0 + taylor_tail_bound(terms))
 
     # --- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -355,6 +399,8 @@ class SOCConv2d(LipschitzModule):
             s += f", paper_compatible=True, correction={float(self.correction):g}"
         elif self.skew_bound != "gram":
             s += f", skew_bound={self.skew_bound}"
+        if self.max_angle != 1.0:
+            s += f", max_angle={self.max_angle:g}"
         return s
 
 
@@ -366,14 +412,16 @@ class SOCLinear(MatrixLayer):
     ``in != out`` the input is zero-padded / the output sliced, i.e. the weight is
     ``exp(A)[:out, :in]``. The paper has no dense SOC layer (its networks use a 1x1 SOC conv as
     head), so ``paper_compatible`` is accepted for a uniform interface and changes nothing; so is
-    ``skew_bound`` (the matrix exponential needs no normalisation).
+    ``skew_bound`` and ``max_angle`` (the matrix exponential needs no normalisation: its angles are
+    free).
     """
 
     def __init__(
         self, in_features: int, out_features: int, *, paper_compatible: bool = False, bias: bool = True,
-        skew_bound: str = "gram",
+        skew_bound: str = "gram", max_angle: float = 1.0,
     ) -> None:
         super().__init__()
+        _check_max_angle(max_angle, paper_compatible, type(self).__name__)
         if skew_bound not in SKEW_BOUNDS:
             raise ValueError(f"SOCLinear: skew_bound must be one of {', '.join(SKEW_BOUNDS)}, got {skew_bound!r}")
         if in_features < 1 or out_features < 1:
