@@ -54,7 +54,8 @@ can, e.g., flip a sign, which takes pi). For ``max_angle != 1`` the Taylor outpu
 ``S_T(L_n)`` of an exactly skew-adjoint ``L_n`` is normal with its spectrum in ``i [-max_angle,
 max_angle]``, so the layer stays 1-Lipschitz in train and eval mode whatever the number of terms.
 The truncation error grows like ``max_angle^(T+1) / (T+1)!``: raise ``train_terms`` with the angle
-(7 terms at 2 rad are as close to ``exp`` as 5 terms at 1 rad). Angles beyond pi add nothing
+(``||exp - S_T|| <= tail``: 0.0016 for 5 terms at 1 rad, 0.034 for 6 and 0.0018 for 8 terms at
+2 rad). Angles beyond pi add nothing
 (``exp`` of an angle is periodic), so ``0 < max_angle <= pi``.
 
 The buffer updates happen in place under ``no_grad`` before ``compute_weight`` (so the eval
