@@ -85,8 +85,9 @@ def probe(name: str, args: argparse.Namespace) -> dict:
     from lipzoo.zoo.trainer import load_splits
 
     model = lipzoo.create_model(name, pretrained=True).eval()
-    config = json.loads((Path(lipzoo.__file__).resolve().parents[1] / "cards" / name / "config.json").read_text())
-    recipe = Recipe.load(Path(lipzoo.__file__).resolve().parents[1] / config["recipe"])
+    checkout = Path(lipzoo.__file__).resolve().parents[1]
+    config = json.loads((checkout / "cards" / name / "config.json").read_text())
+    recipe = Recipe.load(checkout / config["recipe"])
     recipe = dataclasses.replace(recipe, train_limit=args.train_limit, val_limit=args.val_limit)
     tx, ty, vx, vy = load_splits(recipe, args.data_root)
     body, head = split_head(model)
