@@ -170,3 +170,17 @@ def test_taylor_series_equals_the_term_by_term_sum(c, k, terms):
     ref = grads(lambda a, b: term_by_term(a, b, terms) + 0 * b.sum(), (x, kernel), g)
     for a, b in zip(fast, ref):
         close(a, b)
+
+
+@pytest.mark.parametrize(("c", "k", "terms"), [(4, 3, 5), (16, 1, 5), (80, 1, 4), (3, 3, 0), (3, 3, 1)])
+def test_taylor_series_folds_the_output_scale_and_bias_in(c, k, terms):
+    torch.manual_seed(8)
+    x = torch.randn(2, c, 5, 5, dtype=D, requires_grad=True)
+    kernel = (0.3 * torch.randn(c, c, k, k, dtype=D)).requires_grad_()
+    bias = torch.randn(c, dtype=D, requires_grad=True)
+    g = torch.randn(2, c, 5, 5, dtype=D)
+    fast = grads(lambda a, b, e: taylor_exp_conv2d(a, b, terms, 0.7, e) + 0 * b.sum(), (x, kernel, bias), g)
+    ref = grads(lambda a, b, e: 0.7 * term_by_term(a, b, terms) + e.view(1, -1, 1, 1) + 0 * b.sum(),
+                (x, kernel, bias), g)
+    for a, b in zip(fast, ref):
+        close(a, b)

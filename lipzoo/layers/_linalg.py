@@ -32,6 +32,7 @@ __all__ = [
     "circular_pad",
     "matmul",
     "taylor_exp_conv2d",
+    "skew_series",
 ]
 
 
@@ -344,21 +345,25 @@ def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 TAYLOR_MATRIX_MAX_CHANNELS = 64
 
 
-def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torch.Tensor:
-    """``sum_{i=0}^{terms} L^i x / i!`` with ``L`` the zero-padded 'same' convolution by ``kernel``.
+def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: float = 1.0,
+                      bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale * sum_{i=0}^{terms} L^i x / i! + bias`` with ``L`` the zero-padded 'same' convolution by ``kernel``.
 
     Evaluated by Horner's scheme, ``x + L(x + L/2 (x + ... (x + L/terms x)))``: ``terms``
     convolutions (by the kernel scaled by 1/i, a tiny tensor) and ``terms`` additions, no
-    division of the activations. A 1 x 1 kernel is a matrix ``L`` applied at every pixel, whose
-    powers are 1 x 1 kernels too (zero padding plays no part): for few channels the polynomial
-    ``sum_i L^i / i!`` is formed as one matrix (same Horner scheme) and applied once; for more
-    channels each term is a matrix product of the pixels (rows, channels-last) with ``L^T``
-    (several times faster than a 1 x 1 convolution on CPU for these few, wide pixels). Else the
-    convolutions run on a channels-last copy of ``x`` (faster on CPU); the result is returned
-    contiguous. The same polynomial as the term-by-term sum, up to float round-off.
+    division of the activations; the output ``scale`` is folded into the last convolution's kernel
+    and its skip term and the ``bias`` (one per channel) into that convolution, so neither costs a pass
+    over the activations. Each addition runs in place on the convolution's fresh output. A 1 x 1
+    kernel is a matrix ``L`` applied at every pixel, whose powers are 1 x 1 kernels too (zero padding
+    plays no part): for few channels the polynomial ``sum_i L^i / i!`` is formed as one matrix (same
+    Horner scheme) and applied once; for more channels each term is a matrix product of the pixels
+    (rows, channels-last) with ``L^T`` (several times faster than a 1 x 1 convolution on CPU for these
+    few, wide pixels). Else the convolutions run on a channels-last copy of ``x`` (faster on CPU); the
+    result is returned contiguous. The same polynomial as the term-by-term sum, up to float round-off.
     """
     if terms == 0:
-        return x
+        z = x * scale if scale != 1.0 else x
+        return z if bias is None else z + bias.view(1, -1, 1, 1)
     k_h, k_w = kernel.shape[-2:]
     if k_h == k_w == 1 and kernel.shape[0] <= TAYLOR_MATRIX_MAX_CHANNELS:
         m = kernel[:, :, 0, 0]
@@ -366,14 +371,17 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
         poly = eye + m / float(terms)
         for i in range(terms - 1, 0, -1):
             poly = torch.addmm(eye, m, poly, alpha=1.0 / i)
-        return F.conv2d(x, poly[:, :, None, None])
+        return F.conv2d(x, (poly * scale if scale != 1.0 else poly)[:, :, None, None], bias)
     if k_h == k_w == 1:
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels-last
         m_t = kernel[:, :, 0, 0].t()
         z = rows
-        for i in range(terms, 0, -1):
+        for i in range(terms, 1, -1):
             z = torch.addmm(rows, z, m_t, alpha=1.0 / i)
+        z = torch.addmm(rows, z, m_t, beta=scale, alpha=scale)  # scale * (rows + z L^T)
+        if bias is not None:
+            z = z + bias
         return z.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
     pad = (k_h // 2, k_w // 2)
     # the series runs in channels-last memory (oneDNN's faster layout for these convolutions,
@@ -381,6 +389,26 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int) -> torc
     if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
         x = x.contiguous(memory_format=torch.channels_last)  # (not under torch.func's vmap: NYI there)
     z = x
-    for i in range(terms, 0, -1):
-        z = x + F.conv2d(z, kernel / float(i), padding=pad)
+    for i in range(terms, 1, -1):
+        z = _add_skip(F.conv2d(z, kernel / float(i), padding=pad), x)
+    z = _add_skip(F.conv2d(z, kernel * scale if scale != 1.0 else kernel, bias, padding=pad), x, scale)
     return z.contiguous()
+
+
+def _add_skip(y: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``y + alpha x``, in place on a convolution's fresh output ``y`` (a convolution's backward does not
+    need its output) unless the dtypes differ (e.g. bf16 autocast: then the promoted sum, as ``x + y``)."""
+    return y.add_(x, alpha=alpha) if y.dtype == x.dtype else torch.add(y, x, alpha=alpha)
+
+
+def skew_series(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: float, bias: torch.Tensor | None,
+                out_channels: int) -> torch.Tensor:
+    """SOC's map of (already stride-folded) ``x``: zero-pad the channels up to the kernel's, ``scale`` times
+    the Taylor series (:func:`taylor_exp_conv2d`), keep the first ``out_channels``, add ``bias``."""
+    c = x.shape[1]
+    if out_channels > c:
+        x = F.pad(x, (0, 0, 0, 0, 0, out_channels - c))
+    if out_channels >= c:
+        return taylor_exp_conv2d(x, kernel, terms, scale, bias)
+    z = taylor_exp_conv2d(x, kernel, terms, scale)[:, :out_channels]
+    return z if bias is None else z + bias.view(1, -1, 1, 1)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._fourier import fft_conv2d
-from ._linalg import taylor_exp_conv2d
+from ._linalg import skew_series
 
 __all__ = [
     "FrequencyConv2d",
@@ -185,14 +185,8 @@ class TaylorExpConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = F.pixel_unshuffle(x, self.stride)
-        if self.out_channels > self.folded_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.folded_channels))
-        z = taylor_exp_conv2d(x, self.kernel.to(x.dtype), self.terms)
-        if self.out_channels < self.folded_channels:
-            z = z[:, : self.out_channels]
-        if self.scale != 1.0:
-            z = z * self.scale
-        return z if self.bias is None else z + self.bias.to(z.dtype).view(1, -1, 1, 1)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return skew_series(x, self.kernel.to(x.dtype), self.terms, self.scale, bias, self.out_channels)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel.shape[-1]}, terms={self.terms}"

@@ -74,7 +74,7 @@ from torch import nn
 
 from ._base import check_kernel_size, full_precision, InputError, LipschitzModule, map_size, MatrixLayer, spatial_size
 from ._fourier import spectral_bound
-from ._linalg import gram_bound, taylor_exp_conv2d
+from ._linalg import gram_bound, skew_series, taylor_exp_conv2d
 from ._norms import skew_taylor_bound, taylor_tail_bound, zero_padded_bound
 from ._plain import TaylorExpConv2d
 
@@ -337,18 +337,8 @@ class SOCConv2d(LipschitzModule):
                 raise InputError(f"SOCConv2d with stride {self.stride} expects even height and width, got {h}x{w}")
             x = F.pixel_unshuffle(x, self.stride)  # == einops 'b c (h k1) (w k2) -> b (c k1 k2) h w'
         kernel = self.effective_weight(spatial_size(x) if self.size_dependent else None)
-        if self.out_channels > self.folded_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.folded_channels))
         terms = self.train_terms if self.training else self.eval_terms
-        z = taylor_exp_conv2d(x, kernel, terms)
-        if self.out_channels < self.folded_channels:
-            z = z[:, : self.out_channels]
-        scale = self.taylor_scale(terms)
-        if scale != 1.0:
-            z = z * scale
-        if self.bias is not None:
-            z = z + self.bias.view(1, -1, 1, 1)
-        return z
+        return skew_series(x, kernel, terms, self.taylor_scale(terms), self.bias, self.out_channels)
 
     def norm_bound(self, shape: tuple[int, ...]) -> tuple[float, str, float | None, dict]:
         """The norm of the truncated series ``scale * S_T(L_n)`` on the (stride-folded) ``shape`` maps.
