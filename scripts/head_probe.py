@@ -14,9 +14,10 @@ For each zoo model (e.g. ``convnet_xs_soc.fashion_mnist``) the script
 
 A large gain says the end-to-end training left the last layer short of what its own features
 allow. Writes ``<out>/head-probe-<UTC>.json`` (hardware, settings, per model: trained and refit
-scores, times) and a bar chart ``.png`` beside it::
+scores, times) and a bar chart ``.png`` beside it; with ``--record`` also each model's row into its
+card folder (``head_probe.json``, rendered in its card while the weights are unchanged)::
 
-    python scripts/head_probe.py convnet_xs_soc.fashion_mnist convnet_xs_cayley.fashion_mnist --out results/head-probe
+    python scripts/head_probe.py convnet_xs_soc.fashion_mnist convnet_xs_cayley.fashion_mnist --out results/head-probe --record
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -36,10 +36,15 @@ EPS = 36 / 255
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor, eps: float = EPS) -> dict:
-    """Clean accuracy and certified accuracy at ``eps`` (top-2 margin > sqrt(2) eps, L = 1)."""
-    top = logits.double().topk(2, dim=1)
-    correct = top.indices[:, 0] == labels
-    cert = correct & (top.values[:, 0] - top.values[:, 1] > math.sqrt(2) * eps)
+    """Clean accuracy and certified accuracy at ``eps`` (L = 1), by the package's own margin test.
+
+    A point counts as certified when :func:`lipzoo.certify.certified_radius` (its margin less the
+    round-off slack, divided by sqrt(2)) exceeds ``eps``, as in ``lipzoo certify``.
+    """
+    from lipzoo.certify import certified_radius
+
+    correct = logits.double().argmax(dim=1) == labels
+    cert = correct & (certified_radius(logits, labels) > eps)
     return {"accuracy": correct.double().mean().item(), "certified": cert.double().mean().item()}
 
 
@@ -101,8 +106,29 @@ def probe(name: str, args: argparse.Namespace) -> dict:
     refit_s = time.perf_counter() - t0
     with torch.no_grad():
         refitted = {"train": scores(new(ftr), ty), "val": scores(new(fva), vy)}
-    return {"model": name, "recipe": config["recipe"], "train_images": len(tx), "val_images": len(vx),
+    return {"model": name, "recipe": config["recipe"], "weights_sha256": config["file"]["sha256"],
+            "clean_floor": recipe.publish_clean_floor, "certified_floor": recipe.publish_floor,
+            "train_images": len(tx), "val_images": len(vx),
             "trained_head": trained, "refit_head": refitted, "extract_s": extract_s, "refit_s": refit_s}
+
+
+def record(result: dict, result_file: Path, cards: Path) -> list[Path]:
+    """Write ``<cards>/<model>/head_probe.json`` for every probed model: its row, the settings, the
+    hardware, the result file's name and the other models' validation scores of the same run. The
+    card renders it only while the folder's weights are the ones probed (same sha256)."""
+    from lipzoo._io import atomic_write_text
+    from lipzoo.zoo.card_sections import HEAD_PROBE_FILENAME
+
+    written = []
+    for row in result["models"]:
+        others = [{"model": o["model"], "trained_head": o["trained_head"]["val"], "refit_head": o["refit_head"]["val"]}
+                  for o in result["models"] if o is not row]
+        rec = {"result_file": result_file.as_posix(), "hardware": result["hardware"], "threads": result["threads"],
+               "settings": result["settings"], "model": row, "others": others}
+        path = cards / row["model"] / HEAD_PROBE_FILENAME
+        atomic_write_text(path, json.dumps(rec, indent=1) + "\n")
+        written.append(path)
+    return written
 
 
 def draw(result: dict, png: Path) -> Path:
@@ -141,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--data-root", default=None, help="folder with the data set (else $LIPZOO_DATA / system paths)")
     p.add_argument("--out", type=Path, default=Path("results/head-probe"), help="folder of the result files")
+    p.add_argument("--record", action="store_true",
+                   help="also write each model's result into its card folder (head_probe.json), for its card")
+    p.add_argument("--cards", type=Path, default=None, help="the card folders for --record (default: the checkout's cards/)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
+    if args.record and (args.train_limit is not None or args.val_limit is not None):
+        p.error("--record needs the full splits: drop --train-limit and --val-limit")
     for bad, what in ((args.steps < 1, "--steps"), (args.batch_size < 1, "--batch-size"), (not args.lr > 0, "--lr")):
         if bad:
             p.error(f"{what} must be positive")
@@ -168,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
     draw(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and .png", file=sys.stderr)
+    if args.record:
+        import lipzoo
+
+        cards = args.cards or Path(lipzoo.__file__).resolve().parents[1] / "cards"
+        for path in record(result, stem.with_suffix(".json"), cards):
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
     return 0

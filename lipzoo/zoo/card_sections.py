@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..radius import Radius
@@ -13,7 +14,7 @@ from .curves import read_epochs
 __all__ = ["GITHUB_REPO", "CARD_FILENAME", "HF_DATASETS", "PAPER_BIBTEX", "CURVE_FILENAME", "NO_CERTIFICATE", "by_eps",
            "certified_pairs", "audited_lipschitz", "accuracy_table", "hardware_text", "repo_id", "front_matter",
            "timing_rows", "training_cost", "provenance_lines", "budget_lines", "status_lines", "lipschitz_section",
-           "usage_lines", "reproduction_lines"]
+           "usage_lines", "reproduction_lines", "HEAD_PROBE_FILENAME", "head_probe_lines"]
 
 GITHUB_REPO = "lipzoo/lipzoo"  # torch.hub.load's "owner/repo"
 CARD_FILENAME = "README.md"
@@ -32,6 +33,8 @@ PAPER_BIBTEX = """@inproceedings{prach2024lipschitz,
   year      = {2024}
 }"""
 CURVE_FILENAME = "learning_curve.png"  # the learning curve lipzoo publish draws into a model folder
+#: a head-refit probe of the folder's weights, written by ``scripts/head_probe.py --record``
+HEAD_PROBE_FILENAME = "head_probe.json"
 
 
 def by_eps(metrics: dict) -> list[tuple[Radius, float]]:
@@ -174,7 +177,44 @@ def training_cost(entry: PretrainedEntry) -> list[str]:
                 f"clean accuracy{cert}.", ""]
     if entry.status and entry.folder is not None:
         out += curve_diagnosis(Path(entry.folder) / "metrics.jsonl")
-    return out
+    return out + head_probe_lines(entry)
+
+
+def head_probe_lines(entry: PretrainedEntry) -> list[str]:
+    """What refitting only the head on frozen features did (``head_probe.json`` in the folder), with a
+    verdict for a model published below its clean line (the refit's validation gain against the
+    test shortfall); empty when the file is absent, unreadable or was measured
+    on other weights than the folder's (sha256)."""
+    if entry.folder is None:
+        return []
+    try:
+        rec = json.loads((Path(entry.folder) / HEAD_PROBE_FILENAME).read_text())
+        row, s = rec["model"], rec["settings"]
+        if row["weights_sha256"] != entry.sha256:
+            return []
+        (t, r), floor = (row[h]["val"] for h in ("trained_head", "refit_head")), row.get("clean_floor")
+        pairs = [(o["model"], o["trained_head"]["accuracy"], o["refit_head"]["accuracy"]) for o in rec.get("others", [])]
+        line = (f"Head refit probe (`scripts/head_probe.py`, {rec['result_file']}; {hardware_text(rec['hardware'])}): only the last layer, in its own 1-Lipschitz layer, refit by Adam on frozen "
+                f"features ({s['steps']} steps of {s['batch_size']} of the {row['train_images']:,} training images); "
+                f"on the {row['val_images']:,} held-out validation images clean accuracy {100 * t['accuracy']:.2f}% -> "
+                f"{100 * r['accuracy']:.2f}%, certified at 36/255 {100 * t['certified']:.2f}% -> "
+                f"{100 * r['certified']:.2f}%.")
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if pairs:
+        line += " Same run, clean: " + "; ".join(f"{m} {100 * a:.2f}% -> {100 * b:.2f}%" for m, a, b in pairs) + "."
+    test = entry.metrics.get("clean_accuracy")
+    if entry.status and isinstance(floor, (int, float)) and isinstance(test, (int, float)) and test < floor:
+        # why a model below its line is there: the head's gain (validation) against the test shortfall
+        gain, short = 100 * (r["accuracy"] - t["accuracy"]), 100 * (floor - test)
+        others = [100 * (b - a) for _, a, b in pairs]
+        beside = f" (the other models of the run: {min(others):+.2f} to {max(others):+.2f})" if others else ""
+        line += (f" Its clean gain, {gain:+.2f} points{beside}, "
+                 + (f"is less than its {short:.2f}-point shortfall from the {100 * floor:g}% clean line on the test "
+                    "split: the head alone does not explain the shortfall." if gain < short else
+                    f"covers its {short:.2f}-point shortfall from the {100 * floor:g}% clean line on the test split: "
+                    "the trained head may be what falls short."))
+    return [line, ""]
 
 
 #: validation gain per epoch (accuracy points), averaged over the curve's last third, above which a curve
