@@ -183,8 +183,8 @@ def training_cost(entry: PretrainedEntry) -> list[str]:
 def head_probe_lines(entry: PretrainedEntry) -> list[str]:
     """What refitting only the head on frozen features did (``head_probe.json`` in the folder), with a
     verdict for a model published below its clean line (the refit's validation gain against the
-    test shortfall); empty when the file is absent, unreadable or was measured
-    on other weights than the folder's (sha256)."""
+    test shortfall); empty when the file is absent, unreadable or was measured on other weights
+    than the folder's (sha256)."""
     if entry.folder is None:
         return []
     try:
@@ -194,7 +194,8 @@ def head_probe_lines(entry: PretrainedEntry) -> list[str]:
             return []
         (t, r), floor = (row[h]["val"] for h in ("trained_head", "refit_head")), row.get("clean_floor")
         pairs = [(o["model"], o["trained_head"]["accuracy"], o["refit_head"]["accuracy"]) for o in rec.get("others", [])]
-        line = (f"Head refit probe (`scripts/head_probe.py`, {rec['result_file']}; {hardware_text(rec['hardware'])}): only the last layer, in its own 1-Lipschitz layer, refit by Adam on frozen "
+        line = (f"Head refit probe (`scripts/head_probe.py`, {rec['result_file']}; {hardware_text(rec['hardware'])}): "
+                "only the last layer, in its own 1-Lipschitz layer, refit by Adam on frozen "
                 f"features ({s['steps']} steps of {s['batch_size']} of the {row['train_images']:,} training images); "
                 f"on the {row['val_images']:,} held-out validation images clean accuracy {100 * t['accuracy']:.2f}% -> "
                 f"{100 * r['accuracy']:.2f}%, certified at 36/255 {100 * t['certified']:.2f}% -> "
