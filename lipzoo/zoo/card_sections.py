@@ -197,13 +197,12 @@ def head_probe_lines(entry: PretrainedEntry) -> list[str]:
         line = (f"Head refit probe (`scripts/head_probe.py`, {rec['result_file']}; {hardware_text(rec['hardware'])}): "
                 "only the last layer, in its own 1-Lipschitz layer, refit by Adam on frozen "
                 f"features ({s['steps']} steps of {s['batch_size']} of the {row['train_images']:,} training images); "
-                f"on the {row['val_images']:,} held-out validation images clean accuracy {100 * t['accuracy']:.2f}% -> "
-                f"{100 * r['accuracy']:.2f}%, certified at 36/255 {100 * t['certified']:.2f}% -> "
-                f"{100 * r['certified']:.2f}%.")
+                f"on the {row['val_images']:,} held-out validation images clean accuracy {percent(t['accuracy'])} -> "
+                f"{percent(r['accuracy'])}, certified at 36/255 {percent(t['certified'])} -> {percent(r['certified'])}.")
     except (OSError, ValueError, KeyError, TypeError):
         return []
     if pairs:
-        line += " Same run, clean: " + "; ".join(f"{m} {100 * a:.2f}% -> {100 * b:.2f}%" for m, a, b in pairs) + "."
+        line += " Same run, clean: " + "; ".join(f"{m} {percent(a)} -> {percent(b)}" for m, a, b in pairs) + "."
     test = entry.metrics.get("clean_accuracy")
     if entry.status and isinstance(floor, (int, float)) and isinstance(test, (int, float)) and test < floor:
         # why a model below its line is there: the head's gain (validation) against the test shortfall
