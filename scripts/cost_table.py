@@ -3,8 +3,9 @@
 
     python scripts/cost_table.py --before results/benchmark-cpu-A.csv --after results/benchmark-cpu-B.csv
 
-Without --before/--after it redraws the table from the files its README markers name. --print shows
-the table without touching the README.
+Without --before/--after it redraws every cost table of the README from the files its own markers name
+(one block per CPU model); with them, block --block (default 0, the first). --print shows the table
+without touching the README.
 """
 
 from __future__ import annotations
@@ -23,21 +24,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", help="benchmark CSV before the speed work (path relative to the README)")
     p.add_argument("--after", help="benchmark CSV after it")
     p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--block", type=int, default=0, help="which cost-table block --before/--after set (0: the first)")
     p.add_argument("--print", action="store_true", help="print the table; leave the README alone")
     args = p.parse_args(argv)
     readme = Path(args.readme)
-    found = MARKER.search(readme.read_text())
-    before = args.before or (found and found.group(1))
-    after = args.after or (found and found.group(2))
-    if not before or not after:
-        p.error("give --before and --after (the README has no cost-table block naming them)")
-    for f in (before, after):
+    found = list(MARKER.finditer(readme.read_text()))
+    if (args.before is None) != (args.after is None):
+        p.error("give both --before and --after, or neither")
+    if not found and not (args.print and args.before is not None):
+        p.error(f"{readme} has no '<!-- cost-table before=... after=... -->' block (--print --before --after "
+                "shows a table without one)")
+    if found and not 0 <= args.block < len(found):
+        p.error(f"--block must be 0..{len(found) - 1} (the README has {len(found)} cost-table block(s)), got {args.block}")
+    pairs = ([(args.before, args.after)] if args.before is not None
+             else [m.group(1, 2) for m in found])
+    for f in (f for pair in pairs for f in pair):
         if not (readme.parent / f).is_file():
             p.error(f"benchmark file {f} not found (paths are relative to {readme.parent})")
     if args.print:
-        print(cost_table(readme.parent / before, readme.parent / after), end="")
+        for before, after in pairs:
+            print(cost_table(readme.parent / before, readme.parent / after))
         return 0
-    changed = update_readme(readme, before, after)
+    changed = update_readme(readme, args.before, args.after, args.block)
     print(f"{readme}: {'table redrawn' if changed else 'unchanged'}")
     return 0
 

@@ -53,12 +53,13 @@ def test_a_model_that_was_not_measured_shows_why(tmp_path):
     assert "`too_slow`: over the benchmark's time limit" in table
 
 
-def test_the_readme_table_is_the_one_its_files_give():
+def test_the_readme_tables_are_the_ones_their_files_give():
     text = (ROOT / "README.md").read_text()
-    found = MARKER.search(text)
+    found = list(MARKER.finditer(text))
     assert found, "README.md lost its cost-table block"
-    before, after, block = found.groups()
-    assert block == cost_table(ROOT / before, ROOT / after), "README cost table is stale: run scripts/cost_table.py"
+    for m in found:
+        before, after, block = m.groups()
+        assert block == cost_table(ROOT / before, ROOT / after), "README cost table is stale: run scripts/cost_table.py"
 
 
 def test_update_readme_rewrites_only_the_marked_block(tmp_path):
@@ -75,3 +76,24 @@ def test_update_readme_rewrites_only_the_marked_block(tmp_path):
     with pytest.raises(ValueError, match="no '<!-- cost-table"):
         update_readme(tmp_path / "plain.md", "a.csv", "b.csv")
 
+
+
+def test_each_block_is_drawn_from_its_own_files(tmp_path):
+    _bench(tmp_path / "a.csv", {"aol": (0.5, 1.0)})
+    _bench(tmp_path / "b.csv", {"aol": (0.8, 1.0)})
+    _bench(tmp_path / "c.csv", {"aol": (0.25, 1.0)})
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- cost-table before=a.csv after=b.csv -->\nold\n<!-- /cost-table -->\nmiddle\n"
+                      "<!-- cost-table before=a.csv after=c.csv -->\nold\n<!-- /cost-table -->\n")
+    assert update_readme(readme) is True  # both blocks, each from its own marker
+    text = readme.read_text()
+    assert "old" not in text and "\nmiddle\n" in text
+    assert text.index("| aol | 2.00 → **1.25** |") < text.index("middle") < text.index("| aol | 2.00 → **4.00** |")
+    assert update_readme(readme, "c.csv", "b.csv", block=1) is True  # only the second block changes
+    text = readme.read_text()
+    assert "before=a.csv after=b.csv" in text and "before=c.csv after=b.csv" in text
+    assert "| aol | 4.00 → **1.25** |" in text and "| aol | 2.00 → **1.25** |" in text
+    with pytest.raises(ValueError, match="block must be 0..1"):
+        update_readme(readme, "a.csv", "b.csv", block=2)
+    with pytest.raises(ValueError, match="both before and after"):
+        update_readme(readme, "a.csv")

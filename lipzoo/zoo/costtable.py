@@ -9,6 +9,9 @@ and compare::
     <!-- cost-table before=results/A.csv after=results/B.csv -->
     ...generated...
     <!-- /cost-table -->
+
+A README may hold several such blocks (e.g. one per CPU model: the ratios to ``standard`` depend on the
+CPU); each is drawn from the files its own marker names.
 """
 
 from __future__ import annotations
@@ -75,18 +78,31 @@ def cost_table(before: str | os.PathLike, after: str | os.PathLike) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(readme: str | os.PathLike, before: str, after: str) -> bool:
-    """Redraw the README's cost table from ``before``/``after`` (paths relative to the README's folder).
+def update_readme(readme: str | os.PathLike, before: str | None = None, after: str | None = None,
+                  block: int = 0) -> bool:
+    """Redraw the README's cost tables (paths relative to the README's folder).
 
-    Returns whether the README changed; writes through a temporary file, then renames.
+    With ``before`` and ``after``, block number ``block`` (0: the first) is drawn from those files;
+    without them every block is redrawn from the files its own marker names. Returns whether the
+    README changed; writes through a temporary file, then renames.
     """
     readme = Path(readme)
     text = readme.read_text()
-    if not MARKER.search(text):
+    found = list(MARKER.finditer(text))
+    if not found:
         raise ValueError(f"{readme} has no '<!-- cost-table before=... after=... -->' ... '<!-- /cost-table -->' block")
+    if (before is None) != (after is None):
+        raise ValueError("give both before and after, or neither (then every block is redrawn from its own files)")
+    if not 0 <= block < len(found):
+        raise ValueError(f"{readme} has {len(found)} cost-table block(s); block must be 0..{len(found) - 1}, got {block}")
     root = readme.parent
-    block = f"<!-- cost-table before={before} after={after} -->\n{cost_table(root / before, root / after)}<!-- /cost-table -->"
-    new = MARKER.sub(lambda m: block, text, count=1)
+    pieces, pos = [], 0
+    for i, m in enumerate(found):
+        b, a = (before, after) if before is not None and i == block else m.group(1, 2)
+        pieces += [text[pos:m.start()],
+                   f"<!-- cost-table before={b} after={a} -->\n{cost_table(root / b, root / a)}<!-- /cost-table -->"]
+        pos = m.end()
+    new = "".join(pieces) + text[pos:]
     if new == text:
         return False
     tmp = readme.with_name(readme.name + ".tmp")
