@@ -11,11 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.autograd import gradcheck
 from torch.func import jacrev, jvp, vmap
 
 from lipzoo.layers import _fourier, _linalg
 from lipzoo.layers._fourier import conv_kernel_fft, conv_kernel_rfft, fft_conv2d, frobenius_norm, half_spectrum_map
 from lipzoo.layers._linalg import autocorrelation, cayley_transform, taylor_exp_conv2d
+from lipzoo.layers._padding import circular_pad
 
 D = torch.float64
 C = torch.complex128
@@ -184,3 +186,20 @@ def test_taylor_series_folds_the_output_scale_and_bias_in(c, k, terms):
                 (x, kernel, bias), g)
     for a, b in zip(fast, ref):
         close(a, b)
+
+
+def test_lean_circular_pad_equals_f_pad():
+    """The circular padding of the standard, AOL and BCOP convolutions: F.pad's values, gradients,
+    tangents and batching, with its own backward."""
+    for shape, p in [((2, 3, 5, 6), 1), ((2, 3, 4, 4), 2), ((1, 2, 2, 3), 2), ((2, 1, 1, 1), 1)]:
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        ref = F.pad(x, (p,) * 4, mode="circular")
+        assert torch.equal(circular_pad(x, p), ref)
+        assert gradcheck(lambda v: circular_pad(v, p), (x,), check_forward_ad=True)
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(circular_pad(x, p), x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        t = torch.randn_like(x)
+        assert torch.equal(jvp(lambda v: circular_pad(v, p), (x.detach(),), (t,))[1], F.pad(t, (p,) * 4, mode="circular"))
+        assert torch.equal(vmap(lambda v: circular_pad(v, p))(x.detach()[None])[0], ref.detach())
+    with pytest.raises(Exception, match="more than once"):
+        circular_pad(torch.randn(1, 1, 2, 2), 3)

@@ -322,25 +322,6 @@ def test_norm_bound_value_is_unchanged_and_its_gradient_is_the_maxs():
                                    torch.stack([old(w), old(2 * w)]).detach())
 
 
-def test_lean_circular_pad_equals_f_pad():
-    from torch.func import jvp, vmap
-
-    from lipzoo.layers.bcop import _circular_pad
-
-    for shape, p in [((2, 3, 5, 6), 1), ((2, 3, 4, 4), 2), ((1, 2, 2, 3), 2), ((2, 1, 1, 1), 1)]:
-        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-        ref = F.pad(x, (p,) * 4, mode="circular")
-        assert torch.equal(_circular_pad(x, p), ref)
-        assert gradcheck(lambda v: _circular_pad(v, p), (x,), check_forward_ad=True)
-        g = torch.randn_like(ref)
-        torch.testing.assert_close(torch.autograd.grad(_circular_pad(x, p), x, g)[0], torch.autograd.grad(ref, x, g)[0])
-        t = torch.randn_like(x)
-        assert torch.equal(jvp(lambda v: _circular_pad(v, p), (x.detach(),), (t,))[1], F.pad(t, (p,) * 4, mode="circular"))
-        assert torch.equal(vmap(lambda v: _circular_pad(v, p))(x.detach()[None])[0], ref.detach())
-    with pytest.raises(Exception, match="more than once"):
-        _circular_pad(torch.randn(1, 1, 2, 2), 3)
-
-
 @pytest.mark.parametrize("cin,cout,k", [(8, 8, 3), (6, 10, 3), (10, 6, 3), (8, 8, 5), (6, 10, 5), (10, 6, 7), (5, 3, 1)])
 def test_factored_assembly_equals_the_papers(cin, cout, k):
     from lipzoo.layers.bcop import _bcop_kernel_factored

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._linalg import circular_pad, gram_bound
+from ._linalg import gram_bound
+from ._padding import circular_pad
 from ._norms import circular_conv_norm, matrix_norm
 from ._plain import plain_circular_conv, plain_linear
 

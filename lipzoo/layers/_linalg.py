@@ -29,7 +29,6 @@ __all__ = [
     "power_iteration_sigma",
     "bjorck_orthonormalize",
     "cayley_transform",
-    "circular_pad",
     "matmul",
     "taylor_exp_conv2d",
     "skew_series",
@@ -334,10 +333,6 @@ def cayley_transform(w: torch.Tensor) -> torch.Tensor:
     if out_f == in_f:
         return top
     return torch.cat([top, -2 * matmul(v, inv)], dim=-2)
-
-
-def circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    return F.pad(x, (pad, pad, pad, pad), mode="circular") if pad else x
 
 
 #: a 1 x 1 kernel with at most this many channels has its Taylor polynomial formed as one matrix

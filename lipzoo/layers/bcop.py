@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import check_kernel_size, KernelConv, MatrixLayer
-from ._linalg import circular_pad, gram_bound, power_iteration_sigma, power_start_vector
+from ._linalg import gram_bound, power_iteration_sigma, power_start_vector
+from ._padding import circular_pad
 from ._spectral import gram_apply, gram_eigh, traceable
 
 __all__ = ["BCOPConv2d", "BjorckLinear", "bjorck", "bcop_kernel", "norm_bound"]
@@ -192,59 +193,6 @@ def bjorck(
 
 
 EIGH_MIN_ITERS = 8  #: from this many Bjorck iterations on, the eigendecomposition is the cheaper way
-
-
-def _wrap(x: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
-    """Circular padding of one dimension: ``[x[-pad:], x, x[:pad]]``."""
-    n = x.shape[dim]
-    return torch.cat([x.narrow(dim, n - pad, pad), x, x.narrow(dim, 0, pad)], dim=dim)
-
-
-def _fold(g: torch.Tensor, pad: int, dim: int) -> torch.Tensor:
-    """The adjoint of :func:`_wrap`: the centre plus the two wrapped strips added back where they came from."""
-    n = g.shape[dim] - 2 * pad
-    out = g.narrow(dim, pad, n).clone()
-    out.narrow(dim, 0, pad).add_(g.narrow(dim, n + pad, pad))
-    out.narrow(dim, n - pad, pad).add_(g.narrow(dim, 0, pad))
-    return out
-
-
-@traceable
-class _CircularPad(torch.autograd.Function):
-    """``F.pad(x, (p, p, p, p), mode="circular")`` with a lean backward.
-
-    Same values and gradients. ``F.pad``'s circular mode is composed of slice copies whose backward
-    zero-fills and accumulates several full-size tensors; here the forward is two concatenations
-    and the backward two copies plus strip additions (about a third of the memory traffic, which
-    on CPU is most of BCOP's cost beyond the convolution itself).
-    """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor, pad: int) -> torch.Tensor:
-        return _wrap(_wrap(x, pad, -1), pad, -2)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.pad = inputs[1]
-
-    @staticmethod
-    def jvp(ctx, dx: torch.Tensor, _) -> torch.Tensor:
-        return _wrap(_wrap(dx, ctx.pad, -1), ctx.pad, -2)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        return _fold(_fold(g, ctx.pad, -2), ctx.pad, -1), None
-
-
-def _circular_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """``_linalg.circular_pad`` (wrapping at most once, as ``F.pad`` requires), faster in training."""
-    if pad == 0:
-        return x
-    if pad > min(x.shape[-2:]):
-        return circular_pad(x, pad)  # F.pad raises its own error
-    return _CircularPad.apply_(x, pad)
 
 
 def norm_bound(weight: torch.Tensor) -> torch.Tensor:
@@ -403,7 +351,7 @@ class BCOPConv2d(KernelConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, self.in_channels)
-        return F.conv2d(_circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
+        return F.conv2d(circular_pad(x, self.kernel_size // 2), self.effective_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bjorck_iters={self.bjorck_iters}, paper_compatible={self.paper_compatible}"
