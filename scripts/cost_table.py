@@ -31,11 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     found = list(MARKER.finditer(readme.read_text()))
     if (args.before is None) != (args.after is None):
         p.error("give both --before and --after, or neither")
-    if not found and not (args.print and args.before is not None):
-        p.error(f"{readme} has no '<!-- cost-table before=... after=... -->' block (--print --before --after "
-                "shows a table without one)")
-    if found and not 0 <= args.block < len(found):
-        p.error(f"--block must be 0..{len(found) - 1} (the README has {len(found)} cost-table block(s)), got {args.block}")
+    if not found and args.before is None:
+        p.error(f"{readme} has no '<!-- cost-table before=... after=... -->' block: give --before and --after")
     pairs = ([(args.before, args.after)] if args.before is not None
              else [m.group(1, 2) for m in found])
     for f in (f for pair in pairs for f in pair):
@@ -45,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         for before, after in pairs:
             print(cost_table(readme.parent / before, readme.parent / after))
         return 0
-    changed = update_readme(readme, args.before, args.after, args.block)
+    try:
+        changed = update_readme(readme, args.before, args.after, args.block)
+    except ValueError as e:  # no block to write into, or --block out of range
+        p.error(str(e))
     print(f"{readme}: {'table redrawn' if changed else 'unchanged'}")
     return 0
 

@@ -77,7 +77,6 @@ def test_update_readme_rewrites_only_the_marked_block(tmp_path):
         update_readme(tmp_path / "plain.md", "a.csv", "b.csv")
 
 
-
 def test_each_block_is_drawn_from_its_own_files(tmp_path):
     _bench(tmp_path / "a.csv", {"aol": (0.5, 1.0)})
     _bench(tmp_path / "b.csv", {"aol": (0.8, 1.0)})
