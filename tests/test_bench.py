@@ -107,7 +107,8 @@ def test_cpu_peak_memory_counts_weights_grads_and_momentum():
     assert r.train_peak_mib < 3 * weights_mib + 120  # and not the ~150 MiB of library pages
 
 
-def test_compile_option_compiles_both_passes_and_reports_compile_time(monkeypatch):
+@pytest.mark.parametrize("interleave", [True, False])
+def test_compile_option_compiles_both_passes_and_reports_compile_time(monkeypatch, interleave):
     # torch.compile itself takes minutes on CPU: check the wiring with a recording stand-in
     compiled = []
 
@@ -116,7 +117,7 @@ def test_compile_option_compiles_both_passes_and_reports_compile_time(monkeypatc
         return model
 
     monkeypatch.setattr(bench.torch, "compile", fake_compile)
-    (std,) = bench_layers("standard", ("xs",), memory=False, plain=False, compile=True, **FAST)
+    (std,) = bench_layers("standard", ("xs",), memory=False, plain=False, compile=True, interleave=interleave, **FAST)
     assert compiled == [False, True]  # the inference model, then the training model
     assert std.compiled is True and std.compile_s > 0 and std.status == "ok"
     assert std.as_dict()["compiled"] is True
@@ -126,7 +127,7 @@ def test_first_model_gets_a_process_warm_up(monkeypatch):
     calls = []
     real = bench.measure
     monkeypatch.setattr(bench, "measure", lambda name, **kw: calls.append((name, kw["deadline"])) or real(name, **kw))
-    bench_layers("standard", ("xs",), memory=False, plain=False, **FAST)
+    bench_layers("standard", ("xs",), memory=False, plain=False, interleave=False, **FAST)
     assert [c[0] for c in calls] == ["convnet_xs_standard"] * 2
     assert calls[0][1] is None  # the untimed warm-up pass comes first
 
@@ -146,7 +147,7 @@ def test_out_of_memory_is_a_row(monkeypatch):
         return real(name, **kw)
 
     monkeypatch.setattr(bench, "measure", fake)
-    std, aol = bench_layers("aol", ("xs",), memory=False, plain=False, **FAST)
+    std, aol = bench_layers("aol", ("xs",), memory=False, plain=False, interleave=False, **FAST)
     assert std.status == "ok" and aol.status == "oom" and "out of memory" in aol.error
     assert aol.train_images_per_s is None and aol.params > 0
     assert aol.ratios.pop("params_vs_standard") == 1.0  # its size is still known

@@ -34,10 +34,13 @@ from ._app import echo_json, main
 @click.option("--precision", "precisions", default="fp32", show_default=True,
               help="Comma-separated: fp32, bf16 (forward passes under bf16 autocast); a row per model and precision, "
                    "ratios to standard of the same precision.")
+@click.option("--interleave/--sequential", default=True, show_default=True,
+              help="Time the models of one size in turns, a step of each per round (a slow stretch of the machine "
+                   "then slows every model alike), or one model after another.")
 @click.option("--no-save", is_flag=True, help="Print only; write no results file.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats, max_seconds, memory, plain,
-              compile_, precisions, out_dir, no_save, as_json) -> None:
+              compile_, precisions, interleave, out_dir, no_save, as_json) -> None:
     """Speed (training, inference, plain inference), peak memory and parameters per layer and size,
     each also as a ratio to the standard ConvNet of the same size measured in the same run."""
     from ..zoo.bench import DEFAULT_OUT, BenchError, bench_layers, format_table, hardware_fingerprint, save_results
@@ -48,7 +51,7 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
         results = bench_layers(layer_pattern, size_list, family=family, batch_size=batch_size, device=device,
                                warmup=warmup, repeats=repeats, memory=memory, plain=plain,
                                max_seconds=max_seconds or None, progress=not as_json, compile=compile_,
-                               precisions=precision_list)
+                               precisions=precision_list, interleave=interleave)
     except BenchError as e:
         raise click.UsageError(str(e)) from None
     hw = hardware_fingerprint(device)

@@ -80,6 +80,7 @@ from .bench_results import (
     read_results,
     save_results,
 )
+from .interleave import measure_interleaved
 from .measure import TooSlow, cpu_memory_supported, is_oom, measure, memory_subprocess
 
 __all__ = [
@@ -111,7 +112,9 @@ class BenchOptions:
     ``plain=False`` skips the inference of ``to_plain``. ``max_seconds`` bounds the time spent on
     one model (``None``: no bound); a model over it gets ``status = "too_slow"``. ``compile=True``
     times the ``torch.compile``d model (the compilation itself is ``compile_s``; peak memory is
-    still that of the eager model).
+    still that of the eager model). ``interleave=True`` (:func:`bench_layers`) times the models of
+    one size and precision in turns, a step of each per round (:mod:`lipzoo.zoo.interleave`);
+    ``False`` times them one after another.
     """
 
     batch_size: int = 64
@@ -122,6 +125,7 @@ class BenchOptions:
     plain: bool = True
     max_seconds: float | None = 300.0
     compile: bool = False
+    interleave: bool = True
 
     def check(self) -> None:
         """Raise :class:`BenchError` naming what is wrong (numbers out of range, an unusable device)."""
@@ -153,9 +157,7 @@ def bench_model(name: str, options: BenchOptions | None = None, *, in_chans: int
     if precision not in PRECISIONS:
         raise BenchError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     arch = get_architecture(name)
-    res = BenchResult(model=arch.name, family=arch.family, layer=arch.layer, size=arch.size, device=opts.device,
-                      batch_size=opts.batch_size, warmup=opts.warmup, repeats=opts.repeats, compiled=opts.compile,
-                      precision=precision)
+    res = _new_result(name, replace(opts, interleave=False), precision)
     cuda = opts.device.startswith("cuda")
     notes: list[str] = []
     t_start = time.perf_counter()
@@ -165,24 +167,41 @@ def bench_model(name: str, options: BenchOptions | None = None, *, in_chans: int
         out = measure(arch.name, batch_size=opts.batch_size, device=opts.device, in_chans=in_chans,
                       warmup=opts.warmup, repeats=opts.repeats, memory=res.memory_method if cuda else None,
                       plain=opts.plain, deadline=deadline, compile=opts.compile, precision=precision)
-    except subprocess.TimeoutExpired:
-        res.status, res.error = "too_slow", f"memory measurement ran over --max-seconds {opts.max_seconds:g}"
-    except TooSlow as e:
-        res.status, res.error = "too_slow", f"{e} (--max-seconds {opts.max_seconds:g})"
     except Exception as e:  # noqa: BLE001 - a model that cannot be measured is a row, not a crash
-        first = (str(e).splitlines() or [""])[0][:200]
-        if is_oom(e):
-            res.status, res.error = "oom", f"out of memory at batch size {opts.batch_size}: {first}"
-        else:
-            res.status, res.error = "error", f"{type(e).__name__}: {first}"
+        _failed(res, e, opts)
     else:
         notes += _fill(res, out, opts, arch.input_size)
     finally:
         if cuda:
             gc.collect()
             torch.cuda.empty_cache()
+    return _finish(res, notes, in_chans)
+
+
+def _new_result(name: str, opts: BenchOptions, precision: str) -> BenchResult:
+    arch = get_architecture(name)
+    return BenchResult(model=arch.name, family=arch.family, layer=arch.layer, size=arch.size, device=opts.device,
+                       batch_size=opts.batch_size, warmup=opts.warmup, repeats=opts.repeats, compiled=opts.compile,
+                       precision=precision, interleaved=opts.interleave)
+
+
+def _failed(res: BenchResult, e: BaseException, opts: BenchOptions) -> None:
+    """``res``'s status and one-line error for the exception that stopped its measurement."""
+    if isinstance(e, subprocess.TimeoutExpired):
+        res.status, res.error = "too_slow", f"memory measurement ran over --max-seconds {opts.max_seconds:g}"
+    elif isinstance(e, TooSlow):
+        res.status, res.error = "too_slow", f"{e} (--max-seconds {opts.max_seconds:g})"
+    else:
+        first = (str(e).splitlines() or [""])[0][:200]
+        if is_oom(e):
+            res.status, res.error = "oom", f"out of memory at batch size {opts.batch_size}: {first}"
+        else:
+            res.status, res.error = "error", f"{type(e).__name__}: {first}"
+
+
+def _finish(res: BenchResult, notes: list[str], in_chans: int) -> BenchResult:
     if res.params is None:  # still report the size of a model that did not fit
-        res.params = sum(p.numel() for p in create_model(arch.name, in_chans=in_chans).parameters() if p.requires_grad)
+        res.params = sum(p.numel() for p in create_model(res.model, in_chans=in_chans).parameters() if p.requires_grad)
     res.note = "; ".join(notes)
     return res
 
@@ -259,9 +278,11 @@ def bench_layers(
     ``precisions``: some of :data:`PRECISIONS`, each a row per model ("bf16": forward passes under
     bf16 autocast).
 
-    Before the first model one untimed training and inference pass of it runs (per precision):
-    the process's first kernels pay one-off costs (library pages, oneDNN primitive caches, thread
-    pools) that would otherwise slow whichever model happens to be measured first and skew every ratio.
+    With ``interleave`` (the default) the models of one size and precision are timed in turns
+    (:func:`_bench_group`). Else they are timed one after another, and before the first model one
+    untimed training and inference pass of it runs (per precision): the process's first kernels
+    pay one-off costs (library pages, oneDNN primitive caches, thread pools) that would otherwise
+    slow whichever model happens to be measured first and skew every ratio.
     """
     opts = replace(options or BenchOptions(), **overrides)
     sizes, precisions = tuple(sizes), tuple(precisions)
@@ -271,6 +292,11 @@ def bench_layers(
     jobs = [(f"{family}_{s}_{lid}", p) for s in sizes for p in precisions for lid in layers]
     for name, _ in jobs:
         get_architecture(name)  # an unknown family fails here, before anything is measured
+    if opts.interleave:
+        results = [r for s in sizes for p in precisions
+                   for r in _bench_group([f"{family}_{s}_{lid}" for lid in layers], opts, p, progress)]
+        add_ratios(results)
+        return results
     results: list[BenchResult] = []
     for p in precisions:  # the process warm-up (see above), never recorded
         measure(jobs[0][0], batch_size=opts.batch_size, device=opts.device, in_chans=3, warmup=1, repeats=1,
@@ -281,3 +307,36 @@ def bench_layers(
         results.append(bench_model(name, opts, precision=p))
     add_ratios(results)
     return results
+
+
+def _bench_group(names: list[str], opts: BenchOptions, precision: str, progress: bool) -> list[BenchResult]:
+    """The rows of ``names`` (one size), timed in turns by :func:`~lipzoo.zoo.interleave.measure_interleaved`;
+    peak memory is measured per model first, as :func:`bench_model` measures it (on CUDA in a pass of its own)."""
+    rows, notes, left = [], {}, []
+    for name in names:
+        res, notes[name] = _new_result(name, opts, precision), []
+        rows.append(res)
+        try:
+            res.memory_method = _memory_method(res, opts, 3, precision, notes[name])
+            if res.memory_method == "cuda_max_allocated":
+                peaks = measure(name, batch_size=opts.batch_size, device=opts.device, in_chans=3, warmup=0, repeats=1,
+                                memory=res.memory_method, plain=False, deadline=None, precision=precision)
+                res.train_peak_mib, res.infer_peak_mib = peaks["train_peak_mib"], peaks["infer_peak_mib"]
+        except Exception as e:  # noqa: BLE001 - reported in its row; the others are still timed
+            _failed(res, e, opts)
+        else:
+            left.append(name)
+    timed = measure_interleaved(left, batch_size=opts.batch_size, device=opts.device, in_chans=3, warmup=opts.warmup,
+                                repeats=opts.repeats, plain=opts.plain, max_seconds=opts.max_seconds,
+                                compile=opts.compile, precision=precision, progress=progress) if left else {}
+    for res in rows:
+        out = timed.get(res.model)
+        if isinstance(out, BaseException):
+            _failed(res, out, opts)
+        elif out is not None:
+            notes[res.model] += _fill(res, out, opts, get_architecture(res.model).input_size)
+        _finish(res, notes[res.model], 3)
+    if opts.device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows

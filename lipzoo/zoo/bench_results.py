@@ -33,7 +33,8 @@ CSV_COLUMNS = (
      "train_peak_mib", "infer_peak_mib", "memory_method"]
     + [EPOCH_PREFIX + d for d in DATASETS]
     + [f"{f}_vs_standard" for f in RATIO_FIGURES]
-    + ["epoch_s_vs_standard", "warmup", "repeats", "compiled", "compile_s", "note", "error", "precision"]
+    + ["epoch_s_vs_standard", "warmup", "repeats", "compiled", "compile_s", "note", "error", "precision",
+       "interleaved"]
 )
 #: ``--precision`` choices: "bf16" runs the forward passes under bf16 autocast (weights stay float32)
 PRECISIONS = ("fp32", "bf16")
@@ -71,6 +72,7 @@ class BenchResult:
     note: str = ""
     error: str | None = None
     precision: str = "fp32"  # "bf16": forward passes (training, inference, plain) under bf16 autocast
+    interleaved: bool = False  # timed in turns with the other models of its size and precision
 
     # backwards-compatible names (the ``bench`` table of earlier versions)
     @property

@@ -34,7 +34,7 @@ from ..registry import get_architecture
 from .recipe import training_autocast
 
 __all__ = ["TooSlow", "PeakMemory", "timed", "measure", "memory_subprocess", "cpu_memory_supported", "plain_converter",
-           "is_oom", "MIB"]
+           "is_oom", "MIB", "build_inference", "build_plain", "build_training", "inference_call", "sync"]
 
 MIB = 2**20
 
@@ -149,34 +149,79 @@ def measure(
     return out | _training(name, x, in_chans, device, times, memory, compile, precision)
 
 
+def build_inference(name: str, x: torch.Tensor, in_chans: int, device: str, compile: bool,
+                    precision: str) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """A fresh eval-mode model and its timed call (a ``no_grad`` forward of ``x``); with ``compile``
+    the compiling first call has run."""
+    model = create_model(name, in_chans=in_chans).to(device).eval()
+    infer = inference_call(torch.compile(model) if compile else model, x, device, precision)
+    if compile:
+        infer()
+    return model, infer
+
+
+def inference_call(model: Callable, x: torch.Tensor, device: str, precision: str) -> Callable[[], None]:
+    """One inference of ``x``: ``model(x)`` under ``no_grad`` (and bf16 autocast for ``precision="bf16"``)."""
+
+    def infer() -> None:
+        with torch.no_grad(), training_autocast(precision, device):
+            model(x)
+
+    return infer
+
+
+def build_plain(model: torch.nn.Module, x: torch.Tensor, device: str, precision: str) -> tuple[Callable | None, str]:
+    """The timed inference of ``model``'s plain-torch copy, or ``None`` and the note that says why not."""
+    convert, why = plain_converter()
+    if convert is None:
+        return None, why
+    try:
+        plain_model = convert(model).to(device)
+    except Exception as e:  # a layer the exporter cannot convert is reported, not fatal
+        return None, f"to_plain failed: {type(e).__name__}: {e}"[:300]
+    return inference_call(plain_model, x, device, precision), ""
+
+
+def build_training(name: str, x: torch.Tensor, in_chans: int, device: str, compile: bool,
+                   precision: str) -> tuple[Callable[[], None], int, float | None]:
+    """A fresh model's training step (forward + ``sum().backward()`` + SGD with momentum), its number
+    of trainable parameters and, with ``compile``, the seconds of the compiling first step (else ``None``)."""
+    model = create_model(name, in_chans=in_chans).to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    fwd = torch.compile(model) if compile else model
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with training_autocast(precision, device):
+            z = fwd(x)
+        z.float().sum().backward()
+        opt.step()
+
+    compile_s = None
+    if compile:
+        t0 = time.perf_counter()
+        train_step()
+        sync(device)
+        compile_s = time.perf_counter() - t0
+    return train_step, sum(p.numel() for p in params), compile_s
+
+
 def _inference(name: str, x: torch.Tensor, in_chans: int, device: str, times: Callable, memory: str | None,
                plain: bool, compile: bool, precision: str) -> dict:
     """Inference of a fresh model: its time, peak memory (weights, eval caches, activations) and
     the time of its plain-torch copy."""
     out: dict = {}
     with PeakMemory(memory, device) as mem:
-        model = create_model(name, in_chans=in_chans).to(device).eval()
-        fwd = torch.compile(model) if compile else model
-
-        def infer(m=fwd) -> None:
-            with torch.no_grad(), training_autocast(precision, device):
-                m(x)
-
-        if compile:
-            infer()
+        model, infer = build_inference(name, x, in_chans, device, compile, precision)
         out["infer_s"] = times(infer)
     out["infer_peak_mib"] = mem.mib
     if plain:
-        convert, why = plain_converter()
-        if convert is None:
-            out["note"] = why
+        plain_infer, note = build_plain(model, x, device, precision)
+        if plain_infer is None:
+            out["note"] = note
         else:
-            try:
-                plain_model = convert(model).to(device)
-            except Exception as e:  # a layer the exporter cannot convert is reported, not fatal
-                out["note"] = f"to_plain failed: {type(e).__name__}: {e}"[:300]
-            else:
-                out["plain_s"] = times(functools.partial(infer, plain_model))
+            out["plain_s"] = times(plain_infer)
     return out
 
 
@@ -186,26 +231,11 @@ def _training(name: str, x: torch.Tensor, in_chans: int, device: str, times: Cal
     (weights, gradients, momentum buffers and activations of a step)."""
     out: dict = {}
     with PeakMemory(memory, device) as mem:
-        model = create_model(name, in_chans=in_chans).to(device).train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-        fwd = torch.compile(model) if compile else model
-
-        def train_step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with training_autocast(precision, device):
-                z = fwd(x)
-            z.float().sum().backward()
-            opt.step()
-
-        if compile:
-            t0 = time.perf_counter()
-            train_step()
-            sync(device)
-            out["compile_s"] = time.perf_counter() - t0
+        train_step, out["params"], compile_s = build_training(name, x, in_chans, device, compile, precision)
+        if compile_s is not None:
+            out["compile_s"] = compile_s
         out["train_s"] = times(train_step)
     out["train_peak_mib"] = mem.mib
-    out["params"] = sum(p.numel() for p in params)
     return out
 
 
