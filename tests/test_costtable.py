@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from lipzoo.zoo.costtable import MARKER, cost_table, update_readme
+from lipzoo.zoo.costtable import MARKER, SPREAD_MARKER, cost_table, spread_table, update_readme, update_spread
 
 ROOT = Path(__file__).resolve().parents[1]
 COLS = ["model", "layer", "size", "status", "batch_size", "train_images_per_s_vs_standard",
         "infer_images_per_s_vs_standard", "epoch_s_fashion_mnist", "hw_cpu_model", "hw_cpu_threads", "hw_torch",
-        "hw_commit", "precision"]
+        "hw_commit", "precision", "interleaved"]
 
 
-def _bench(path: Path, ratios: dict[str, tuple[float, float]], epoch_s: float = 600.0) -> Path:
+def _bench(path: Path, ratios: dict[str, tuple[float, float]], epoch_s: float = 600.0, interleaved: bool = False) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLS)
         w.writeheader()
@@ -23,7 +23,7 @@ def _bench(path: Path, ratios: dict[str, tuple[float, float]], epoch_s: float = 
             w.writerow({"model": f"convnet_xs_{layer}", "layer": layer, "size": "xs", "status": "ok", "batch_size": 64,
                         "train_images_per_s_vs_standard": train, "infer_images_per_s_vs_standard": infer,
                         "epoch_s_fashion_mnist": epoch_s / train, "hw_cpu_model": "Test CPU", "hw_cpu_threads": 1,
-                        "hw_torch": "2.x", "hw_commit": "abcdef0123", "precision": "fp32"})
+                        "hw_torch": "2.x", "hw_commit": "abcdef0123", "precision": "fp32", "interleaved": interleaved})
     return path
 
 
@@ -96,3 +96,28 @@ def test_each_block_is_drawn_from_its_own_files(tmp_path):
         update_readme(readme, "a.csv", "b.csv", block=2)
     with pytest.raises(ValueError, match="both before and after"):
         update_readme(readme, "a.csv")
+
+
+def test_spread_table_compares_runs_per_timing_schedule(tmp_path):
+    files = [_bench(tmp_path / "benchmark-cpu-1.csv", {"lot": (0.25, 0.5), "aol": (0.5, 1.0)}),
+             _bench(tmp_path / "benchmark-cpu-2.csv", {"lot": (0.2, 0.5), "aol": (0.4, 1.0)}),
+             _bench(tmp_path / "benchmark-cpu-3.csv", {"lot": (0.25, 0.5), "aol": (0.5, 1.0)}, interleaved=True),
+             _bench(tmp_path / "benchmark-cpu-4.csv", {"lot": (0.25, 0.5), "aol": (0.5, 1.0)}, interleaved=True)]
+    table = spread_table(files)
+    assert "| layer | size | 1 (sequential) | 2 (sequential) | 3 (interleaved) | 4 (interleaved) | spread, sequential (2 files) " \
+           "| spread, interleaved (2 files) |" in table
+    assert "| lot | XS | 4.00 | 5.00 | 4.00 | 4.00 | 1.25x | 1.00x |" in table
+    assert "| aol | XS | 2.00 | 2.50 | 2.00 | 2.00 | 1.25x | 1.00x |" in table
+    assert "| median | | " in table and "**1.25x** | **1.00x** |" in table
+    readme = tmp_path / "README.md"
+    names = ",".join(f.name for f in files)
+    readme.write_text(f"a\n<!-- bench-spread files={names} -->\nstale\n<!-- /bench-spread -->\nb\n")
+    assert update_spread(readme) is True and "stale" not in readme.read_text() and table in readme.read_text()
+    assert update_spread(readme) is False
+
+
+def test_the_readme_spread_blocks_are_the_ones_their_files_give():
+    text = (ROOT / "README.md").read_text()
+    for m in SPREAD_MARKER.finditer(text):
+        files = [ROOT / n for n in m.group(1).split(",")]
+        assert m.group(2) == spread_table(files), "README spread table is stale: run scripts/cost_table.py"

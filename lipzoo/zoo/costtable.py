@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from pathlib import Path
 
 from .bench import read_results
 
-__all__ = ["cost_table", "update_readme", "MARKER"]
+__all__ = ["cost_table", "update_readme", "MARKER", "spread_table", "update_spread", "SPREAD_MARKER"]
 
 MARKER = re.compile(r"<!-- cost-table before=(\S+) after=(\S+) -->\n(.*?)<!-- /cost-table -->", re.S)
+#: a README block comparing several benchmark files of the same code (comma-separated paths)
+SPREAD_MARKER = re.compile(r"<!-- bench-spread files=(\S+) -->\n(.*?)<!-- /bench-spread -->", re.S)
 
 
 def _index(rows: list[dict]) -> dict[tuple[str, str], dict]:
@@ -49,7 +52,8 @@ def _cell(before: str, after: str) -> str:
 def _setup(rows: list[dict]) -> str:
     r = rows[0]
     return (f"{r.get('hw_cpu_model') or r.get('hw_cpu')}, {r.get('hw_cpu_threads')} thread(s), batch "
-            f"{r.get('batch_size')}, torch {r.get('hw_torch')}, lipzoo commit {str(r.get('hw_commit') or '?')[:8]}")
+            f"{r.get('batch_size')}, torch {r.get('hw_torch')}, lipzoo commit {str(r.get('hw_commit') or '?')[:8]}, "
+            f"models timed {'in turns' if _schedule(rows) == 'interleaved' else 'one after another'}")
 
 
 def cost_table(before: str | os.PathLike, after: str | os.PathLike) -> str:
@@ -76,6 +80,65 @@ def cost_table(before: str | os.PathLike, after: str | os.PathLike) -> str:
               "", f"Before: `{Path(before).name}` ({_setup(rows_b)}).",
               f"After: `{Path(after).name}` ({_setup(rows_a)})."]
     return "\n".join(lines) + "\n"
+
+
+def _schedule(rows: list[dict]) -> str:
+    return "interleaved" if rows and rows[0].get("interleaved") else "sequential"
+
+
+def spread_table(paths: list[str | os.PathLike]) -> str:
+    """Markdown: each layer's training step x standard in every file, and per timing schedule the
+    spread of that ratio over the files (largest / smallest), for sizes in every file."""
+    files = [(Path(p), read_results(p)) for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, (_, rows) in enumerate(files):
+        groups.setdefault(_schedule(rows), []).append(i)
+    index = [_index(rows) for _, rows in files]
+    sizes = [s for s in ("xs", "s", "m", "l") if all(any(k[1] == s for k in ix) for ix in index)]
+    layers = dict.fromkeys(r["layer"] for _, rows in files for r in rows if r["layer"] != "standard")
+    head = ["layer", "size"] + [f"{p.stem.rsplit('-', 1)[-1]} ({_schedule(rows)})" for p, rows in files]
+    head += [f"spread, {g} ({len(ix)} files)" for g, ix in groups.items()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    per_group: list[list[float]] = [[] for _ in groups]
+    for layer in layers:
+        for size in sizes:
+            cells = [_times_std(ix.get((layer, size)), "train_images_per_s") for ix in index]
+            spreads = []
+            for g, ix in enumerate(groups.values()):
+                vals = [float(cells[i]) for i in ix if cells[i].replace(".", "", 1).isdigit()]
+                if len(vals) > 1:
+                    per_group[g].append(max(vals) / min(vals))
+                spreads.append(f"{max(vals) / min(vals):.2f}x" if len(vals) > 1 else "-")
+            lines.append("| " + " | ".join([layer, size.upper()] + cells + spreads) + " |")
+    medians = [f"**{statistics.median(v):.2f}x**" if v else "-" for v in per_group]
+    lines.append("| median | | " + " | ".join([""] * len(files) + medians) + " |")
+    lines += ["", "Files (training step x standard; spread = largest / smallest over the files of one schedule):"]
+    lines += [f"`{p.name}` ({_setup(rows)})." for p, rows in files]
+    return "\n".join(lines) + "\n"
+
+
+def update_spread(readme: str | os.PathLike) -> bool:
+    """Redraw every ``bench-spread`` block of the README from the files its marker names; returns
+    whether the README changed (written through a temporary file, then renamed)."""
+    readme = Path(readme)
+    text = readme.read_text()
+
+    def draw(m: re.Match) -> str:
+        names = m.group(1)
+        return f"<!-- bench-spread files={names} -->\n{spread_table([readme.parent / n for n in names.split(',')])}" \
+               "<!-- /bench-spread -->"
+
+    new = SPREAD_MARKER.sub(draw, text)
+    if new == text:
+        return False
+    _replace_text(readme, new)
+    return True
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def update_readme(readme: str | os.PathLike, before: str | None = None, after: str | None = None,
@@ -105,7 +168,5 @@ def update_readme(readme: str | os.PathLike, before: str | None = None, after: s
     new = "".join(pieces) + text[pos:]
     if new == text:
         return False
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, readme)
+    _replace_text(readme, new)
     return True
