@@ -60,6 +60,8 @@ def bench_cmd(layer_pattern, sizes, family, device, batch_size, warmup, repeats,
         echo_json({"hardware": hw, "file": str(path) if path else None, "results": [r.as_dict() for r in results]})
         return
     click.echo(f"hardware: {hw}")
+    click.echo("timing: " + ("the models of each size in turns, a step of each per round" if interleave
+                             else "one model after another"))
     click.echo(format_table(results))
     if path:
         click.echo(f"wrote {path}")

@@ -33,7 +33,9 @@ bf16 autocast as a recipe with ``precision: bf16`` trains (weights, their parame
 the loss stay float32), and its ratios are to the ``standard`` row of the same precision.
 
 Warm-up steps are excluded; every time is the median of ``repeats`` timed steps; on CUDA the
-device is synchronised around every timed step. ``standard`` is always measured in the same run
+device is synchronised around every timed step. By default the models of one size and precision
+are timed in turns, one step of each per round (:mod:`lipzoo.zoo.interleave`), so a slow spell of
+a shared machine falls on every model alike; ``interleave=False`` times one model after another. ``standard`` is always measured in the same run
 and every figure is also given as ``<figure>_vs_standard`` (value / the standard model's value
 of the same family and size; > 1 means faster for throughputs, larger for memory, parameters
 and epoch times; epoch time ratios are the same for every data set, hence one column).
