@@ -159,7 +159,7 @@ def bench_model(name: str, options: BenchOptions | None = None, *, in_chans: int
     if precision not in PRECISIONS:
         raise BenchError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     arch = get_architecture(name)
-    res = _new_result(name, replace(opts, interleave=False), precision)
+    res = _new_result(name, opts, precision, interleaved=False)
     cuda = opts.device.startswith("cuda")
     notes: list[str] = []
     t_start = time.perf_counter()
@@ -180,11 +180,11 @@ def bench_model(name: str, options: BenchOptions | None = None, *, in_chans: int
     return _finish(res, notes, in_chans)
 
 
-def _new_result(name: str, opts: BenchOptions, precision: str) -> BenchResult:
+def _new_result(name: str, opts: BenchOptions, precision: str, interleaved: bool) -> BenchResult:
     arch = get_architecture(name)
     return BenchResult(model=arch.name, family=arch.family, layer=arch.layer, size=arch.size, device=opts.device,
                        batch_size=opts.batch_size, warmup=opts.warmup, repeats=opts.repeats, compiled=opts.compile,
-                       precision=precision, interleaved=opts.interleave)
+                       precision=precision, interleaved=interleaved)
 
 
 def _failed(res: BenchResult, e: BaseException, opts: BenchOptions) -> None:
@@ -316,7 +316,7 @@ def _bench_group(names: list[str], opts: BenchOptions, precision: str, progress:
     peak memory is measured per model first, as :func:`bench_model` measures it (on CUDA in a pass of its own)."""
     rows, notes, left = [], {}, []
     for name in names:
-        res, notes[name] = _new_result(name, opts, precision), []
+        res, notes[name] = _new_result(name, opts, precision, interleaved=True), []
         rows.append(res)
         try:
             res.memory_method = _memory_method(res, opts, 3, precision, notes[name])

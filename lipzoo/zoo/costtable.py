@@ -102,13 +102,16 @@ def spread_table(paths: list[str | os.PathLike]) -> str:
     per_group: list[list[float]] = [[] for _ in groups]
     for layer in layers:
         for size in sizes:
-            cells = [_times_std(ix.get((layer, size)), "train_images_per_s") for ix in index]
+            found = [ix.get((layer, size)) for ix in index]
+            ratios = [(r or {}).get("train_images_per_s_vs_standard") for r in found]
             spreads = []
             for g, ix in enumerate(groups.values()):
-                vals = [float(cells[i]) for i in ix if cells[i].replace(".", "", 1).isdigit()]
-                if len(vals) > 1:
-                    per_group[g].append(max(vals) / min(vals))
-                spreads.append(f"{max(vals) / min(vals):.2f}x" if len(vals) > 1 else "-")
+                vals = [float(ratios[i]) for i in ix if ratios[i]]
+                spread = max(vals) / min(vals) if len(vals) > 1 else None
+                if spread is not None:
+                    per_group[g].append(spread)
+                spreads.append("-" if spread is None else f"{spread:.2f}x")
+            cells = [_times_std(r, "train_images_per_s") for r in found]
             lines.append("| " + " | ".join([layer, size.upper()] + cells + spreads) + " |")
     medians = [f"**{statistics.median(v):.2f}x**" if v else "-" for v in per_group]
     lines.append("| median | | " + " | ".join([""] * len(files) + medians) + " |")
