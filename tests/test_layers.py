@@ -165,6 +165,40 @@ def test_maxmin_gradient_follows_the_permutation_even_at_ties():
         assert torch.equal(MaxMin()(x4), MaxMin()(x4.detach().requires_grad_()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fast_maxmin_matches_the_reference_routing_bit_for_bit(dtype, layout):
+    # even channel counts take the fast Function (max/min written in place, gradients routed by
+    # bit operations); it must give exactly the values and gradients of the reference Function,
+    # ties included, and keep the input's memory layout
+    from lipzoo.layers.activations import _MaxMinPairs
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(-3, 4, (4, 8, 5, 5), generator=gen).to(dtype)  # many ties
+    base = base + torch.randn(base.shape, generator=gen).to(dtype) * (torch.rand(base.shape, generator=gen) < 0.5)
+    g = torch.randn(base.shape, generator=gen).to(dtype).contiguous(memory_format=layout)
+    x = base.clone().contiguous(memory_format=layout).requires_grad_()
+    y = MaxMin()(x)
+    assert y.is_contiguous(memory_format=layout)
+    y.backward(g)
+    ref_x = base.clone().requires_grad_()
+    a, b = ref_x.unflatten(1, (4, 2)).unbind(2)
+    ref = _MaxMinPairs.apply(a, b).flatten(1, 2)
+    ref.backward(g.contiguous())
+    assert torch.equal(y, ref)
+    assert torch.equal(x.grad, ref_x.grad)
+    assert x.grad.is_contiguous(memory_format=layout)
+    with torch.no_grad():
+        assert torch.equal(MaxMin()(x), ref)
+
+
+def test_fast_maxmin_gradient_at_a_tie_is_whole():
+    x = torch.tensor([[3.0, 1.0, -2.0, 4.0, 0.5, 0.5]], requires_grad=True)
+    g = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    (MaxMin()(x) * g).sum().backward()
+    assert x.grad.tolist() == [[1.0, 2.0, 4.0, 3.0, 5.0, 6.0]]
+
+
 def test_dense_complex_matmul_has_the_gradients_of_plain_matmul():
     from lipzoo.layers._linalg import matmul
 

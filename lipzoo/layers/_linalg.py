@@ -353,8 +353,9 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: 
     plays no part): for few channels the polynomial ``sum_i L^i / i!`` is formed as one matrix (same
     Horner scheme) and applied once; for more channels each term is a matrix product of the pixels
     (rows, channels-last) with ``L^T`` (several times faster than a 1 x 1 convolution on CPU for these
-    few, wide pixels). Else the convolutions run on a channels-last copy of ``x`` (faster on CPU); the
-    result is returned contiguous. The same polynomial as the term-by-term sum, up to float round-off.
+    few, wide pixels). Else the convolutions run on a channels-last copy of ``x`` (faster on CPU). The
+    result is in channels-last memory except on the small-matrix path (the caller's next MaxMin keeps that
+    layout, so the next series needs no copy in). The same polynomial as the term-by-term sum, up to float round-off.
     """
     if terms == 0:
         z = x * scale if scale != 1.0 else x
@@ -377,7 +378,7 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: 
         z = torch.addmm(rows, z, m_t, beta=scale, alpha=scale)  # scale * (rows + z L^T)
         if bias is not None:
             z = z + bias
-        return z.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+        return z.reshape(n, h, w, c).permute(0, 3, 1, 2)  # channels-last
     pad = (k_h // 2, k_w // 2)
     # the series runs in channels-last memory (oneDNN's faster layout for these convolutions,
     # 7% of a ConvNet-XS training step on CPU): one copy in, one back out
@@ -386,8 +387,7 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: 
     z = x
     for i in range(terms, 1, -1):
         z = _add_skip(F.conv2d(z, kernel / float(i), padding=pad), x)
-    z = _add_skip(F.conv2d(z, kernel * scale if scale != 1.0 else kernel, bias, padding=pad), x, scale)
-    return z.contiguous()
+    return _add_skip(F.conv2d(z, kernel * scale if scale != 1.0 else kernel, bias, padding=pad), x, scale)
 
 
 def _add_skip(y: torch.Tensor, x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
