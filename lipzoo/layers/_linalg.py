@@ -151,14 +151,16 @@ AUTOCORR_DFT_MIN_PAIRS = 48 * 48
 
 @functools.lru_cache(maxsize=64)
 def _autocorr_dft_matrices(k_h: int, k_w: int, dtype: torch.dtype, device: torch.device):
-    """The DFT matrices of ``_autocorrelation_dft`` for a k_h x k_w kernel (``dtype`` complex).
+    """The real DFT matrices of ``_autocorrelation_dft`` for a k_h x k_w kernel (``dtype`` real).
 
     On the (2k_h - 1) x (2k_w - 1) grid that holds every shift of the autocorrelation without
     wrapping, the frequencies ``D`` = one of each pair ``(f, -f)`` other than 0: rows
-    1 .. k_h - 1 of column 0 and all rows of columns 1 .. k_w - 1. Returns ``(fwd, inv)``:
-    ``fwd`` (k_h k_w, |D|) = ``exp(-i theta_f . p)`` for tap p and ``inv`` (S, |D|) =
-    ``2 exp(i theta_f . s) / N`` for the S shifts ``s`` in row-major order from ``-(k - 1)`` to
-    ``k - 1`` (N = grid size), so that ``Re(inv @ Phat)`` sums each pair ``Phat(f), Phat(-f)``.
+    1 .. k_h - 1 of column 0 and all rows of columns 1 .. k_w - 1. Returns ``(fwd, inv_re, inv_im)``:
+    ``fwd`` (2|D|, k_h k_w) holds, for each frequency f, the real and the imaginary part of
+    ``exp(-i theta_f . p)`` for tap p (rows 2f and 2f + 1); ``inv_re`` and ``inv_im`` (S, |D|) the real
+    and imaginary parts of ``2 exp(i theta_f . s) / N`` for the S shifts ``s`` in row-major order from
+    ``-(k - 1)`` to ``k - 1`` (N = grid size), so that ``Re(inv @ Phat)`` sums each pair ``Phat(f),
+    Phat(-f)``. Computed in float64, then rounded to ``dtype``.
     """
     n_h, n_w = 2 * k_h - 1, 2 * k_w - 1
     freqs = [(u, 0) for u in range(1, k_h)] + [(u, v) for v in range(1, k_w) for u in range(n_h)]
@@ -170,32 +172,38 @@ def _autocorr_dft_matrices(k_h: int, k_w: int, dtype: torch.dtype, device: torch
         pw = torch.remainder(b[None, :, None] * v[None, None, :], n_w).double() / n_w
         return (2 * math.pi * (ph + pw)).reshape(len(a) * len(b), len(freqs))
 
-    taps = angles(torch.arange(k_h), torch.arange(k_w))
+    taps = angles(torch.arange(k_h), torch.arange(k_w))  # (taps, |D|)
     shifts = angles(torch.arange(-(k_h - 1), k_h), torch.arange(-(k_w - 1), k_w))
-    fwd = torch.polar(torch.ones_like(taps), -taps)
-    inv = torch.polar(torch.full_like(shifts, 2.0 / (n_h * n_w)), shifts)
-    return fwd.to(dtype=dtype, device=device), inv.to(dtype=dtype, device=device)
+    fwd = torch.stack([taps.cos(), -taps.sin()], dim=2).reshape(taps.shape[0], 2 * len(freqs)).T
+    scale = 2.0 / (n_h * n_w)
+    inv_re, inv_im = scale * shifts.cos(), scale * shifts.sin()
+    return tuple(t.to(dtype=dtype, device=device).contiguous() for t in (fwd, inv_re, inv_im))
 
 
 def _autocorrelation_dft(k: torch.Tensor) -> torch.Tensor:
-    """``autocorrelation(k, "in")`` of a (out, in, k_h, k_w) kernel through the DFT.
+    """``autocorrelation(k, "in")`` of a (out, in, k_h, k_w) kernel through the DFT, in real arithmetic.
 
     On a grid of (2k - 1) points per axis the shifts of the autocorrelation do not wrap, so
     ``P(s) = (1/N) sum_f Phat(f) e^{i theta_f . s}`` exactly, with the per-frequency Gram
     matrices ``Phat(f) = Khat(f)^T conj(Khat(f))`` of the kernel's DFT ``Khat`` (in x in, from out
     x in). P is real, so ``Phat(-f) = conj(Phat(f))``: only the frequency 0 (a real Gram matrix of
-    the tap sums) and one of each pair are formed, e.g. 12 complex and 1 real in x in products
-    for a 3 x 3 kernel instead of a convolution over 25 shifts x 9 taps. Equal to the
-    convolution up to float round-off (measured no less accurate in float32).
+    the tap sums) and one of each pair are formed, e.g. 12 and 1 in x in products for a 3 x 3
+    kernel instead of a convolution over 25 shifts x 9 taps. With ``Khat = A + iB`` (real A, B, one
+    matrix product for both), ``Re Phat = A^T A + B^T B`` is one real Gram matrix of ``[A; B]`` and
+    ``Im Phat = M - M^T`` with ``M = B^T A``: three real products where the complex Gram matrix costs
+    four, and no complex tensors. Equal to the convolution up to float round-off.
     """
     out_c, in_c, k_h, k_w = k.shape
-    cdt = torch.promote_types(k.dtype, torch.complex64)
-    fwd, inv = _autocorr_dft_matrices(k_h, k_w, cdt, k.device)
-    kf = (k.reshape(out_c * in_c, k_h * k_w).to(cdt) @ fwd).view(out_c, in_c, fwd.shape[1])
-    phat = _gram(kf.permute(2, 0, 1).contiguous())  # (|D|, in, in)
-    p = (inv @ phat.view(phat.shape[0], in_c * in_c)).real  # (S, in * in)
+    fwd, inv_re, inv_im = _autocorr_dft_matrices(k_h, k_w, k.dtype, k.device)
+    n_freq = inv_re.shape[1]
+    ab = (fwd @ k.reshape(out_c * in_c, k_h * k_w).T).view(n_freq, 2 * out_c, in_c)  # per f: [A; B]
+    re = _gram(ab).view(n_freq, in_c * in_c)  # A^T A + B^T B
+    m = torch.matmul(ab[:, out_c:].mT, ab[:, :out_c])  # B^T A
+    im = (m - m.mT).reshape(n_freq, in_c * in_c)
     p0 = _gram(k.sum(dim=(2, 3))) * (1.0 / ((2 * k_h - 1) * (2 * k_w - 1)))  # frequency 0
-    return (p + p0.view(1, in_c * in_c)).view(2 * k_h - 1, 2 * k_w - 1, in_c, in_c).permute(2, 3, 0, 1)
+    p = torch.mm(inv_re, re)  # (S, in * in); accumulated in place (addmm with a broadcast input is slow on CPU)
+    p.addmm_(inv_im, im, alpha=-1.0).add_(p0.view(1, in_c * in_c))
+    return p.view(2 * k_h - 1, 2 * k_w - 1, in_c, in_c).permute(2, 3, 0, 1)
 
 
 def autocorrelation(kernel: torch.Tensor, over: str = "in") -> torch.Tensor:
@@ -384,6 +392,8 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: 
     # 7% of a ConvNet-XS training step on CPU): one copy in, one back out
     if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
         x = x.contiguous(memory_format=torch.channels_last)  # (not under torch.func's vmap: NYI there)
+        # the kernel in the activations' layout once: else every convolution copies its scaled kernel
+        kernel = kernel.contiguous(memory_format=torch.channels_last)
     z = x
     for i in range(terms, 1, -1):
         z = _add_skip(F.conv2d(z, kernel / float(i), padding=pad), x)
