@@ -170,13 +170,14 @@ def test_maxmin_gradient_follows_the_permutation_even_at_ties():
 def test_fast_maxmin_matches_the_reference_routing_bit_for_bit(dtype, layout):
     # even channel counts take the fast Function (max/min written in place, gradients routed by
     # bit operations); it must give exactly the values and gradients of the reference Function,
-    # ties included, and keep the input's memory layout
+    # ties included, and keep the input's memory layout (also for the input's gradient)
     from lipzoo.layers.activations import _MaxMinPairs
 
     gen = torch.Generator().manual_seed(0)
     base = torch.randint(-3, 4, (4, 8, 5, 5), generator=gen).to(dtype)  # many ties
     base = base + torch.randn(base.shape, generator=gen).to(dtype) * (torch.rand(base.shape, generator=gen) < 0.5)
-    g = torch.randn(base.shape, generator=gen).to(dtype).contiguous(memory_format=layout)
+    other = torch.contiguous_format if layout == torch.channels_last else torch.channels_last
+    g = torch.randn(base.shape, generator=gen).to(dtype).contiguous(memory_format=other)  # the layout may differ
     x = base.clone().contiguous(memory_format=layout).requires_grad_()
     y = MaxMin()(x)
     assert y.is_contiguous(memory_format=layout)

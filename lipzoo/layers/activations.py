@@ -57,8 +57,8 @@ class _MaxMinInPlace(torch.autograd.Function):
     ``where(a >= b, a, b)`` would pick: ties are equal values) and saves the mask ``a >= b``; the
     backward routes each gradient by bit operations on its 32-bit pattern, ``d = (g_max ^ g_min) *
     keep``, ``g_a = g_min ^ d``, ``g_b = g_max ^ d`` (exactly ``g_max`` / ``g_min`` or swapped, no
-    rounding), written straight into the input's gradient. The output has the input's memory
-    layout (channels-last stays channels-last). Where a second derivative is taken
+    rounding), written straight into the input's gradient. The output and the input's gradient have
+    the input's memory layout (channels-last stays channels-last). Where a second derivative is taken
     (``create_graph``) the backward uses differentiable ops instead.
     """
 
@@ -70,6 +70,7 @@ class _MaxMinInPlace(torch.autograd.Function):
         torch.maximum(a, b, out=out_max)
         torch.minimum(a, b, out=out_min)
         ctx.save_for_backward(a >= b)
+        ctx.layout = _layout(x)
         return out
 
     @staticmethod
@@ -82,7 +83,9 @@ class _MaxMinInPlace(torch.autograd.Function):
         bits = _BITS[g.dtype]
         i_max, i_min = g_max.view(bits), g_min.view(bits)
         d = torch.bitwise_xor(i_max, i_min).mul_(keep)  # g_max ^ g_min where kept, else 0
-        gx = torch.empty_like(g)
+        # the gradient in the input's layout, whatever the incoming one: a channels-last convolution
+        # before this would otherwise copy it back to channels-last in its own backward
+        gx = torch.empty_like(g, memory_format=ctx.layout)
         out_a, out_b = (h.view(bits) for h in _halves(gx))
         torch.bitwise_xor(i_min, d, out=out_a)
         torch.bitwise_xor(i_max, d, out=out_b)
@@ -92,6 +95,13 @@ class _MaxMinInPlace(torch.autograd.Function):
 #: integer types of the same width, for routing gradients by their bit patterns
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16,
          torch.float16: torch.int16}
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-d tensor stored channels-last (and not also contiguous), else contiguous."""
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _plain_eager() -> bool:
