@@ -67,12 +67,15 @@ def bjorck_scalar(lam: torch.Tensor, iters: int, beta: float = 0.5) -> tuple[tor
     (``r_t = sigma_t / sigma_0``): a polynomial in ``lam``, defined for every real ``lam``; its
     derivative is carried alongside (forward mode).
     """
+    # seven fused operations per step (the vectors are short, so each operation's cost is its dispatch)
     r, dr = torch.ones_like(lam), torch.zeros_like(lam)
+    lam2, start = 2 * lam, torch.full_like(lam, 1 + beta)
     for _ in range(iters):
-        q = lam * r * r
-        dq = r * r + 2 * lam * r * dr
-        m = (1 + beta) - beta * q
-        r, dr = r * m, dr * m - beta * r * dq
+        r2 = r * r
+        m = torch.addcmul(start, lam, r2, value=-beta)  # (1 + beta) - beta lam r^2
+        dq = torch.addcmul(r2, lam2, r * dr)  # d(lam r^2) = r^2 + 2 lam r dr
+        dr = torch.addcmul(dr * m, r, dq, value=-beta)
+        r = r * m
     return r, dr
 
 
