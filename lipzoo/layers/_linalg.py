@@ -389,7 +389,8 @@ def taylor_exp_conv2d(x: torch.Tensor, kernel: torch.Tensor, terms: int, scale: 
         return z.reshape(n, h, w, c).permute(0, 3, 1, 2)  # channels-last
     pad = (k_h // 2, k_w // 2)
     # the series runs in channels-last memory (oneDNN's faster layout for these convolutions,
-    # 7% of a ConvNet-XS training step on CPU): one copy in, one back out
+    # 7% of a ConvNet-XS training step on CPU): one copy in where x is not already channels-last,
+    # and the result stays channels-last
     if torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(x):
         x = x.contiguous(memory_format=torch.channels_last)  # (not under torch.func's vmap: NYI there)
         # the kernel in the activations' layout once: else every convolution copies its scaled kernel

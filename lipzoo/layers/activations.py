@@ -65,13 +65,9 @@ class _MaxMinInPlace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         a, b = _halves(x)
-        out = torch.empty_like(x)
-        out_max, out_min = _halves(out)
-        torch.maximum(a, b, out=out_max)
-        torch.minimum(a, b, out=out_min)
         ctx.save_for_backward(a >= b)
         ctx.layout = _layout(x)
-        return out
+        return _maxmin_into(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
@@ -110,6 +106,16 @@ def _plain_eager() -> bool:
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
+def _maxmin_into(x: torch.Tensor) -> torch.Tensor:
+    """MaxMin of an (N, C, ...) tensor with an even C, written into a new tensor of ``x``'s memory layout."""
+    a, b = _halves(x)
+    out = torch.empty_like(x)
+    out_max, out_min = _halves(out)
+    torch.maximum(a, b, out=out_max)
+    torch.minimum(a, b, out=out_min)
+    return out
+
+
 def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The first and second channel of every pair of an (N, C, ...) tensor with an even C, as views."""
     pairs = x.unflatten(1, (x.shape[1] // 2, 2))
@@ -126,12 +132,7 @@ def maxmin(x: torch.Tensor) -> torch.Tensor:
     if even == c and not transformed and _plain_eager():
         if torch.is_grad_enabled() and x.requires_grad:
             return _MaxMinInPlace.apply(x)
-        a, b = _halves(x)
-        out = torch.empty_like(x)
-        out_max, out_min = _halves(out)
-        torch.maximum(a, b, out=out_max)
-        torch.minimum(a, b, out=out_min)
-        return out
+        return _maxmin_into(x)
     a, b = x[:, :even].unflatten(1, (even // 2, 2)).unbind(2)
     if torch.compiler.is_compiling():
         # the same values and gradient routing, traceable: torch.where sends each gradient back
